@@ -1,0 +1,69 @@
+"""Settings (pydantic-settings): environment variables with the AIPROD_ prefix, or a .env file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aiprod.core.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIPROD_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./aiprod-data")
+    database_url: str | None = None  # default: sqlite file in data_dir
+    storage_url: str | None = None  # default: data_dir/outputs; s3://bucket/prefix for S3
+    models_file: Path | None = None  # default: the models.toml shipped in the package
+    secret_key: str | None = None  # default: generated into data_dir/secret_key on first use
+    rate_limit_per_minute: int = Field(default=100, ge=1)
+    device: str | None = None  # worker device; default cuda if available else cpu
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'aiprod.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.resolved_data_dir / "outputs")
+
+    def resolved_secret_key(self) -> str:
+        """The configured secret, or one generated once into the data dir (mode 0600)."""
+        if self.secret_key:
+            if self.secret_key in {"changeme", "secret", "change-me"} or len(self.secret_key) < 16:
+                raise ConfigError(
+                    "AIPROD_SECRET_KEY is too weak: use at least 16 random characters "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+            return self.secret_key
+        path = self.resolved_data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.chmod(0o600)
+        try:
+            # link() fails if another process won the race; then both use the winner's key.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
