@@ -1,0 +1,232 @@
+"""MP4 writing, reading and probing with PyAV (no torch).
+
+Used by the engine (write the generated video), the worker/CLI (the output file) and the data
+pipeline (probe and decode source clips). Frames are always ``(F, H, W, 3)`` uint8 RGB.
+
+- :func:`write_mp4`: H.264 yuv420p at an exact frame rate (+ optional AAC audio), written to a
+  temp file in the destination folder and renamed, so a reader never sees half a file.
+- :func:`read_video`: decode every frame back to RGB, with the stream's frame rate.
+- :func:`probe`: size, fps, frame count, duration, codec and audio presence, without decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from aiprod.core.errors import AiprodError
+
+__all__ = ["MediaError", "MediaInfo", "probe", "read_video", "write_mp4"]
+
+
+class MediaError(AiprodError):
+    """A media file cannot be read (missing, not a video, corrupt)."""
+
+    status_code = 400
+    code = "invalid_media"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe` learns about a file from its container, without decoding."""
+
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float  # seconds
+    codec: str
+    has_audio: bool
+    audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+
+
+def _as_rate(fps: float | int | Fraction) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, int | float | Fraction):
+        raise ValueError(f"fps must be a number, got {type(fps).__name__}")
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return rate
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (F, H, W, 3), got {tuple(frames.shape)}")
+    if frames.dtype != np.uint8:
+        raise ValueError(
+            f"frames must be uint8 RGB, got {frames.dtype} (scale to 0..255 and cast first)"
+        )
+    n, h, w, _ = frames.shape
+    if n < 1:
+        raise ValueError("frames is empty: need at least one frame")
+    if h % 2 or w % 2:
+        raise ValueError(
+            f"frame size {w}x{h} must have even width and height for H.264 yuv420p "
+            "(crop or pad by one pixel)"
+        )
+    return np.ascontiguousarray(frames)
+
+
+def _check_audio(audio: np.ndarray, sample_rate: int | None) -> tuple[np.ndarray, int]:
+    if sample_rate is None or isinstance(sample_rate, bool) or int(sample_rate) <= 0:
+        raise ValueError("audio needs sample_rate (a positive integer, e.g. 24000)")
+    arr = np.asarray(audio, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] not in (1, 2):
+        raise ValueError(
+            f"audio must have shape (channels, samples) with 1 or 2 channels, got {arr.shape}"
+        )
+    return np.ascontiguousarray(np.clip(arr, -1.0, 1.0)), int(sample_rate)
+
+
+def _encode_audio(
+    stream: av.audio.stream.AudioStream,
+    container: av.container.OutputContainer,
+    audio: np.ndarray,
+    rate: int,
+) -> None:
+    channels = audio.shape[0]
+    chunk = 1024  # AAC frame size; the encoder re-buffers anyway, this keeps pts simple
+    for start in range(0, audio.shape[1], chunk):
+        piece = np.ascontiguousarray(audio[:, start : start + chunk])  # (C, n) planar float
+        frame = av.AudioFrame.from_ndarray(
+            piece, format="fltp", layout="mono" if channels == 1 else "stereo"
+        )
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
+def write_mp4(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    fps: float | int | Fraction,
+    *,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    crf: int = 18,
+    preset: str = "medium",
+) -> Path:
+    """Encode ``frames`` (F, H, W, 3) uint8 RGB as an H.264 yuv420p MP4 at exactly ``fps``.
+
+    ``audio`` (channels, samples) float32 in [-1, 1] with ``sample_rate`` is muxed as AAC.
+    The file is written to a temp name in the same folder and renamed into place.
+    """
+    frames = _check_frames(frames)
+    rate = _as_rate(fps)
+    audio_arr: np.ndarray | None = None
+    audio_rate = 0
+    if audio is not None:
+        audio_arr, audio_rate = _check_audio(audio, sample_rate)
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    n, h, w, _ = frames.shape
+    try:
+        with av.open(
+            str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
+        ) as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width = w
+            stream.height = h
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = 1 / rate
+            stream.options = {"crf": str(crf), "preset": preset}
+            # Every stream must exist before the first packet is muxed (the header is written then).
+            astream = None
+            if audio_arr is not None:
+                layout = "mono" if audio_arr.shape[0] == 1 else "stereo"
+                astream = container.add_stream("aac", rate=audio_rate, layout=layout)
+                astream.bit_rate = 128_000
+            for i in range(n):
+                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+                frame.pts = i
+                frame.time_base = stream.time_base
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+            if astream is not None and audio_arr is not None:
+                _encode_audio(astream, container, audio_arr, audio_rate)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"{p}: no such file")
+    try:
+        return av.open(str(p), mode="r")
+    except av.FFmpegError as exc:
+        raise MediaError(f"{p}: not a readable video file ({exc})") from exc
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+    """Decode every frame of the first video stream: ``(frames (F, H, W, 3) uint8, fps)``."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        try:
+            out = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        except av.FFmpegError as exc:
+            raise MediaError(f"{path}: decoding failed ({exc})") from exc
+    if not out:
+        raise MediaError(f"{path}: the video stream has no frames")
+    return np.stack(out), fps
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Read size, fps, frame count, duration, codec and audio info from the container."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        v = container.streams.video[0]
+        fps = _stream_fps(v)
+        if v.duration is not None and v.time_base is not None:
+            duration = float(v.duration * v.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        num_frames = int(v.frames or 0)
+        if num_frames == 0:
+            # Some containers (e.g. webm, raw streams) do not store a count: count packets.
+            num_frames = sum(1 for p in container.demux(v) if p.size > 0)
+        if duration == 0.0 and fps > 0:
+            duration = num_frames / fps
+        a = container.streams.audio[0] if container.streams.audio else None
+        return MediaInfo(
+            width=int(v.codec_context.width),
+            height=int(v.codec_context.height),
+            fps=fps,
+            num_frames=num_frames,
+            duration=duration,
+            codec=v.codec_context.name,
+            has_audio=a is not None,
+            audio_sample_rate=int(a.codec_context.sample_rate) if a is not None else None,
+            audio_channels=int(a.codec_context.channels) if a is not None else None,
+        )
