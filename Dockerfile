@@ -1,0 +1,80 @@
+# syntax=docker/dockerfile:1.7
+#
+# aiprod images, one Dockerfile, three stages:
+#   wheel   builds the aiprod wheel once (no dependencies)
+#   api     python slim + the API's dependencies only: never installs torch
+#   worker  NVIDIA CUDA runtime + torch + the engine extra, for GPU worker machines
+#
+#   docker build --target api    -t aiprod-api .
+#   docker build --target worker -t aiprod-worker .
+#
+# Both images run deploy/docker-entrypoint.sh: it applies database migrations (api role),
+# then execs `aiprod serve --no-worker` (api) or `aiprod worker` (worker).
+
+ARG PYTHON_VERSION=3.11
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+
+# ---------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS wheel
+WORKDIR /src
+RUN pip install --no-cache-dir build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN python -m build --wheel --outdir /wheels .
+
+# ---------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS api
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    AIPROD_DATA_DIR=/data \
+    AIPROD_ROLE=api
+# postgresql-client: pg_dump / pg_restore for `aiprod db backup|restore` against PostgreSQL.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 aiprod \
+    && mkdir -p /data && chown aiprod:aiprod /data
+COPY --from=wheel /wheels /wheels
+# The base dependencies only (no [engine] extra): the API process never imports torch.
+RUN pip install /wheels/*.whl && rm -rf /wheels
+COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+USER aiprod
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4); sys.exit(0)"
+ENTRYPOINT ["tini", "--", "docker-entrypoint.sh"]
+CMD ["api"]
+
+# ---------------------------------------------------------------------------------------------
+FROM ${CUDA_IMAGE} AS worker
+ARG TORCH_VERSION=2.13.0
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    AIPROD_DATA_DIR=/data \
+    AIPROD_ROLE=worker
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        python3.11 python3.11-venv python3-pip postgresql-client tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/venv \
+    && useradd --create-home --uid 10001 aiprod \
+    && mkdir -p /data /models && chown aiprod:aiprod /data /models
+ENV PATH=/opt/venv/bin:$PATH
+# torch first and on its own (the Linux wheels bundle the CUDA libraries), so nothing else
+# resolves a different build; nvidia-ml-py lets the worker report GPU memory/util/temperature.
+RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}" nvidia-ml-py
+COPY --from=wheel /wheels /wheels
+RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[engine]" && rm -rf /wheels
+COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+USER aiprod
+WORKDIR /data
+VOLUME ["/data", "/models"]
+ENTRYPOINT ["tini", "--", "docker-entrypoint.sh"]
+CMD ["worker"]
