@@ -68,8 +68,8 @@ RUN apt-get update \
     && mkdir -p /data /models && chown aiprod:aiprod /data /models
 ENV PATH=/opt/venv/bin:$PATH
 # torch first and on its own (the Linux wheels bundle the CUDA libraries), so nothing else
-# resolves a different build; nvidia-ml-py lets the worker report GPU memory/util/temperature.
-RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}" nvidia-ml-py
+# resolves a different build (the engine extra brings nvidia-ml-py for the GPU stats).
+RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}"
 COPY --from=wheel /wheels /wheels
 RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[engine]" && rm -rf /wheels
 COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
