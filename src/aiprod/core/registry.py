@@ -91,8 +91,16 @@ class Options(BaseModel):
     cpu_offload: bool = False
     compile: bool = False
     attention_backend: str | None = None
-    refine_steps: int = 3
+    refine_steps: int = Field(default=3, ge=1, le=50)
     distilled: bool = False
+    # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
+    refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
+    refine_guidance_scale: float = Field(default=1.0, ge=0.0)
+    upsample_adain_factor: float = Field(default=1.0, ge=0.0, le=1.0)
+    # VAE decode noise (LTX-Video 0.9.1+ VAEs are timestep-conditioned; ignored otherwise).
+    decode_timestep: float = Field(default=0.05, ge=0.0, le=1.0)
+    decode_noise_scale: float = Field(default=0.025, ge=0.0, le=1.0)
+    max_sequence_length: int | None = Field(default=None, ge=8, le=1024)  # text tokens
 
 
 class ModelEntry(BaseModel):

@@ -1,0 +1,71 @@
+"""Request checks that run before any tensor work (torch-free).
+
+The registry entry holds the limits (``ModelEntry.resolve_request``); this module applies them
+to a ``GenerationRequest`` and decodes the optional conditioning image, so a bad request fails
+in milliseconds with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from aiprod.core.errors import InvalidRequest
+from aiprod.engine.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from aiprod.core.registry import ModelEntry
+
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+def build_request(entry: ModelEntry, params: dict[str, Any]) -> GenerationRequest:
+    """Defaults from ``entry``, limits checked; a missing seed becomes a random 31-bit one."""
+    resolved = entry.resolve_request(params)
+    if resolved["seed"] is None:
+        resolved["seed"] = secrets.randbelow(2**31)
+    image = params.get("image")
+    if image is not None and not isinstance(image, bytes | bytearray):
+        raise InvalidRequest("image must be the encoded bytes of a PNG/JPEG/WebP", field="image")
+    return GenerationRequest(**resolved, image=bytes(image) if image is not None else None)
+
+
+def check_request(entry: ModelEntry, request: GenerationRequest) -> Image.Image | None:
+    """Check ``request`` against ``entry``'s limits; return the decoded RGB image, if any."""
+    if not isinstance(request, GenerationRequest):
+        raise TypeError(f"expected a GenerationRequest, got {type(request).__name__}")
+    params = dataclasses.asdict(request)
+    params.pop("image")
+    entry.resolve_request(params)  # raises InvalidRequest naming the field and the range
+    if request.image is None:
+        return None
+    return decode_image(request.image)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes to an RGB PIL image, or raise InvalidRequest."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidRequest("image is empty: send PNG, JPEG or WebP bytes", field="image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidRequest(
+            f"image is {len(data) // 1_000_000} MB; the limit is {MAX_IMAGE_BYTES // 1_000_000} MB",
+            field="image",
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.width < 8 or img.height < 8:
+                raise InvalidRequest(
+                    f"image is {img.width}x{img.height}; send at least 8x8 pixels", field="image"
+                )
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(
+            f"image could not be decoded ({exc}): send PNG, JPEG or WebP bytes", field="image"
+        ) from exc

@@ -1,0 +1,287 @@
+"""``load_pipeline(entry, device)``: check the entry's files, load its components, apply options.
+
+Everything loads from local files (``local_files_only``); a wrong entry fails here with one
+line naming the entry and the fix, never halfway through a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aiprod.core.errors import ConfigError
+from aiprod.core.registry import ModelEntry
+from aiprod.engine.common import check_attention_backend, resolve_device, resolve_dtype
+from aiprod.engine.types import Pipeline
+
+log = logging.getLogger(__name__)
+
+# transformer class name (config.json "_class_name") -> family
+TRANSFORMER_FAMILIES = {
+    "LTXVideoTransformer3DModel": "ltxv",
+    "LTX2VideoTransformer3DModel": "ltx2",
+}
+BUILTIN_SEED = 0
+
+
+def load_pipeline(entry: ModelEntry, device: str | None = None) -> Pipeline:
+    """Load ``entry`` onto ``device``; see ``aiprod.engine.load_pipeline``."""
+    dev = resolve_device(device)
+    dtype = resolve_dtype(entry.dtype, dev)
+    check_attention_backend(entry.id, entry.options.attention_backend)
+    if entry.family == "ltx2":
+        from aiprod.engine.ltx2 import load_ltx2
+
+        return load_ltx2(entry, dev, dtype)
+    if entry.family in ("ltxv", "builtin"):
+        return load_ltxv(entry, dev, dtype)
+    raise ConfigError(
+        f"model '{entry.id}': unknown family '{entry.family}' (use ltx2, ltxv, builtin)"
+    )
+
+
+# -- helpers shared by the backends -----------------------------------------------------------
+def component_path(entry: ModelEntry, name: str, *, required: bool = True) -> Path | None:
+    """Where component ``name`` lives: ``components.<name>`` or ``<path>/<name>``."""
+    override = getattr(entry.components, "upsampler" if name == "latent_upsampler" else name, None)
+    if override is not None:
+        if not override.exists():
+            raise ConfigError(
+                f"model '{entry.id}': components.{name} = {override} does not exist; "
+                "fix the path in models.toml"
+            )
+        return override
+    if entry.path is not None and entry.path.is_dir():
+        candidate = entry.path / name
+        if candidate.exists():
+            return candidate
+    if required:
+        raise ConfigError(
+            f"model '{entry.id}': no {name} found (looked for {entry.path}/{name}); put a "
+            f"diffusers-format {name}/ folder there or set components.{name} in models.toml"
+        )
+    return None
+
+
+def check_model_path(entry: ModelEntry) -> Path:
+    """The entry's ``path`` must exist: a diffusers folder or a single checkpoint file."""
+    if entry.path is None:
+        raise ConfigError(
+            f"model '{entry.id}': no path set; set `path` to its diffusers folder or "
+            "checkpoint file in models.toml"
+        )
+    if not entry.path.exists():
+        raise ConfigError(
+            f"model '{entry.id}': path {entry.path} does not exist; download/copy the weights "
+            "there or fix `path` in models.toml"
+        )
+    return entry.path
+
+
+def check_family(entry: ModelEntry, transformer_dir: Path, expected: str) -> None:
+    """Refuse a folder whose transformer belongs to another family, naming the right one."""
+    cfg = transformer_dir / "config.json"
+    if not cfg.is_file():
+        raise ConfigError(
+            f"model '{entry.id}': {cfg} is missing; the transformer folder must be in the "
+            "diffusers layout (config.json + *.safetensors)"
+        )
+    try:
+        cls = json.loads(cfg.read_text()).get("_class_name", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"model '{entry.id}': {cfg} is not valid JSON ({exc})") from exc
+    family = TRANSFORMER_FAMILIES.get(cls)
+    if family is None:
+        raise ConfigError(
+            f"model '{entry.id}': {transformer_dir} holds a '{cls}', which aiprod cannot run "
+            f"(supported: {', '.join(TRANSFORMER_FAMILIES)})"
+        )
+    if family != expected and not (expected == "builtin" and family == "ltxv"):
+        raise ConfigError(
+            f"model '{entry.id}': {transformer_dir} holds an {family} model ({cls}) but the "
+            f"entry says family = '{entry.family}'; set family = '{family}' in models.toml"
+        )
+
+
+def load_or_fail(entry: ModelEntry, what: str, fn: Callable[[], Any]) -> Any:
+    """Run a loader; turn any error into a one-line ConfigError naming the entry."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise ConfigError(
+            f"model '{entry.id}': out of memory loading the {what}; enable options.cpu_offload "
+            "or use a smaller dtype"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad entry/file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model '{entry.id}': cannot load the {what}: {first}") from exc
+
+
+def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
+    """Memory/speed options from the entry: VAE tiling, CPU offload, attention, compile."""
+    opts = entry.options
+    if opts.vae_tiling:
+        pipe.vae.enable_tiling()
+    if opts.attention_backend:
+        try:
+            pipe.transformer.set_attention_backend(opts.attention_backend)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(
+                f"model '{entry.id}': attention_backend '{opts.attention_backend}' is not usable "
+                f"here ({str(exc).splitlines()[0]}); remove it or install its kernel package"
+            ) from exc
+    if opts.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        if opts.cpu_offload:
+            log.info("model '%s': cpu_offload ignored on %s", entry.id, device)
+        pipe.to(device)
+    if opts.compile:
+        pipe.transformer.compile(dynamic=False)
+
+
+# -- LTX-Video / builtin ----------------------------------------------------------------------
+def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pipeline:
+    from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
+
+    from aiprod.engine.ltxv import LTXVideoEngine
+
+    if entry.family == "builtin" and (entry.path is None or not entry.path.exists()):
+        from aiprod.engine.tiny import tiny_ltxv_components
+
+        log.warning(
+            "model '%s': no trained weights at %s; using the tiny random built-in model "
+            "(seed %d): outputs are deterministic noise",
+            entry.id,
+            entry.path,
+            BUILTIN_SEED,
+        )
+        comps = tiny_ltxv_components(seed=BUILTIN_SEED)
+        if dtype != torch.float32:
+            comps = {
+                k: (v.to(dtype) if isinstance(v, torch.nn.Module) else v)
+                for k, v in comps.items()
+            }
+    else:
+        comps = _load_ltxv_files(entry, dtype)
+
+    sched = comps["scheduler"]
+    if sched.config.get("use_dynamic_shifting", False):
+        # LTXConditionPipeline passes its own explicit schedule; dynamic shifting would need mu.
+        sched = type(sched).from_config(sched.config, use_dynamic_shifting=False)
+    upsampler = comps.pop("latent_upsampler", None)
+    pipe = LTXConditionPipeline(
+        scheduler=sched,
+        vae=comps["vae"],
+        text_encoder=comps["text_encoder"],
+        tokenizer=comps["tokenizer"],
+        transformer=comps["transformer"],
+    )
+    apply_options(entry, pipe, device)
+    upsample_pipe = None
+    if upsampler is not None:
+        upsample_pipe = LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
+        upsampler.to(device)
+    elif entry.defaults.two_stage:
+        raise ConfigError(
+            f"model '{entry.id}': defaults.two_stage is true but there is no latent upsampler; "
+            "add a latent_upsampler/ folder (or components.upsampler) or set two_stage = false"
+        )
+    max_len = entry.options.max_sequence_length or (128 if entry.family == "builtin" else 256)
+    return LTXVideoEngine(
+        entry,
+        pipe=pipe,
+        upsample_pipe=upsample_pipe,
+        device=device,
+        dtype=dtype,
+        max_sequence_length=max_len,
+    )
+
+
+def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    root = check_model_path(entry)
+    single = root.is_file()
+    comps: dict[str, Any] = {}
+    if single:
+        config = entry.components.config
+        if config is None or not config.is_dir():
+            raise ConfigError(
+                f"model '{entry.id}': {root} is a single-file checkpoint; set components.config "
+                "to a local diffusers-format config folder (with transformer/ and vae/ configs)"
+            )
+        check_family(entry, config / "transformer", "ltxv")
+        kw = {"config": str(config), "local_files_only": True, "torch_dtype": dtype}
+        comps["transformer"] = load_or_fail(
+            entry,
+            "transformer",
+            lambda: LTXVideoTransformer3DModel.from_single_file(
+                str(root), subfolder="transformer", **kw
+            ),
+        )
+        comps["vae"] = load_or_fail(
+            entry,
+            "VAE",
+            lambda: AutoencoderKLLTXVideo.from_single_file(str(root), subfolder="vae", **kw),
+        )
+    else:
+        tdir = component_path(entry, "transformer")
+        assert tdir is not None
+        check_family(entry, tdir, "ltxv")
+        comps["transformer"] = load_or_fail(
+            entry,
+            "transformer",
+            lambda: LTXVideoTransformer3DModel.from_pretrained(
+                tdir, torch_dtype=dtype, local_files_only=True
+            ),
+        )
+        vdir = component_path(entry, "vae")
+        comps["vae"] = load_or_fail(
+            entry,
+            "VAE",
+            lambda: AutoencoderKLLTXVideo.from_pretrained(
+                vdir, torch_dtype=dtype, local_files_only=True
+            ),
+        )
+    te = component_path(entry, "text_encoder")
+    comps["text_encoder"] = load_or_fail(
+        entry,
+        "text encoder",
+        lambda: T5EncoderModel.from_pretrained(te, dtype=dtype, local_files_only=True).eval(),
+    )
+    tok = component_path(entry, "tokenizer")
+    comps["tokenizer"] = load_or_fail(
+        entry, "tokenizer", lambda: AutoTokenizer.from_pretrained(tok, local_files_only=True)
+    )
+    sdir = component_path(entry, "scheduler", required=False)
+    comps["scheduler"] = (
+        FlowMatchEulerDiscreteScheduler.from_pretrained(sdir, local_files_only=True)
+        if sdir is not None
+        else FlowMatchEulerDiscreteScheduler()
+    )
+    up = component_path(entry, "latent_upsampler", required=False)
+    if up is not None:
+        if (up / "latent_upsampler").is_dir():
+            up = up / "latent_upsampler"
+        comps["latent_upsampler"] = load_or_fail(
+            entry,
+            "latent upsampler",
+            lambda: LTXLatentUpsamplerModel.from_pretrained(
+                up, torch_dtype=dtype, local_files_only=True
+            ),
+        )
+    return comps

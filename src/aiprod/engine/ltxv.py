@@ -1,0 +1,232 @@
+"""LTX-Video backend (family ``ltxv``, and the built-in model, which has the same architecture).
+
+Built on diffusers' ``LTXConditionPipeline`` (text-to-video, first-frame image conditioning and
+the partial-denoise refinement pass) and ``LTXLatentUpsamplePipeline`` (the x2 latent
+upsampler). The ti2vid two-stage path:
+
+1. stage 1 at half resolution with classifier-free guidance -> latents;
+2. x2 latent upsampler;
+3. a few refinement steps at full resolution (partial denoise, no CFG) -> decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from aiprod.core.errors import InvalidRequest
+from aiprod.core.registry import ModelEntry
+from aiprod.engine.checks import check_request
+from aiprod.engine.common import StepTracker, free_memory, oom_guard, video_to_uint8
+from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
+
+log = logging.getLogger(__name__)
+
+# The LTX pipelines check sizes against 32 whatever the VAE's own ratio is.
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    width: int
+    height: int
+    steps: int  # denoising steps actually run
+    scheduler_steps: int  # num_inference_steps passed to diffusers (>= steps when partial)
+    guidance_scale: float
+    denoise_strength: float = 1.0
+
+
+def refine_schedule(steps: int, strength: float) -> int:
+    """Smallest ``num_inference_steps`` for which diffusers runs ``steps`` steps at ``strength``."""
+    n = max(steps, 1)
+    while min(int(n * strength), n) < steps:
+        n += 1
+    return n
+
+
+def half_size(size: int) -> int:
+    """Stage-1 size: half, rounded up to the pipelines' multiple of 32."""
+    return max(SIZE_MULTIPLE, math.ceil(size / 2 / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+class LTXVideoEngine:
+    """A loaded LTX-Video model; call it with a ``GenerationRequest``."""
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        *,
+        pipe: Any,
+        upsample_pipe: Any | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int,
+    ) -> None:
+        self.entry = entry
+        self.pipe = pipe
+        self.upsample_pipe = upsample_pipe
+        self.device = device
+        self.dtype = dtype
+        self.max_sequence_length = max_sequence_length
+        self.spatial_ratio = int(pipe.vae_spatial_compression_ratio)
+        self.temporal_ratio = int(pipe.vae_temporal_compression_ratio)
+        pipe.set_progress_bar_config(disable=True)
+        if upsample_pipe is not None:
+            upsample_pipe.set_progress_bar_config(disable=True)
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(self, request: GenerationRequest) -> list[StagePlan]:
+        opts = self.entry.options
+        if not request.two_stage:
+            return [
+                StagePlan(
+                    width=request.width,
+                    height=request.height,
+                    steps=request.num_inference_steps,
+                    scheduler_steps=request.num_inference_steps,
+                    guidance_scale=request.guidance_scale,
+                )
+            ]
+        w1, h1 = half_size(request.width), half_size(request.height)
+        strength = opts.refine_strength
+        return [
+            StagePlan(
+                width=w1,
+                height=h1,
+                steps=request.num_inference_steps,
+                scheduler_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+            ),
+            StagePlan(
+                width=2 * w1,
+                height=2 * h1,
+                steps=opts.refine_steps,
+                scheduler_steps=refine_schedule(opts.refine_steps, strength),
+                guidance_scale=opts.refine_guidance_scale,
+                denoise_strength=strength,
+            ),
+        ]
+
+    def _tokens(self, st: StagePlan, num_frames: int) -> float:
+        f = (num_frames - 1) // self.temporal_ratio + 1
+        tokens = f * (st.height // self.spatial_ratio) * (st.width // self.spatial_ratio)
+        return float(tokens * (2 if st.guidance_scale > 1.0 else 1))
+
+    # -- running ----------------------------------------------------------------------------
+    def __call__(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> Video:
+        image = check_request(self.entry, request)
+        if request.two_stage and self.upsample_pipe is None:
+            raise InvalidRequest(
+                f"model '{self.entry.id}' has no latent upsampler, so it cannot run two-stage: "
+                "send two_stage=false (or add components.upsampler to its models.toml entry)",
+                field="two_stage",
+            )
+        stages = self.plan(request)
+        tracker = StepTracker(
+            [(s.steps, self._tokens(s, request.num_frames)) for s in stages],
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        )
+        what = f"{request.width}x{request.height}x{request.num_frames} on '{self.entry.id}'"
+        hint = (
+            "lower width/height/num_frames, or enable options.vae_tiling / options.cpu_offload "
+            "for this model in models.toml"
+        )
+        tracker.check_cancel()
+        with torch.inference_mode(), oom_guard(what, hint=hint):
+            frames, info = self._run(request, stages, image, tracker)
+        return Video(frames=frames, fps=request.fps, info=info)
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        stages: list[StagePlan],
+        image: Any,
+        tracker: StepTracker,
+    ) -> tuple[Any, dict[str, object]]:
+        pipe, opts = self.pipe, self.entry.options
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        t0 = time.perf_counter()
+        cfg = stages[0].guidance_scale > 1.0
+        pe, pm, ne, nm = pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or "",
+            do_classifier_free_guidance=cfg,
+            max_sequence_length=self.max_sequence_length,
+            device=pipe._execution_device,
+        )
+        info: dict[str, object] = {"text_encode_s": time.perf_counter() - t0}
+        common = {
+            "num_frames": request.num_frames,
+            "frame_rate": request.fps,
+            "generator": generator,
+            "callback_on_step_end": tracker.diffusers_callback,
+            "max_sequence_length": self.max_sequence_length,
+            "decode_timestep": opts.decode_timestep,
+            "decode_noise_scale": opts.decode_noise_scale,
+        }
+        if image is not None:
+            common["image"] = image
+
+        def run_stage(index: int, st: StagePlan, **kw: Any) -> Any:
+            tracker.start_stage(index)
+            use_cfg = st.guidance_scale > 1.0
+            return pipe(
+                prompt_embeds=pe,
+                prompt_attention_mask=pm,
+                negative_prompt_embeds=ne if use_cfg else None,
+                negative_prompt_attention_mask=nm if use_cfg else None,
+                width=st.width,
+                height=st.height,
+                num_inference_steps=st.scheduler_steps,
+                guidance_scale=st.guidance_scale,
+                denoise_strength=st.denoise_strength,
+                return_dict=False,
+                **common,
+                **kw,
+            )[0]
+
+        t1 = time.perf_counter()
+        if len(stages) == 1:
+            video = run_stage(0, stages[0], output_type="pt")
+            info["stage1_s"] = tracker.step_end_times[-1] - t1
+        else:
+            latents = run_stage(0, stages[0], output_type="latent")
+            t2 = time.perf_counter()
+            info["stage1_s"] = t2 - t1
+            tracker.check_cancel()
+            latents = self.upsample_pipe(
+                latents=latents,
+                width=stages[0].width,
+                height=stages[0].height,
+                adain_factor=opts.upsample_adain_factor,
+                output_type="latent",
+                return_dict=False,
+            )[0]
+            t3 = time.perf_counter()
+            info["upsample_s"] = t3 - t2
+            video = run_stage(1, stages[1], latents=latents, output_type="pt")
+            info["stage2_s"] = tracker.step_end_times[-1] - t3
+        info["decode_s"] = time.perf_counter() - tracker.step_end_times[-1]
+        frames = video_to_uint8(video, height=request.height, width=request.width)
+        info.update(
+            total_s=time.perf_counter() - t0,
+            steps=tracker.steps_done,
+            stages=[(s.width, s.height, s.steps) for s in stages],
+            seed=request.seed,
+        )
+        return frames, info
+
+    def clear_cache(self) -> None:
+        free_memory()

@@ -1,0 +1,150 @@
+"""The built-in model: loads with no files, deterministic, progress/cancel, MP4 out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiprod.core.errors import GenerationCanceled, InvalidRequest
+from aiprod.core.media import probe, read_video
+from aiprod.engine import build_request, generate_to_file
+from aiprod.engine.types import GenerationRequest
+
+from .conftest import png_bytes
+
+SMALL = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2}
+
+
+def _req(entry, **kw) -> GenerationRequest:  # noqa: ANN001
+    params = {"prompt": "a red ball bouncing", "seed": 7, **SMALL, **kw}
+    return build_request(entry, params)
+
+
+def test_engine_types_import_without_torch() -> None:
+    code = (
+        "import sys, aiprod.engine, aiprod.engine.types, aiprod.engine.checks, aiprod.core.media;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_small_job_shape_progress_and_speed(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    progress: list[float] = []
+    builtin_pipe(_req(builtin_entry))  # warm-up
+    t0 = time.perf_counter()
+    video = builtin_pipe(_req(builtin_entry), on_progress=progress.append)
+    elapsed = time.perf_counter() - t0
+    assert video.frames.shape == (9, 32, 32, 3) and video.frames.dtype == np.uint8
+    assert video.fps == 24
+    assert progress == sorted(progress) and len(progress) == 2 and progress[-1] == 1.0
+    assert video.info["steps"] == 2
+    # The service's tests run hundreds of these; ~0.05 s measured, generous bound for CI load.
+    assert elapsed < 1.5
+
+
+def test_same_seed_same_frames_other_seed_differs(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    a = builtin_pipe(_req(builtin_entry, seed=3)).frames
+    b = builtin_pipe(_req(builtin_entry, seed=3)).frames
+    c = builtin_pipe(_req(builtin_entry, seed=4)).frames
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_two_stage_weighted_progress(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    progress: list[float] = []
+    video = builtin_pipe(
+        _req(builtin_entry, two_stage=True, width=64, height=32), on_progress=progress.append
+    )
+    assert video.frames.shape == (9, 32, 64, 3)
+    refine = builtin_entry.options.refine_steps
+    assert len(progress) == 2 + refine and progress[-1] == pytest.approx(1.0)
+    # Full-size refinement steps cost more than half-size stage-1 steps.
+    assert progress[-1] - progress[-2] > progress[0]
+    assert {"stage1_s", "upsample_s", "stage2_s", "decode_s"} <= set(video.info)
+    again = builtin_pipe(_req(builtin_entry, two_stage=True, width=64, height=32))
+    assert np.array_equal(video.frames, again.frames)
+
+
+def test_cancel_stops_within_one_step(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    progress: list[float] = []
+
+    def should_cancel() -> bool:
+        return len(progress) >= 2  # cancel is requested once step 2 has finished
+
+    with pytest.raises(GenerationCanceled):
+        builtin_pipe(
+            _req(builtin_entry, num_inference_steps=6),
+            on_progress=progress.append,
+            should_cancel=should_cancel,
+        )
+    assert len(progress) == 2
+
+
+def test_cancel_before_start_runs_no_step(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    progress: list[float] = []
+    with pytest.raises(GenerationCanceled):
+        builtin_pipe(_req(builtin_entry), on_progress=progress.append, should_cancel=lambda: True)
+    assert progress == []
+
+
+def test_image_to_video(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    video = builtin_pipe(_req(builtin_entry, image=png_bytes()))
+    assert video.frames.shape == (9, 32, 32, 3)
+    plain = builtin_pipe(_req(builtin_entry))
+    assert not np.array_equal(video.frames, plain.frames)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"width": 33}, "width"),
+        ({"num_frames": 10}, "num_frames"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"image": b"definitely not a png"}, "image"),
+    ],
+)
+def test_bad_requests_fail_before_tensor_work(
+    builtin_entry,  # noqa: ANN001
+    builtin_pipe,  # noqa: ANN001
+    change: dict,
+    field: str,
+) -> None:
+    good = _req(builtin_entry)
+    bad = GenerationRequest(**{**good.__dict__, **change})
+    with pytest.raises(InvalidRequest) as err:
+        builtin_pipe(bad, should_cancel=lambda: pytest.fail("reached the denoising loop"))
+    assert err.value.field == field
+
+
+def test_generate_to_file_writes_decodable_mp4(
+    builtin_entry,  # noqa: ANN001
+    builtin_pipe,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "v.mp4"
+    req = _req(builtin_entry, width=64, height=32, num_frames=17, fps=12)
+    video = generate_to_file(builtin_entry, req, out, pipeline=builtin_pipe)
+    info = probe(out)
+    assert (info.width, info.height, info.num_frames, info.fps) == (64, 32, 17, 12)
+    frames, fps = read_video(out)
+    assert frames.shape == video.frames.shape and fps == 12
+
+
+def test_builtin_loads_the_same_model_from_a_folder(
+    builtin_entry,  # noqa: ANN001
+    builtin_pipe,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    from aiprod.engine import load_pipeline
+    from aiprod.engine.loader import BUILTIN_SEED
+    from aiprod.engine.tiny import save_components, tiny_ltxv_components
+
+    folder = save_components(tiny_ltxv_components(seed=BUILTIN_SEED), tmp_path / "builtin")
+    pipe = load_pipeline(builtin_entry.model_copy(update={"path": folder}), "cpu")
+    req = _req(builtin_entry)
+    assert np.array_equal(pipe(req).frames, builtin_pipe(req).frames)
