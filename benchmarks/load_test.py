@@ -1,0 +1,367 @@
+"""Load test: N concurrent clients submitting jobs and polling their status on a real server.
+
+By default it starts its own server on a free loopback port (``aiprod serve`` with a fresh data
+dir, SQLite, ``--workers W`` real worker processes running the built-in model at its smallest
+size) and runs three phases, 5, 50 and 200 concurrent clients. Each client loops for the
+phase's duration: submit a job, poll ``GET /api/v1/jobs/{id}`` every ``--poll-interval``
+seconds until the job ends, submit the next. The queue stays full, so the workers are busy the
+whole time and the status latencies are measured under that load.
+
+Reported per phase: requests/s, jobs submitted and finished, p50/p95/p99/max latency of the
+status calls and of the submits, and errors (any non-2xx answer or transport error, by kind).
+
+    .venv/bin/python benchmarks/load_test.py                       # 5, 50, 200 clients
+    .venv/bin/python benchmarks/load_test.py --clients 5 --duration 10
+    .venv/bin/python benchmarks/load_test.py --url http://host:8000 --api-key aiprod_sk_...
+
+The server it starts has its per-key rate limit raised (AIPROD_RATE_LIMIT_PER_MINUTE) because
+every simulated client shares one key; the limiter still runs on every request. Only loopback
+addresses are used unless ``--url`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+TINY_JOB = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2, "fps": 8}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class PhaseResult:
+    clients: int
+    duration_s: float
+    requests: int = 0
+    status_calls: int = 0
+    submits: int = 0
+    jobs_finished: int = 0
+    jobs_succeeded: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    requests_per_s: float = 0.0
+    status_ms: dict[str, float | None] = field(default_factory=dict)
+    submit_ms: dict[str, float | None] = field(default_factory=dict)
+    queue_depth_end: int | None = None
+
+
+def _summary(ms: list[float]) -> dict[str, float | None]:
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 2)
+
+    return {
+        "p50": r(_percentile(ms, 0.50)),
+        "p95": r(_percentile(ms, 0.95)),
+        "p99": r(_percentile(ms, 0.99)),
+        "max": r(max(ms) if ms else None),
+    }
+
+
+async def _client(
+    http: httpx.AsyncClient,
+    *,
+    stop_at: float,
+    poll_interval: float,
+    job_params: dict[str, Any],
+    status_ms: list[float],
+    submit_ms: list[float],
+    errors: Counter[str],
+    counts: Counter[str],
+    index: int,
+) -> None:
+    # Stagger the start so 200 clients do not all submit in the same millisecond.
+    await asyncio.sleep((index % 50) * poll_interval / 50)
+    while time.monotonic() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            resp = await http.post(
+                "/api/v1/generate",
+                json={"prompt": f"load test client {index}", **job_params},
+                headers={"Idempotency-Key": os.urandom(12).hex()},
+            )
+        except httpx.HTTPError as exc:
+            errors[f"submit:{type(exc).__name__}"] += 1
+            await asyncio.sleep(poll_interval)
+            continue
+        submit_ms.append((time.perf_counter() - t0) * 1000)
+        counts["requests"] += 1
+        if resp.status_code != 202:
+            errors[f"submit:{resp.status_code}"] += 1
+            await asyncio.sleep(poll_interval)
+            continue
+        counts["submits"] += 1
+        job_id = resp.json()["id"]
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(poll_interval)
+            t0 = time.perf_counter()
+            try:
+                resp = await http.get(f"/api/v1/jobs/{job_id}")
+            except httpx.HTTPError as exc:
+                errors[f"status:{type(exc).__name__}"] += 1
+                continue
+            status_ms.append((time.perf_counter() - t0) * 1000)
+            counts["requests"] += 1
+            if resp.status_code != 200:
+                errors[f"status:{resp.status_code}"] += 1
+                continue
+            status = resp.json()["status"]
+            if status in TERMINAL:
+                counts["finished"] += 1
+                counts["succeeded"] += status == "succeeded"
+                break
+
+
+async def run_phase(
+    base_url: str,
+    api_key: str,
+    *,
+    clients: int,
+    duration: float,
+    poll_interval: float,
+    job_params: dict[str, Any],
+) -> PhaseResult:
+    status_ms: list[float] = []
+    submit_ms: list[float] = []
+    errors: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {api_key}"},
+        limits=limits,
+        timeout=30.0,
+    ) as http:
+        start = time.monotonic()
+        stop_at = start + duration
+        await asyncio.gather(
+            *(
+                _client(
+                    http,
+                    stop_at=stop_at,
+                    poll_interval=poll_interval,
+                    job_params=job_params,
+                    status_ms=status_ms,
+                    submit_ms=submit_ms,
+                    errors=errors,
+                    counts=counts,
+                    index=i,
+                )
+                for i in range(clients)
+            )
+        )
+        elapsed = time.monotonic() - start
+        depth = None
+        try:
+            metrics = (await http.get("/metrics")).text
+            for line in metrics.splitlines():
+                if line.startswith("aiprod_queue_depth "):
+                    depth = int(float(line.split()[1]))
+        except httpx.HTTPError:
+            pass
+    return PhaseResult(
+        clients=clients,
+        duration_s=round(elapsed, 2),
+        requests=counts["requests"],
+        status_calls=len(status_ms),
+        submits=counts["submits"],
+        jobs_finished=counts["finished"],
+        jobs_succeeded=counts["succeeded"],
+        errors=sum(errors.values()),
+        error_kinds=dict(errors),
+        requests_per_s=round(counts["requests"] / elapsed, 1) if elapsed else 0.0,
+        status_ms=_summary(status_ms),
+        submit_ms=_summary(submit_ms),
+        queue_depth_end=depth,
+    )
+
+
+# --- a server of our own --------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _aiprod() -> list[str]:
+    exe = shutil.which("aiprod", path=str(Path(sys.executable).parent)) or shutil.which("aiprod")
+    return [exe] if exe else [sys.executable, "-m", "aiprod.cli.main"]
+
+
+@contextmanager
+def local_server(*, workers: int, data_dir: Path, log_path: Path):  # type: ignore[no-untyped-def]
+    """Start ``aiprod serve`` on a free loopback port; yield (base_url, api_key)."""
+    env = dict(os.environ)
+    env.update(
+        AIPROD_DATA_DIR=str(data_dir),
+        AIPROD_RATE_LIMIT_PER_MINUTE="10000000",
+        AIPROD_LOG_FORMAT="json",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+    )
+    env.pop("AIPROD_DATABASE_URL", None)
+    env.pop("AIPROD_STORAGE_URL", None)
+    subprocess.run([*_aiprod(), "db", "upgrade"], env=env, check=True, capture_output=True)
+    out = subprocess.run(
+        [*_aiprod(), "keys", "create", "--name", "load-test"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    api_key = out.stdout.strip().splitlines()[-1].strip()
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            *_aiprod(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after 120 s; see {log_path}")
+            time.sleep(0.5)
+        yield base_url, api_key
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        log.close()
+
+
+def _table(results: list[PhaseResult]) -> str:
+    head = (
+        f"{'clients':>7} {'secs':>5} {'req/s':>7} {'submits':>7} {'done':>5} {'errors':>6}"
+        f" {'status p50':>10} {'p95':>7} {'p99':>7} {'max':>7} {'submit p99':>10}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for r in results:
+        lines.append(
+            f"{r.clients:>7} {r.duration_s:>5.0f} {r.requests_per_s:>7.1f} {r.submits:>7}"
+            f" {r.jobs_finished:>5} {r.errors:>6} {f(r.status_ms['p50']):>10}"
+            f" {f(r.status_ms['p95']):>7} {f(r.status_ms['p99']):>7} {f(r.status_ms['max']):>7}"
+            f" {f(r.submit_ms['p99']):>10}"
+        )
+    lines.append("(latencies in ms, measured by the client over loopback)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[5, 50, 200])
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polls")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes (own server)")
+    ap.add_argument("--url", help="use this running server instead of starting one")
+    ap.add_argument("--api-key", default=os.environ.get("AIPROD_API_KEY"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
+    args = ap.parse_args(argv)
+    if args.url and not args.api_key:
+        ap.error("--url needs --api-key (or AIPROD_API_KEY)")
+
+    def phases(base_url: str, api_key: str) -> list[PhaseResult]:
+        results = []
+        for n in args.clients:
+            r = asyncio.run(
+                run_phase(
+                    base_url,
+                    api_key,
+                    clients=n,
+                    duration=args.duration,
+                    poll_interval=args.poll_interval,
+                    job_params=TINY_JOB,
+                )
+            )
+            print(f"  {n} clients: {r.requests} requests, {r.errors} errors", flush=True)
+            results.append(r)
+        return results
+
+    if args.url:
+        results = phases(args.url, args.api_key)
+    else:
+        with tempfile.TemporaryDirectory(prefix="aiprod-load-") as tmp:
+            log_path = Path(tmp) / "server.log"
+            with local_server(workers=args.workers, data_dir=Path(tmp), log_path=log_path) as (
+                url,
+                key,
+            ):
+                results = phases(url, key)
+    print(_table(results))
+    report = {
+        "benchmark": "load_test",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "server": args.url or f"own (aiprod serve --workers {args.workers}, SQLite)",
+        "poll_interval_s": args.poll_interval,
+        "job": TINY_JOB,
+        "phases": [asdict(r) for r in results],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_out, args.out)
+    print(f"wrote {args.out}")
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
