@@ -24,6 +24,24 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=100, ge=1)
     device: str | None = None  # worker device; default cuda if available else cpu
 
+    # Service and queue (see docs/api.md). Short intervals are for tests; defaults suit production.
+    public_url: str | None = None  # base URL used in webhook payloads, e.g. https://video.example
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    lease_seconds: float = Field(default=30.0, gt=0)  # a running job's lease, renewed by heartbeat
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    worker_poll_interval: float = Field(default=1.0, gt=0)  # idle worker's claim interval
+    reaper_interval: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)  # a job is tried this many times before failing
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)  # doubled after every failed try
+    webhook_timeout: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_seconds: float = Field(default=2.0, ge=0)
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
+    gpu_cost_per_hour: float = Field(default=0.0, ge=0)  # what a GPU-hour costs you (margin)
+    # Benchmarks/tests only: sleep this long after every denoising step so a tiny model's job
+    # lasts long enough to cancel or kill it mid-run. The real pipeline still runs.
+    worker_step_delay: float = Field(default=0.0, ge=0)
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -1,0 +1,1 @@
+"""Alembic migration environment (one history for SQLite and PostgreSQL)."""

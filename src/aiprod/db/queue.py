@@ -1,0 +1,208 @@
+"""The jobs table as a queue: atomic claim, lease + heartbeat, progress, finish, retry, reaper.
+
+Fair order: higher ``priority`` first; then round-robin across API keys (each key's oldest
+queued job has rank 1, its next rank 2, ...; lower rank first), then age. One client's 100 queued
+jobs therefore never starve another client's single job: it waits for at most one job per key.
+
+Claim is atomic on both backends: PostgreSQL locks the chosen row with ``FOR UPDATE SKIP
+LOCKED`` (concurrent workers skip it and take the next); SQLite transactions are all
+``BEGIN IMMEDIATE`` (see ``session.py``), so only one claim runs at a time. Every write a worker
+makes afterwards is conditional on it still holding the lease (``lease_owner``), so a worker
+whose job was reaped and handed to another can never overwrite the new owner's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from aiprod.db.models import Job, utcnow
+
+
+def _ranked(*, now: datetime | None = None, models: list[str] | None = None) -> Select:
+    rank = (
+        func.row_number()
+        .over(partition_by=Job.api_key_id, order_by=(Job.created_at, Job.id))
+        .label("rk")
+    )
+    q = select(Job.id, Job.priority, Job.created_at, rank).where(Job.status == "queued")
+    if now is not None:
+        q = q.where(Job.available_at <= now)
+    if models is not None:
+        q = q.where(Job.model.in_(models))
+    return q
+
+
+def claim(
+    session: Session,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    models: list[str] | None = None,
+    now: datetime | None = None,
+) -> Job | None:
+    """Take the next job in fair order, or None. The caller commits."""
+    now = now or utcnow()
+    ranked = _ranked(now=now, models=models).subquery()
+    q = (
+        select(Job)
+        .join(ranked, ranked.c.id == Job.id)
+        .where(Job.status == "queued")
+        .order_by(ranked.c.priority.desc(), ranked.c.rk, ranked.c.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Job)
+    )
+    job = session.execute(q).scalars().first()
+    if job is None:
+        return None
+    job.status = "running"
+    job.attempts += 1
+    job.lease_owner = worker_id
+    job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    job.heartbeat_at = now
+    job.started_at = now
+    job.progress = 0.0
+    job.error_code = None
+    job.error_message = None
+    session.flush()
+    return job
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    owned: bool  # False: the lease was lost (reaped, or the job ended elsewhere)
+    cancel_requested: bool
+
+
+def _owned(job_id: str, worker_id: str):  # type: ignore[no-untyped-def]
+    return and_(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running")
+
+
+def _state(session: Session, job_id: str, worker_id: str, rowcount: int) -> LeaseState:
+    if rowcount != 1:
+        return LeaseState(owned=False, cancel_requested=False)
+    cancel = session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one()
+    return LeaseState(owned=True, cancel_requested=bool(cancel))
+
+
+def heartbeat(
+    session: Session,
+    *,
+    job_id: str,
+    worker_id: str,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> LeaseState:
+    """Renew the lease; tells the worker whether it still owns the job and if cancel was asked."""
+    now = now or utcnow()
+    res = session.execute(
+        update(Job)
+        .where(_owned(job_id, worker_id))
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return _state(session, job_id, worker_id, res.rowcount)
+
+
+def set_progress(session: Session, *, job_id: str, worker_id: str, progress: float) -> LeaseState:
+    res = session.execute(
+        update(Job)
+        .where(_owned(job_id, worker_id))
+        .values(progress=max(0.0, min(1.0, float(progress))))
+    )
+    return _state(session, job_id, worker_id, res.rowcount)
+
+
+def finish(
+    session: Session,
+    *,
+    job_id: str,
+    worker_id: str,
+    status: str,
+    now: datetime | None = None,
+    **values: object,
+) -> Job | None:
+    """Move an owned running job to a terminal status; None if the lease was lost."""
+    now = now or utcnow()
+    res = session.execute(
+        update(Job)
+        .where(_owned(job_id, worker_id))
+        .values(status=status, completed_at=now, lease_owner=None, lease_expires_at=None, **values)
+    )
+    if res.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def retry_later(
+    session: Session,
+    *,
+    job_id: str,
+    worker_id: str,
+    delay_seconds: float,
+    error_code: str,
+    error_message: str,
+    count_attempt: bool = True,
+    now: datetime | None = None,
+) -> bool:
+    """Put an owned running job back in the queue, available after ``delay_seconds``."""
+    now = now or utcnow()
+    values: dict[str, object] = dict(
+        status="queued",
+        lease_owner=None,
+        lease_expires_at=None,
+        progress=0.0,
+        available_at=now + timedelta(seconds=delay_seconds),
+        error_code=error_code,
+        error_message=error_message,
+    )
+    if not count_attempt:
+        values["attempts"] = Job.attempts - 1
+    res = session.execute(update(Job).where(_owned(job_id, worker_id)).values(**values))
+    return res.rowcount == 1
+
+
+def backoff_seconds(base: float, attempts: int) -> float:
+    """Exponential backoff after the ``attempts``-th failed try, capped at 10 minutes."""
+    return min(600.0, base * (2 ** max(0, attempts - 1)))
+
+
+def expired_jobs(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[Job]:
+    """Running jobs whose lease ran out (their worker died or hung), locked for the reaper."""
+    now = now or utcnow()
+    q = (
+        select(Job)
+        .where(Job.status == "running", Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.execute(q).scalars())
+
+
+def queue_position(session: Session, job: Job) -> int:
+    """How many queued jobs come before ``job`` in fair order (0 = next)."""
+    ranked = _ranked().subquery()
+    me = session.execute(
+        select(ranked.c.priority, ranked.c.rk, ranked.c.created_at).where(ranked.c.id == job.id)
+    ).first()
+    if me is None:
+        return 0
+    p, rk, created = me
+    r = ranked.c
+    ahead = or_(
+        r.priority > p,
+        and_(
+            r.priority == p,
+            or_(
+                r.rk < rk,
+                and_(
+                    r.rk == rk,
+                    or_(r.created_at < created, and_(r.created_at == created, r.id < job.id)),
+                ),
+            ),
+        ),
+    )
+    return int(session.execute(select(func.count()).select_from(ranked).where(ahead)).scalar_one())

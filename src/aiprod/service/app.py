@@ -1,0 +1,61 @@
+"""The FastAPI application factory: ``create_app(settings) -> FastAPI``.
+
+Never imports torch (directly or indirectly): the API process only validates, queues and serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import aiprod
+from aiprod.core.registry import load_registry
+from aiprod.core.settings import Settings, get_settings
+from aiprod.db.session import make_engine, make_sessionmaker
+from aiprod.service.errors import install_error_handlers
+from aiprod.service.middleware import ServiceMiddleware
+from aiprod.service.ratelimit import RateLimiter
+from aiprod.service.routers import admin, health, jobs
+from aiprod.service.state import AppState
+from aiprod.service.storage import open_storage
+
+DESCRIPTION = """Text/image-to-video generation jobs.
+
+Authenticate with `Authorization: Bearer aiprod_sk_...` (create keys with `aiprod keys create`).
+Every error has the shape `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        registry=load_registry(settings.models_file),
+        storage=open_storage(settings),
+        limiter=RateLimiter(),
+        secret=settings.resolved_secret_key(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="aiprod",
+        version=getattr(aiprod, "__version__", "0.1.0"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.aiprod = state
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(admin.router)
+    return app

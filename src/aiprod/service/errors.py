@@ -1,0 +1,74 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "field"?}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aiprod.core.errors import AiprodError
+
+log = logging.getLogger("aiprod.service")
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    body: dict[str, object] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AiprodError)
+    async def _aiprod(request: Request, exc: AiprodError) -> JSONResponse:
+        headers = {}
+        rate = getattr(request.state, "rate", None)
+        if exc.status_code == 429 and rate is not None:
+            headers["Retry-After"] = str(rate.reset_seconds)
+        if exc.status_code >= 500:
+            log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return error_response(
+                400, "invalid_json", "the request body is not valid JSON", field="body"
+            )
+        field = _field(first.get("loc", ()))
+        typ = first.get("type", "")
+        if typ == "missing":
+            msg = f"{field} is required"
+        elif typ == "extra_forbidden":
+            msg = f"unknown field '{field}': see /docs for the accepted fields"
+        elif field == "body" and typ in {"model_attributes_type", "dict_type"}:
+            msg = "the request body must be a JSON object"
+        else:
+            msg = f"{field}: {first.get('msg', 'invalid value')}"
+        return error_response(422, "invalid_request", msg, field=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error (this is a bug)")

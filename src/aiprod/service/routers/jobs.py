@@ -1,0 +1,225 @@
+"""Client routes: generate, jobs, download, cancel, models, estimate-cost."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
+from aiprod.db.models import JOB_STATUSES
+from aiprod.db.repositories import JobRepository
+from aiprod.service import jobs as svc
+from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@router.post("/generate", status_code=202, summary="Create a generation job")
+def generate(
+    body: svc.GenerateBody,
+    request: Request,
+    key: ApiKeyDep,
+    session: SessionDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Queue a job; returns 202 with the job object. Repeating a request with the same
+    `Idempotency-Key` returns the same job instead of creating another."""
+    job, created = svc.create_job(
+        session,
+        api_key_id=key.id,
+        priority=key.priority,
+        body=body,
+        registry=state.registry,
+        storage=state.storage,
+        settings=state.settings,
+        idempotency_key=idempotency_key,
+    )
+    out = svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+    headers = {"Location": f"/api/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(out, status_code=202, headers=headers)
+
+
+def _parse_time(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{field} must be an ISO 8601 date or datetime, e.g. 2026-01-31T00:00:00Z",
+            field=field,
+        ) from exc
+    if dt.tzinfo is None:
+        from datetime import UTC
+
+        dt = dt.replace(tzinfo=UTC)
+    return dt
+
+
+@router.get("/jobs", summary="List the caller's jobs, newest first")
+def list_jobs(
+    request: Request,
+    key: ApiKeyDep,
+    session: SessionDep,
+    state: StateDep,
+    status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
+    created_after: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
+    created_before: Annotated[str | None, Query(description="ISO 8601, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    """E.g. all videos of the last 30 days: `?status=succeeded&created_after=2026-01-01`."""
+    statuses = status or None
+    for s in statuses or []:
+        if s not in JOB_STATUSES:
+            raise InvalidRequest(
+                f"status '{s}' is not one of {', '.join(JOB_STATUSES)}", field="status"
+            )
+    page = JobRepository(session).list_owned(
+        key.id,
+        statuses=statuses,
+        created_after=_parse_time(created_after, "created_after"),
+        created_before=_parse_time(created_before, "created_before"),
+        limit=limit,
+        cursor=cursor,
+    )
+    base = _base(request)
+    return {
+        "data": [
+            svc.render_job(session, j, base_url=base, settings=state.settings) for j in page.items
+        ],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.get("/jobs/{job_id}", summary="A job object")
+def get_job(
+    job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    job = JobRepository(session).get_owned(job_id, key.id)
+    return svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
+def cancel(
+    job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """A queued job is canceled at once; a running one stops within one denoising step
+    (`cancel_requested` is true until it does). Canceling a finished job changes nothing."""
+    job = JobRepository(session).get_owned(job_id, key.id)
+    job = svc.cancel_job(session, job, settings=state.settings)
+    return svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 256 * 1024
+
+
+def _iter_file(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        f.seek(start)
+        left = length
+        while left > 0:
+            data = f.read(min(CHUNK, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+
+
+@router.get(
+    "/jobs/{job_id}/download",
+    summary="Download the MP4",
+    response_class=Response,
+    responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "Partial content"}},
+)
+def download(
+    job_id: str,
+    key: ApiKeyDep,
+    session: SessionDep,
+    state: StateDep,
+    range_: Annotated[str | None, Header(alias="Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """The MP4 of a succeeded job (409 otherwise). Supports `Range` (206) and `ETag`."""
+    job = JobRepository(session).get_owned(job_id, key.id)
+    if job.status != "succeeded" or not job.output_path:
+        raise Conflict(
+            f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
+            code="not_ready",
+        )
+    path = state.storage.path(job.output_path)
+    if not path.is_file():
+        raise NotFound(f"the output of job {job.id} is no longer in storage")
+    size = path.stat().st_size
+    etag = f'"{job.output_sha256 or job.id}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{job.id}.mp4"',
+        "Cache-Control": "private, max-age=3600",
+    }
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    if range_:
+        m = _RANGE.match(range_.strip())
+        if m is None or (not m.group(1) and not m.group(2)):
+            raise AiprodError(
+                "Range must look like 'bytes=START-END' (one range)",
+                status_code=416,
+                code="bad_range",
+            )
+        if m.group(1):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        else:  # suffix range: the last N bytes
+            start = max(0, size - int(m.group(2)))
+            end = size - 1
+        if start >= size or end < start:
+            headers["Content-Range"] = f"bytes */{size}"
+            return JSONResponse(
+                {"error": {"code": "bad_range", "message": f"range outside the {size}-byte file"}},
+                status_code=416,
+                headers=headers,
+            )
+        length = end - start + 1
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(length)
+        return StreamingResponse(
+            _iter_file(path, start, length),
+            status_code=206,
+            media_type="video/mp4",
+            headers=headers,
+        )
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(_iter_file(path, 0, size), media_type="video/mp4", headers=headers)
+
+
+@router.get("/models", summary="Models this server can run")
+def models(key: ApiKeyDep, state: StateDep) -> dict[str, Any]:
+    reg = state.registry
+    return {
+        "default": reg.default,
+        "data": [{**m.public_dict(), "default": m.id == reg.default} for m in reg.models],
+    }
+
+
+@router.post("/estimate-cost", summary="Predict GPU-seconds and cost for a request")
+def estimate_cost(
+    body: svc.GenerateBody, key: ApiKeyDep, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """Same body as /generate. `basis` is `measured` once a worker has timed this model."""
+    return svc.estimate(session, svc.validate_generate(body, state.registry))
