@@ -194,7 +194,11 @@ def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pi
             f"model '{entry.id}': defaults.two_stage is true but there is no latent upsampler; "
             "add a latent_upsampler/ folder (or components.upsampler) or set two_stage = false"
         )
-    max_len = entry.options.max_sequence_length or (128 if entry.family == "builtin" else 256)
+    max_len = entry.options.max_sequence_length or 256  # LTXConditionPipeline's default
+    if entry.options.max_sequence_length is None and entry.family == "builtin":
+        # The built-in model is trained with prompts padded to its tokenizer's length.
+        tok_len = getattr(pipe.tokenizer, "model_max_length", 0)
+        max_len = int(tok_len) if 0 < tok_len <= 1024 else 128
     return LTXVideoEngine(
         entry,
         pipe=pipe,
