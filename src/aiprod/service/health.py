@@ -1,0 +1,169 @@
+"""Readiness: can this API process usefully take traffic right now, and if not, why not.
+
+``/readyz`` answers 200 only when every check passes, 503 otherwise, and always with the
+checks and one human sentence per failing check in ``reasons``::
+
+    {"status": "not_ready",
+     "checks": {"database": "ok", "migrations": "ok", "workers": 0, "storage": "ok",
+                "disk": "ok"},
+     "reasons": ["no live worker (none heartbeat in the last 60 s): start `aiprod worker` ..."],
+     "details": {"migrations": {"current": "0001", "head": "0001"}, ...}}
+
+The checks: the database answers ``SELECT 1``; its Alembic revision is the code's head; at
+least one worker heartbeat is recent (``AIPROD_READY_REQUIRES_WORKER=false`` turns this off for
+an API that should stay in the load balancer with no workers); the output storage folder takes
+a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from aiprod.db.migrate import head_revision
+from aiprod.db.models import Worker
+
+
+class ObservabilitySettings(BaseSettings):
+    """Operations settings (env prefix ``AIPROD_``, also read from ``.env``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AIPROD_", env_file=".env", extra="ignore")
+
+    min_free_disk_mb: float = Field(default=1024.0, ge=0)  # /readyz fails below this
+    ready_requires_worker: bool = True  # /readyz fails with no live worker
+    worker_live_seconds: float | None = Field(default=None, gt=0)  # default: 2 x lease_seconds
+    retention_days: float | None = Field(default=None, gt=0)  # delete outputs older than this
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)  # how often the API checks
+    log_requests: bool = True  # one structured log line per request
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    checks: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "status": "ready" if self.ready else "not_ready",
+            "checks": self.checks,
+            "reasons": self.reasons,
+            "details": self.details,
+        }
+
+
+def check_readiness(
+    *,
+    sessions: sessionmaker[Session],
+    storage_root: Path,
+    worker_live_seconds: float,
+    min_free_bytes: int,
+    require_worker: bool = True,
+) -> Readiness:
+    """Run every readiness check (none raises) and collect the results."""
+    r = Readiness(ready=True)
+
+    def fail(check: str, value: Any, reason: str) -> None:
+        r.checks[check] = value
+        r.reasons.append(reason)
+        r.ready = False
+
+    # Database, migrations and workers: one connection.
+    try:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+            r.checks["database"] = "ok"
+            current = _current_revision(session)
+            head = head_revision()
+            r.details["migrations"] = {"current": current, "head": head}
+            if current == head:
+                r.checks["migrations"] = "ok"
+            else:
+                fail(
+                    "migrations",
+                    "behind" if current else "not applied",
+                    f"database is at migration {current or 'none'}, the code needs {head}: "
+                    "run `aiprod db upgrade`",
+                )
+            live = _live_workers(session, worker_live_seconds)
+            r.checks["workers"] = live
+            r.details["workers"] = {"live": live, "window_seconds": worker_live_seconds}
+            if require_worker and live < 1:
+                fail(
+                    "workers",
+                    live,
+                    f"no live worker (none sent a heartbeat in the last {worker_live_seconds:g} s):"
+                    " start `aiprod worker` on a GPU machine, or check the workers' logs",
+                )
+    except Exception as exc:  # any database failure means not ready; say which
+        fail(
+            "database",
+            f"error: {type(exc).__name__}",
+            f"database unreachable ({type(exc).__name__}: {_first_line(exc)}): "
+            "check AIPROD_DATABASE_URL and that the database server is up",
+        )
+        r.checks.setdefault("migrations", "unknown")
+        r.checks.setdefault("workers", "unknown")
+
+    # Storage: a real write, then free space.
+    r.details["storage"] = {"path": str(storage_root)}
+    try:
+        storage_root.mkdir(parents=True, exist_ok=True)
+        probe = storage_root / f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        r.checks["storage"] = "ok"
+    except OSError as exc:
+        fail(
+            "storage",
+            "not writable",
+            f"output storage {storage_root} is not writable ({exc.strerror or exc}): "
+            "fix its permissions or AIPROD_STORAGE_URL",
+        )
+    try:
+        usage = shutil.disk_usage(storage_root if storage_root.exists() else storage_root.parent)
+        r.details["disk"] = {"free_bytes": usage.free, "min_free_bytes": min_free_bytes}
+        if usage.free >= min_free_bytes:
+            r.checks["disk"] = "ok"
+        else:
+            fail(
+                "disk",
+                "low",
+                f"only {usage.free / 2**20:.0f} MiB free on {storage_root} (minimum "
+                f"{min_free_bytes / 2**20:.0f} MiB): free space, set AIPROD_RETENTION_DAYS, or "
+                "lower AIPROD_MIN_FREE_DISK_MB",
+            )
+    except OSError as exc:
+        fail("disk", "unknown", f"cannot measure free space on {storage_root}: {exc}")
+    return r
+
+
+def _live_workers(session: Session, within_seconds: float) -> int:
+    since = datetime.now(UTC) - timedelta(seconds=within_seconds)
+    q = select(func.count()).where(Worker.last_seen_at >= since, Worker.status != "stopped")
+    return int(session.scalar(q) or 0)
+
+
+def _current_revision(session: Session) -> str | None:
+    # Read alembic_version directly: alembic's MigrationContext logs at INFO on every probe.
+    try:
+        with session.begin_nested():
+            return session.scalar(text("SELECT version_num FROM alembic_version"))
+    except Exception:  # no table yet: never migrated
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip().splitlines()
+    return text_[0][:200] if text_ else ""
