@@ -37,8 +37,8 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 
 
 def utcnow() -> datetime:

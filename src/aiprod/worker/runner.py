@@ -1,0 +1,434 @@
+"""The worker process: owns the accelerator, loads each pipeline once, claims and runs jobs.
+
+Loop: reap expired leases (now and then) -> apply a pending clear-cache -> claim the next job in
+fair order -> run it with progress per step and cancellation between steps -> write the MP4 ->
+record cost, timing and the webhook in the same transaction as the terminal status.
+
+A heartbeat thread renews the lease of the running job and notices cancel requests or a lost
+lease; a webhook thread delivers the outbox. SIGTERM/SIGINT stop the worker between steps: the
+job in hand goes back to the queue without using up an attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from aiprod.core.errors import AiprodError, GenerationCanceled
+from aiprod.core.registry import ModelEntry, Registry, load_registry
+from aiprod.core.settings import Settings
+from aiprod.db import queue
+from aiprod.db.models import Job, utcnow
+from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepository
+from aiprod.db.session import make_engine, make_sessionmaker, session_scope
+from aiprod.service.jobs import on_terminal
+from aiprod.service.storage import LocalStorage, open_storage, output_key
+from aiprod.service.webhooks import WebhookDispatcher
+
+log = logging.getLogger("aiprod.worker")
+
+CACHE_EPOCH = "cache_epoch"
+
+
+@dataclass
+class _Current:
+    """The job in hand, shared between the main loop and the heartbeat thread."""
+
+    job_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        max_jobs: int | None = None,
+        exit_when_idle: bool = False,
+        webhooks: bool = True,
+        preload: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.max_jobs = max_jobs
+        self.preload = preload
+        self.exit_when_idle = exit_when_idle
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.registry: Registry = load_registry(settings.models_file)
+        self.storage: LocalStorage = open_storage(settings)
+        self.secret = settings.resolved_secret_key()
+        self.pipelines: dict[str, Any] = {}
+        self.stop_event = threading.Event()
+        self.current: _Current | None = None
+        self.cache_epoch = 0
+        self.jobs_done = 0
+        self._last_reap = 0.0
+        self._hb_thread: threading.Thread | None = None
+        self.dispatcher = (
+            WebhookDispatcher(
+                sessions=self.sessions, settings=settings, secret=self.secret, owner=self.id
+            )
+            if webhooks
+            else None
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, _frame: Any) -> None:
+            log.info("worker %s: signal %d, stopping after the current step", self.id, signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self) -> int:
+        """Serve jobs until stopped; returns the number of jobs finished."""
+        with session_scope(self.sessions) as s:
+            WorkerRepository(s).register(
+                worker_id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                device=self.settings.device,
+            )
+            self.cache_epoch = StateRepository(s).get_int(CACHE_EPOCH)
+            WorkerRepository(s).seen(self.id, cache_epoch=self.cache_epoch)
+        log.info("worker %s started (models: %s)", self.id, ", ".join(self.model_ids))
+        if self.preload:
+            # Load the default model before claiming anything, so no lease runs during a load.
+            self.pipeline(self.registry.default_entry)
+        self._hb_thread = threading.Thread(
+            target=self._heartbeat_loop, name="heartbeat", daemon=True
+        )
+        self._hb_thread.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        try:
+            while not self.stop_event.is_set():
+                if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+                    break
+                self._maybe_reap()
+                self._maybe_clear_cache()
+                if not self.step():
+                    if self.exit_when_idle:
+                        break
+                    self.stop_event.wait(self.settings.worker_poll_interval)
+        finally:
+            self.stop_event.set()
+            if self.dispatcher is not None:
+                self.dispatcher.stop()
+            try:
+                with session_scope(self.sessions) as s:
+                    WorkerRepository(s).seen(self.id, status="stopped", current_job_id=None)
+            except Exception:
+                log.exception("could not mark worker %s stopped", self.id)
+            self.engine.dispose()
+        log.info("worker %s stopped after %d jobs", self.id, self.jobs_done)
+        return self.jobs_done
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m.id for m in self.registry.models]
+
+    # ------------------------------------------------------------------ background duties
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.wait(self.settings.heartbeat_interval):
+            try:
+                self.heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def heartbeat(self) -> None:
+        cur = self.current
+        with session_scope(self.sessions) as s:
+            if cur is not None:
+                st = queue.heartbeat(
+                    s,
+                    job_id=cur.job_id,
+                    worker_id=self.id,
+                    lease_seconds=self.settings.lease_seconds,
+                )
+                self._apply(cur, st)
+            WorkerRepository(s).seen(
+                self.id,
+                status="busy" if cur is not None else "idle",
+                current_job_id=cur.job_id if cur is not None else None,
+            )
+
+    @staticmethod
+    def _apply(cur: _Current, st: queue.LeaseState) -> None:
+        if not st.owned:
+            cur.lost.set()
+        if st.cancel_requested:
+            cur.cancel.set()
+
+    def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap < self.settings.reaper_interval:
+            return
+        self._last_reap = now
+        try:
+            reap(self.sessions, self.settings)
+        except Exception:
+            log.exception("reaper pass failed")
+
+    def _maybe_clear_cache(self) -> None:
+        with session_scope(self.sessions) as s:
+            epoch = StateRepository(s).get_int(CACHE_EPOCH)
+        if epoch == self.cache_epoch:
+            return
+        default = self.registry.default
+        for model_id in list(self.pipelines):
+            pipe = self.pipelines[model_id]
+            if hasattr(pipe, "clear_cache"):
+                pipe.clear_cache()
+            if model_id != default:  # unload idle non-default models entirely
+                del self.pipelines[model_id]
+        if "torch" in sys.modules:
+            from aiprod import engine
+
+            engine.clear_cache()
+        self.cache_epoch = epoch
+        with session_scope(self.sessions) as s:
+            WorkerRepository(s).seen(self.id, cache_epoch=epoch)
+        log.info("worker %s cleared its cache (epoch %d)", self.id, epoch)
+
+    # ------------------------------------------------------------------ jobs
+    def pipeline(self, entry: ModelEntry) -> Any:
+        pipe = self.pipelines.get(entry.id)
+        if pipe is None:
+            from aiprod import engine  # torch lives behind this import
+
+            t0 = time.perf_counter()
+            pipe = engine.load_pipeline(entry, device=self.settings.device)
+            log.info("loaded model %s in %.1fs", entry.id, time.perf_counter() - t0)
+            self.pipelines[entry.id] = pipe
+        return pipe
+
+    def step(self) -> bool:
+        """Claim and run one job; False when the queue had nothing for this worker."""
+        with session_scope(self.sessions) as s:
+            job = queue.claim(
+                s,
+                worker_id=self.id,
+                lease_seconds=self.settings.lease_seconds,
+                models=self.model_ids,
+            )
+            if job is None:
+                return False
+            s.expunge(job)
+            WorkerRepository(s).seen(self.id, status="busy", current_job_id=job.id)
+        self.current = _Current(job.id)
+        try:
+            self.run_job(job)
+        finally:
+            self.current = None
+            self.jobs_done += 1
+        return True
+
+    def _request(self, job: Job) -> Any:
+        from aiprod.engine.types import GenerationRequest
+
+        p = job.params
+        image = self.storage.read_bytes(job.input_image_path) if job.input_image_path else None
+        return GenerationRequest(
+            prompt=p["prompt"],
+            negative_prompt=p.get("negative_prompt"),
+            width=p["width"],
+            height=p["height"],
+            num_frames=p["num_frames"],
+            fps=p["fps"],
+            seed=p["seed"],
+            num_inference_steps=p["num_inference_steps"],
+            guidance_scale=p["guidance_scale"],
+            two_stage=p.get("two_stage", False),
+            image=image,
+        )
+
+    def run_job(self, job: Job) -> None:
+        cur = self.current
+        assert cur is not None
+        log.info("job %s: attempt %d on %s", job.id, job.attempts, self.id)
+        delay = self.settings.worker_step_delay
+
+        def on_progress(fraction: float) -> None:
+            with session_scope(self.sessions) as s:
+                st = queue.set_progress(s, job_id=job.id, worker_id=self.id, progress=fraction)
+            self._apply(cur, st)
+            if delay and fraction < 1.0 and not (cur.cancel.is_set() or cur.lost.is_set()):
+                self.stop_event.wait(delay)
+
+        def should_cancel() -> bool:
+            return cur.cancel.is_set() or cur.lost.is_set() or self.stop_event.is_set()
+
+        t0 = time.perf_counter()
+        try:
+            entry = self.registry.get(job.model)
+            pipe = self.pipeline(entry)
+            t0 = time.perf_counter()  # GPU time = generation + encode, not model loading
+            video = pipe(self._request(job), on_progress=on_progress, should_cancel=should_cancel)
+            from aiprod.core.media import write_mp4
+
+            key = output_key(job.id)
+            path = write_mp4(
+                self.storage.path(key),
+                video.frames,
+                video.fps,
+                audio=video.audio,
+                sample_rate=video.audio_sample_rate,
+            )
+            seconds = time.perf_counter() - t0
+            data = path.read_bytes()
+            self._succeed(job, entry, key, data, seconds)
+        except GenerationCanceled:
+            self._canceled(job, cur, time.perf_counter() - t0)
+        except AiprodError as exc:
+            if cur.lost.is_set():
+                return
+            permanent = 400 <= exc.status_code < 500
+            self._failed(job, exc.code, exc.message, permanent=permanent)
+        except Exception as exc:  # a crash in the engine: retry with backoff, then fail
+            log.exception("job %s crashed", job.id)
+            if cur.lost.is_set():
+                return
+            self._failed(
+                job, "generation_failed", f"{type(exc).__name__}: {exc}"[:2000], permanent=False
+            )
+
+    def _succeed(self, job: Job, entry: ModelEntry, key: str, data: bytes, seconds: float) -> None:
+        cost = round(seconds * entry.price_per_gpu_second, 6)
+        with session_scope(self.sessions) as s:
+            done = queue.finish(
+                s,
+                job_id=job.id,
+                worker_id=self.id,
+                status="succeeded",
+                progress=1.0,
+                output_path=key,
+                output_bytes=len(data),
+                output_sha256=hashlib.sha256(data).hexdigest(),
+                gpu_seconds=seconds,
+                cost_usd=cost,
+                error_code=None,
+                error_message=None,
+            )
+            if done is None:
+                log.warning("job %s: lease lost before finishing; result discarded", job.id)
+                return
+            p = job.params
+            TimingRepository(s).record(
+                model=entry.id,
+                model_version=entry.version,
+                width=p["width"],
+                height=p["height"],
+                num_frames=p["num_frames"],
+                steps=p["num_inference_steps"],
+                two_stage=bool(p.get("two_stage")),
+                seconds=seconds,
+            )
+            on_terminal(s, done, settings=self.settings)
+            WorkerRepository(s).seen(
+                self.id, status="idle", current_job_id=None, jobs_done=self.jobs_done + 1
+            )
+        log.info("job %s succeeded in %.2fs", job.id, seconds)
+
+    def _canceled(self, job: Job, cur: _Current, seconds: float) -> None:
+        if cur.lost.is_set():
+            log.warning("job %s: lease lost mid-run; stopped", job.id)
+            return
+        with session_scope(self.sessions) as s:
+            if cur.cancel.is_set():
+                entry = self.registry.get(job.model)
+                done = queue.finish(
+                    s,
+                    job_id=job.id,
+                    worker_id=self.id,
+                    status="canceled",
+                    gpu_seconds=seconds,
+                    cost_usd=round(seconds * entry.price_per_gpu_second, 6),
+                )
+                if done is not None:
+                    on_terminal(s, done, settings=self.settings)
+                log.info("job %s canceled", job.id)
+            else:  # the worker is stopping: hand the job back without using an attempt
+                queue.retry_later(
+                    s,
+                    job_id=job.id,
+                    worker_id=self.id,
+                    delay_seconds=0,
+                    error_code="worker_stopped",
+                    error_message="worker stopped; requeued",
+                    count_attempt=False,
+                )
+                log.info("job %s requeued (worker stopping)", job.id)
+
+    def _failed(self, job: Job, code: str, message: str, *, permanent: bool) -> None:
+        with session_scope(self.sessions) as s:
+            if not permanent and job.attempts < job.max_attempts:
+                delay = queue.backoff_seconds(self.settings.retry_backoff_seconds, job.attempts)
+                queue.retry_later(
+                    s,
+                    job_id=job.id,
+                    worker_id=self.id,
+                    delay_seconds=delay,
+                    error_code=code,
+                    error_message=message,
+                )
+                log.warning("job %s failed (%s); retry in %.1fs", job.id, message, delay)
+                return
+            done = queue.finish(
+                s,
+                job_id=job.id,
+                worker_id=self.id,
+                status="failed",
+                error_code=code,
+                error_message=message,
+            )
+            if done is not None:
+                on_terminal(s, done, settings=self.settings)
+            log.warning("job %s failed: %s", job.id, message)
+
+
+def reap(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, int]:
+    """Requeue (or, out of attempts, fail) running jobs whose lease expired.
+
+    Returns (requeued, failed). Safe to run from many workers at once (rows are locked).
+    """
+    requeued = failed = 0
+    with session_scope(sessions) as s:
+        now = utcnow()
+        for job in queue.expired_jobs(s, now=now):
+            msg = f"worker {job.lease_owner} stopped renewing its lease (crashed or hung)"
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.error_code = "worker_lost"
+            job.error_message = msg
+            if job.attempts >= job.max_attempts:
+                job.status = "failed"
+                job.completed_at = now
+                s.flush()
+                on_terminal(s, job, settings=settings)
+                failed += 1
+            else:
+                job.status = "queued"
+                job.progress = 0.0
+                job.available_at = now + timedelta(
+                    seconds=queue.backoff_seconds(settings.retry_backoff_seconds, job.attempts)
+                )
+                requeued += 1
+            log.warning("reaper: job %s %s (%s)", job.id, job.status, msg)
+    return requeued, failed
