@@ -316,7 +316,7 @@ class Client:
     def list_jobs(
         self,
         *,
-        status: str | None = None,
+        status: str | list[str] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
         **filters: Any,
@@ -326,7 +326,7 @@ class Client:
         body = self._json(
             "GET", "/api/v1/jobs", params={k: v for k, v in query.items() if v is not None}
         )
-        items = body.get("items", body.get("jobs", [])) if isinstance(body, dict) else body
+        items = body.get("data", []) if isinstance(body, dict) else body
         nxt = body.get("next_cursor") if isinstance(body, dict) else None
         return [Job.from_dict(j) for j in items], nxt
 
@@ -386,15 +386,21 @@ class Client:
         return path
 
     def models(self) -> list[dict[str, Any]]:
+        """The models this server runs (each with limits, defaults, price, ``default`` flag)."""
         body = self._json("GET", "/api/v1/models")
-        return body.get("models", body) if isinstance(body, dict) else body
+        return body.get("data", []) if isinstance(body, dict) else body
 
     def estimate_cost(self, prompt: str, **params: Any) -> dict[str, Any]:
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
         return self._json("POST", "/api/v1/estimate-cost", json=body, retry_safe=True)
 
-    def admin_stats(self, **query: Any) -> dict[str, Any]:
-        return self._json("GET", "/api/v1/admin/stats", params=query)
+    def admin_stats(self, *, days: int = 30) -> dict[str, Any]:
+        """Per-key and per-day jobs, GPU-seconds, cost and revenue (admin key)."""
+        return self._json("GET", "/api/v1/admin/stats", params={"days": days})
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker processes and what they are doing (admin key)."""
+        return self._json("GET", "/api/v1/admin/workers").get("data", [])
 
     def clear_cache(self) -> dict[str, Any]:
         return self._json("POST", "/api/v1/admin/clear-cache", retry_safe=True)
