@@ -42,3 +42,108 @@ def builtin_pipe(builtin_entry: ModelEntry):  # noqa: ANN201
         # The trained model has landed; tests about the random fallback use a pathless copy.
         builtin_entry = builtin_entry.model_copy(update={"path": None})
     return load_pipeline(builtin_entry, "cpu")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random LTX-Video and LTX-2 models saved in the diffusers layout, + a distilled LoRA."""
+    import copy
+
+    from diffusers import LTX2Pipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from aiprod.engine.tiny import save_components, tiny_ltx2_components, tiny_ltxv_components
+
+    root = tmp_path_factory.mktemp("models")
+    save_components(tiny_ltxv_components(seed=1), root / "ltxv")
+    comps = tiny_ltx2_components(seed=1)
+    save_components(comps, root / "ltx2")
+    transformer = copy.deepcopy(comps["transformer"])
+    transformer.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,  # random, so the adapter visibly changes the output
+        )
+    )
+    LTX2Pipeline.save_lora_weights(
+        root / "lora", transformer_lora_layers=get_peft_model_state_dict(transformer)
+    )
+    return root
+
+
+MODELS_TOML = """
+[[models]]
+id = "tiny-ltxv"
+family = "ltxv"
+path = "ltxv"
+dtype = "bfloat16"
+[models.defaults]
+width = 64
+height = 32
+num_frames = 9
+fps = 12
+num_inference_steps = 2
+guidance_scale = 3.0
+two_stage = true
+
+[[models]]
+id = "tiny-ltx2"
+family = "ltx2"
+path = "ltx2"
+[models.defaults]
+width = 64
+height = 32
+num_frames = 9
+fps = 12
+num_inference_steps = 2
+guidance_scale = 3.0
+two_stage = true
+
+[[models]]
+id = "tiny-ltx2-lora"
+family = "ltx2"
+path = "ltx2"
+[models.components]
+distilled_lora = "lora/pytorch_lora_weights.safetensors"
+[models.defaults]
+width = 64
+height = 32
+num_frames = 9
+fps = 12
+num_inference_steps = 2
+two_stage = true
+
+[[models]]
+id = "tiny-ltx2-nolora"
+family = "ltx2"
+path = "ltx2"
+[models.options]
+distilled = true
+[models.defaults]
+width = 64
+height = 32
+num_frames = 9
+fps = 12
+num_inference_steps = 2
+two_stage = true
+"""
+
+
+@pytest.fixture(scope="session")
+def registry(model_dir: Path) -> Registry:
+    return write_models_toml(model_dir / "models.toml", MODELS_TOML, default="tiny-ltxv")
+
+
+@pytest.fixture(scope="session")
+def pipes(registry: Registry) -> dict:
+    """Loaded pipelines by model id, loaded on first use and kept for the session."""
+    from aiprod.engine import load_pipeline
+
+    class Lazy(dict):
+        def __missing__(self, key: str):  # noqa: ANN204
+            self[key] = load_pipeline(registry.get(key), "cpu")
+            return self[key]
+
+    return Lazy()

@@ -101,6 +101,9 @@ class Options(BaseModel):
     decode_timestep: float = Field(default=0.05, ge=0.0, le=1.0)
     decode_noise_scale: float = Field(default=0.025, ge=0.0, le=1.0)
     max_sequence_length: int | None = Field(default=None, ge=8, le=1024)  # text tokens
+    # Extra keyword arguments for stage 1's diffusers pipeline call when guidance is on, e.g.
+    # LTX-2's stg_scale / modality_scale / audio_guidance_scale (checked against its signature).
+    call_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelEntry(BaseModel):

@@ -35,6 +35,10 @@ class _DropMessages(logging.Filter):
 logging.getLogger("diffusers.schedulers.scheduling_flow_match_euler_discrete").addFilter(
     _DropMessages("`timesteps` were passed without `sigmas`")
 )
+# Printed on every pipe.to(device) of a model that has no fp32-pinned modules at all.
+logging.getLogger("diffusers.models.modeling_utils").addFilter(
+    _DropMessages("that should be kept in float32: []")
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

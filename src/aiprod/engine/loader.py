@@ -108,6 +108,19 @@ def check_family(entry: ModelEntry, transformer_dir: Path, expected: str) -> Non
         )
 
 
+def check_call_kwargs(entry: ModelEntry, fn: Any) -> None:
+    """``options.call_kwargs`` must name parameters the pipeline call accepts."""
+    import inspect
+
+    allowed = set(inspect.signature(fn).parameters) - {"self"}
+    bad = sorted(set(entry.options.call_kwargs) - allowed)
+    if bad:
+        raise ConfigError(
+            f"model '{entry.id}': options.call_kwargs has unknown key(s) {', '.join(bad)}; "
+            "use parameters of diffusers' pipeline call (e.g. guidance_rescale, stg_scale)"
+        )
+
+
 def load_or_fail(entry: ModelEntry, what: str, fn: Callable[[], Any]) -> Any:
     """Run a loader; turn any error into a one-line ConfigError naming the entry."""
     try:
@@ -166,8 +179,7 @@ def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pi
         comps = tiny_ltxv_components(seed=BUILTIN_SEED)
         if dtype != torch.float32:
             comps = {
-                k: (v.to(dtype) if isinstance(v, torch.nn.Module) else v)
-                for k, v in comps.items()
+                k: (v.to(dtype) if isinstance(v, torch.nn.Module) else v) for k, v in comps.items()
             }
     else:
         comps = _load_ltxv_files(entry, dtype)
@@ -177,6 +189,7 @@ def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pi
         # LTXConditionPipeline passes its own explicit schedule; dynamic shifting would need mu.
         sched = type(sched).from_config(sched.config, use_dynamic_shifting=False)
     upsampler = comps.pop("latent_upsampler", None)
+    check_call_kwargs(entry, LTXConditionPipeline.__call__)
     pipe = LTXConditionPipeline(
         scheduler=sched,
         vae=comps["vae"],

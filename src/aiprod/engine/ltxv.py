@@ -182,6 +182,8 @@ class LTXVideoEngine:
         def run_stage(index: int, st: StagePlan, **kw: Any) -> Any:
             tracker.start_stage(index)
             use_cfg = st.guidance_scale > 1.0
+            if index == 0 and use_cfg:
+                kw = {**opts.call_kwargs, **kw}
             return pipe(
                 prompt_embeds=pe,
                 prompt_attention_mask=pm,

@@ -110,3 +110,150 @@ def save_components(components: dict[str, Any], folder: str | Path) -> Path:
             continue
         comp.save_pretrained(folder / name)
     return folder
+
+
+def tiny_gemma_encoder(*, hidden: int = 32, layers: int = 2, seed: int = 0) -> Any:
+    """A tiny Gemma-3 text model (the LTX-2 text encoder family), byte vocabulary."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=BYTE_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        sliding_window=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def tiny_ltx2_components(*, seed: int = 0) -> dict[str, Any]:
+    """A complete tiny LTX-2 model (video + audio, 8x VAE) plus an x2 latent upsampler."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    with torch.random.fork_rng(devices=[]):
+        text_encoder = tiny_gemma_encoder(seed=seed)
+        text_cfg = text_encoder.config
+        torch.manual_seed(seed + 1)
+        transformer = LTX2VideoTransformer3DModel(
+            in_channels=4,
+            out_channels=4,
+            patch_size=1,
+            patch_size_t=1,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            cross_attention_dim=16,
+            vae_scale_factors=(8, 8, 8),
+            audio_in_channels=4,
+            audio_out_channels=4,
+            audio_num_attention_heads=2,
+            audio_attention_head_dim=4,
+            audio_cross_attention_dim=8,
+            num_layers=2,
+            qk_norm="rms_norm_across_heads",
+            caption_channels=text_cfg.hidden_size,
+            rope_double_precision=False,
+            rope_type="split",
+        )
+        torch.manual_seed(seed + 2)
+        connectors = LTX2TextConnectors(
+            caption_channels=text_cfg.hidden_size,
+            text_proj_in_factor=text_cfg.num_hidden_layers + 1,
+            video_connector_num_attention_heads=4,
+            video_connector_attention_head_dim=8,
+            video_connector_num_layers=1,
+            video_connector_num_learnable_registers=None,
+            audio_connector_num_attention_heads=4,
+            audio_connector_attention_head_dim=8,
+            audio_connector_num_layers=1,
+            audio_connector_num_learnable_registers=None,
+            connector_rope_base_seq_len=32,
+            rope_theta=10000.0,
+            rope_double_precision=False,
+            causal_temporal_positioning=False,
+            rope_type="split",
+        )
+        torch.manual_seed(seed + 3)
+        vae = AutoencoderKLLTX2Video(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8),
+            layers_per_block=(1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, True),
+            decoder_spatio_temporal_scaling=(True, True, True),
+            decoder_inject_noise=(False, False, False, False),
+            downsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
+            upsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(False, False, False),
+            upsample_factor=(1, 1, 1),
+            timestep_conditioning=False,
+            patch_size=1,
+            patch_size_t=1,
+            encoder_causal=True,
+            decoder_causal=False,
+        )
+        vae.use_framewise_encoding = False
+        vae.use_framewise_decoding = False
+        torch.manual_seed(seed + 4)
+        audio_vae = AutoencoderKLLTX2Audio(
+            base_channels=4,
+            output_channels=2,
+            ch_mult=(1,),
+            num_res_blocks=1,
+            attn_resolutions=None,
+            in_channels=2,
+            resolution=32,
+            latent_channels=2,
+            norm_type="pixel",
+            causality_axis="height",
+            dropout=0.0,
+            mid_block_add_attention=False,
+            sample_rate=16000,
+            mel_hop_length=160,
+            is_causal=True,
+            mel_bins=8,
+        )
+        torch.manual_seed(seed + 5)
+        vocoder = LTX2Vocoder(
+            in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins,
+            hidden_channels=32,
+            out_channels=2,
+            upsample_kernel_sizes=[4, 4],
+            upsample_factors=[2, 2],
+            resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3, 5]],
+            leaky_relu_negative_slope=0.1,
+            output_sampling_rate=16000,
+        )
+        torch.manual_seed(seed + 6)
+        upsampler = LTX2LatentUpsamplerModel(
+            in_channels=4, mid_channels=32, num_blocks_per_stage=1, use_rational_resampler=False
+        )
+    return {
+        "transformer": transformer.eval(),
+        "vae": vae.eval(),
+        "audio_vae": audio_vae.eval(),
+        "text_encoder": text_encoder,
+        "tokenizer": tiny_tokenizer(max_length=64),
+        "connectors": connectors.eval(),
+        "vocoder": vocoder.eval(),
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "latent_upsampler": upsampler.eval(),
+    }

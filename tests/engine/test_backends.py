@@ -1,0 +1,94 @@
+"""LTX-Video and LTX-2 backends on tiny random models saved locally, through the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiprod.core.errors import GenerationCanceled
+from aiprod.core.media import probe, read_video
+from aiprod.core.registry import Registry
+from aiprod.engine import build_request, generate_to_file
+
+from .conftest import png_bytes
+
+FAMILIES = ["tiny-ltxv", "tiny-ltx2"]
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"two_stage": False},
+        {"two_stage": True},
+        {"two_stage": True, "image": True},
+        {"two_stage": False, "image": True, "width": 32, "num_frames": 17, "fps": 8},
+    ],
+    ids=["one-stage", "two-stage", "i2v-two-stage", "i2v-one-stage"],
+)
+def test_generate_mp4_through_registry(
+    registry: Registry, pipes: dict, tmp_path: Path, model: str, case: dict
+) -> None:
+    entry = registry.get(model)
+    params = {"prompt": "a boat on a lake", "seed": 11, **case}
+    if params.pop("image", False):
+        params["image"] = png_bytes()
+    req = build_request(entry, params)
+    progress: list[float] = []
+    out = tmp_path / "v.mp4"
+    video = generate_to_file(entry, req, out, pipeline=pipes[model], on_progress=progress.append)
+    info = probe(out)
+    assert (info.width, info.height) == (req.width, req.height)
+    assert info.num_frames == req.num_frames and info.fps == req.fps
+    frames, fps = read_video(out)
+    assert frames.shape == (req.num_frames, req.height, req.width, 3) and fps == req.fps
+    steps = req.num_inference_steps + (video.info["stages"][1][2] if req.two_stage else 0)
+    assert len(progress) == steps == video.info["steps"]
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    if model == "tiny-ltx2":
+        assert info.has_audio and video.audio is not None
+        assert video.audio_sample_rate == info.audio_sample_rate == 16000
+    else:
+        assert not info.has_audio and video.audio is None
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_same_seed_same_video(registry: Registry, pipes: dict, model: str) -> None:
+    entry = registry.get(model)
+    a = pipes[model](build_request(entry, {"prompt": "fog", "seed": 5}))
+    b = pipes[model](build_request(entry, {"prompt": "fog", "seed": 5}))
+    c = pipes[model](build_request(entry, {"prompt": "fog", "seed": 6}))
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    if a.audio is not None:
+        assert np.array_equal(a.audio, b.audio)
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_cancel_in_refinement_stops_within_one_step(
+    registry: Registry, pipes: dict, model: str
+) -> None:
+    entry = registry.get(model)
+    req = build_request(entry, {"prompt": "rain", "seed": 1, "num_inference_steps": 3})
+    progress: list[float] = []
+    with pytest.raises(GenerationCanceled):
+        pipes[model](req, on_progress=progress.append, should_cancel=lambda: len(progress) >= 4)
+    assert len(progress) == 4  # 3 stage-1 steps + 1 refinement step, then stop
+
+
+def test_ltx2_distilled_lora_only_in_refinement(registry: Registry, pipes: dict) -> None:
+    # Same schedule (options.distilled) with and without the LoRA: stage 1 identical,
+    # the refined video differs only because the adapter is on in stage 2.
+    with_lora, without = pipes["tiny-ltx2-lora"], pipes["tiny-ltx2-nolora"]
+    one = {"prompt": "a fox", "seed": 2, "two_stage": False, "guidance_scale": 1.0}
+    a = with_lora(build_request(registry.get("tiny-ltx2-lora"), one))
+    b = without(build_request(registry.get("tiny-ltx2-nolora"), one))
+    assert np.array_equal(a.frames, b.frames)
+    two = {**one, "two_stage": True}
+    a2 = with_lora(build_request(registry.get("tiny-ltx2-lora"), two))
+    b2 = without(build_request(registry.get("tiny-ltx2-nolora"), two))
+    assert a2.info["distilled_lora"] is True and b2.info["distilled_lora"] is False
+    assert a2.info["stages"] == b2.info["stages"]
+    assert not np.array_equal(a2.frames, b2.frames)

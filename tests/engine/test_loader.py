@@ -1,0 +1,117 @@
+"""Wrong registry entries fail at load with one line naming the entry and the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiprod.core.errors import ConfigError, GenerationFailed
+from aiprod.core.registry import Registry
+from aiprod.engine import load_pipeline
+from aiprod.engine.common import oom_guard
+
+from .conftest import write_models_toml
+
+
+def _entry(tmp_path: Path, body: str) -> Registry:
+    return write_models_toml(tmp_path / "models.toml", body, default="m")
+
+
+def _load_error(registry: Registry) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(registry.get("m"), "cpu")
+    msg = err.value.message
+    assert "\n" not in msg and "'m'" in msg
+    return msg
+
+
+@pytest.mark.parametrize("family", ["ltxv", "ltx2"])
+def test_missing_folder(tmp_path: Path, family: str) -> None:
+    reg = _entry(tmp_path, f'[[models]]\nid = "m"\nfamily = "{family}"\npath = "nowhere"\n')
+    msg = _load_error(reg)
+    assert "nowhere does not exist" in msg and "models.toml" in msg
+
+
+def test_no_path(tmp_path: Path) -> None:
+    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\n')
+    assert "no path set" in _load_error(reg)
+
+
+def test_missing_component(tmp_path: Path, model_dir: Path) -> None:
+    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "vae")
+    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
+    msg = _load_error(reg)
+    assert "no vae found" in msg and "components.vae" in msg
+
+
+@pytest.mark.parametrize(
+    ("folder", "family", "right"), [("ltxv", "ltx2", "ltxv"), ("ltx2", "ltxv", "ltx2")]
+)
+def test_wrong_family_names_the_right_one(
+    tmp_path: Path, model_dir: Path, folder: str, family: str, right: str
+) -> None:
+    reg = _entry(
+        tmp_path, f'[[models]]\nid = "m"\nfamily = "{family}"\npath = "{model_dir / folder}"\n'
+    )
+    assert f"set family = '{right}'" in _load_error(reg)
+
+
+def test_corrupt_weights(tmp_path: Path, model_dir: Path) -> None:
+    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
+    for f in (tmp_path / "copy" / "transformer").glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
+    assert "cannot load the transformer" in _load_error(reg)
+
+
+def test_two_stage_default_without_upsampler(tmp_path: Path, model_dir: Path) -> None:
+    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "latent_upsampler")
+    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
+    assert "no latent upsampler" in _load_error(reg)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ('attention_backend = "warp-drive"', "attention_backend 'warp-drive' is unknown"),
+        ("call_kwargs = { bogus = 1 }", "unknown key(s) bogus"),
+    ],
+)
+def test_bad_options(tmp_path: Path, model_dir: Path, options: str, match: str) -> None:
+    reg = _entry(
+        tmp_path,
+        f'[[models]]\nid = "m"\nfamily = "ltx2"\npath = "{model_dir / "ltx2"}"\n'
+        f"[models.options]\n{options}\n",
+    )
+    assert match in _load_error(reg)
+
+
+def test_missing_lora(tmp_path: Path, model_dir: Path) -> None:
+    reg = _entry(
+        tmp_path,
+        f'[[models]]\nid = "m"\nfamily = "ltx2"\npath = "{model_dir / "ltx2"}"\n'
+        '[models.components]\ndistilled_lora = "nope.safetensors"\n',
+    )
+    assert "distilled_lora" in _load_error(reg)
+
+
+def test_cuda_device_without_cuda(builtin_entry) -> None:  # noqa: ANN001
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        load_pipeline(builtin_entry, "cuda")
+
+
+def test_out_of_memory_becomes_a_clear_job_error() -> None:
+    with pytest.raises(GenerationFailed, match="out of memory while generating 64x64") as err:
+        with oom_guard("64x64x9 on 'm'", hint="lower width/height"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+    assert "lower width/height" in err.value.message
+    with pytest.raises(ValueError):  # other errors pass through untouched
+        with oom_guard("x", hint="y"):
+            raise ValueError("not memory")
