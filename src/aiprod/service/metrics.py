@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -157,6 +158,36 @@ def publish_gpu_stats(session: Session, worker_id: str, stats: Sequence[GpuStat]
     else:
         row.value = value
         row.updated_at = now
+
+
+_NVML_MISSING = False
+
+
+def visible_gpu_indices() -> list[int] | None:
+    """NVML indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES), None for all."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None or not env.strip():
+        return None
+    parts = [p.strip() for p in env.split(",")]
+    if not all(p.isdigit() for p in parts):
+        return None  # UUIDs / MIG names: report every GPU rather than guess
+    return [int(p) for p in parts]
+
+
+def report_gpu_stats(session: Session, worker_id: str) -> list[GpuStat]:
+    """Read this worker's GPUs and store them (call inside the heartbeat's transaction).
+
+    Without an NVIDIA GPU nothing is written (and NVML is not probed again).
+    """
+    global _NVML_MISSING
+    if _NVML_MISSING:
+        return []
+    stats = read_gpu_stats(visible_gpu_indices())
+    if not stats:
+        _NVML_MISSING = True
+        return []
+    publish_gpu_stats(session, worker_id, stats)
+    return stats
 
 
 def load_gpu_stats(session: Session, *, since: datetime) -> dict[str, list[GpuStat]]:

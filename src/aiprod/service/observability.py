@@ -133,6 +133,9 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     ``state`` is the app's ``AppState`` (default ``app.state.aiprod``). Returns the app's
     ``ServiceMetrics``, also kept as ``app.state.metrics``.
     """
+    existing = getattr(app.state, "metrics", None)
+    if isinstance(existing, ServiceMetrics):
+        return existing  # already installed: never stack a second middleware
     st = state if state is not None else app.state.aiprod
     opts = ObservabilitySettings()
     live_seconds = opts.worker_live_seconds or 2.0 * float(st.settings.lease_seconds)
