@@ -1,8 +1,9 @@
 """The jobs table as a queue: atomic claim, lease + heartbeat, progress, finish, retry, reaper.
 
-Fair order: higher ``priority`` first; then round-robin across API keys (each key's oldest
-queued job has rank 1, its next rank 2, ...; lower rank first), then age. One client's 100 queued
-jobs therefore never starve another client's single job: it waits for at most one job per key.
+Fair order: higher ``priority`` first; then round-robin across API keys (the key whose job was
+claimed longest ago, or never, goes next: ``api_keys.last_claimed_at``), then age within a key.
+One client's 100 queued jobs therefore never starve another client's single job: it waits for
+at most one job per other key.
 
 Claim is atomic on both backends: PostgreSQL locks the chosen row with ``FOR UPDATE SKIP
 LOCKED`` (concurrent workers skip it and take the next); SQLite transactions are all
@@ -14,26 +15,12 @@ whose job was reaped and handed to another can never overwrite the new owner's r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from aiprod.db.models import Job, utcnow
-
-
-def _ranked(*, now: datetime | None = None, models: list[str] | None = None) -> Select:
-    rank = (
-        func.row_number()
-        .over(partition_by=Job.api_key_id, order_by=(Job.created_at, Job.id))
-        .label("rk")
-    )
-    q = select(Job.id, Job.priority, Job.created_at, rank).where(Job.status == "queued")
-    if now is not None:
-        q = q.where(Job.available_at <= now)
-    if models is not None:
-        q = q.where(Job.model.in_(models))
-    return q
+from aiprod.db.models import ApiKey, Job, utcnow
 
 
 def claim(
@@ -46,15 +33,24 @@ def claim(
 ) -> Job | None:
     """Take the next job in fair order, or None. The caller commits."""
     now = now or utcnow()
-    ranked = _ranked(now=now, models=models).subquery()
     q = (
         select(Job)
-        .join(ranked, ranked.c.id == Job.id)
-        .where(Job.status == "queued")
-        .order_by(ranked.c.priority.desc(), ranked.c.rk, ranked.c.created_at, Job.id)
+        .join(ApiKey, ApiKey.id == Job.api_key_id)
+        .where(Job.status == "queued", Job.available_at <= now)
+        .order_by(
+            Job.priority.desc(),
+            # Round-robin: the key served longest ago (or never) goes first...
+            ApiKey.last_claimed_at.is_not(None),
+            ApiKey.last_claimed_at,
+            # ...with its oldest job.
+            Job.created_at,
+            Job.id,
+        )
         .limit(1)
         .with_for_update(skip_locked=True, of=Job)
     )
+    if models is not None:
+        q = q.where(Job.model.in_(models))
     job = session.execute(q).scalars().first()
     if job is None:
         return None
@@ -67,6 +63,7 @@ def claim(
     job.progress = 0.0
     job.error_code = None
     job.error_message = None
+    session.execute(update(ApiKey).where(ApiKey.id == job.api_key_id).values(last_claimed_at=now))
     session.flush()
     return job
 
@@ -183,26 +180,39 @@ def expired_jobs(session: Session, *, now: datetime | None = None, limit: int = 
 
 
 def queue_position(session: Session, job: Job) -> int:
-    """How many queued jobs come before ``job`` in fair order (0 = next)."""
-    ranked = _ranked().subquery()
-    me = session.execute(
-        select(ranked.c.priority, ranked.c.rk, ranked.c.created_at).where(ranked.c.id == job.id)
-    ).first()
-    if me is None:
-        return 0
-    p, rk, created = me
-    r = ranked.c
-    ahead = or_(
-        r.priority > p,
-        and_(
-            r.priority == p,
+    """How many queued jobs come before ``job`` in fair order (0 = next).
+
+    For the current round-robin state (ties aside): all higher-priority jobs, this key's older jobs,
+    and from every other key of the same priority as many jobs as it gets turns before ours.
+    """
+    higher = session.execute(
+        select(func.count()).where(Job.status == "queued", Job.priority > job.priority)
+    ).scalar_one()
+    rows = session.execute(
+        select(Job.api_key_id, func.count(), ApiKey.last_claimed_at, func.min(Job.created_at))
+        .join(ApiKey, ApiKey.id == Job.api_key_id)
+        .where(Job.status == "queued", Job.priority == job.priority)
+        .group_by(Job.api_key_id, ApiKey.last_claimed_at)
+    ).all()
+    older_mine = session.execute(
+        select(func.count()).where(
+            Job.status == "queued",
+            Job.api_key_id == job.api_key_id,
+            Job.priority == job.priority,
             or_(
-                r.rk < rk,
-                and_(
-                    r.rk == rk,
-                    or_(r.created_at < created, and_(r.created_at == created, r.id < job.id)),
-                ),
+                Job.created_at < job.created_at,
+                and_(Job.created_at == job.created_at, Job.id < job.id),
             ),
-        ),
-    )
-    return int(session.execute(select(func.count()).select_from(ranked).where(ahead)).scalar_one())
+        )
+    ).scalar_one()
+    turn = older_mine + 1  # our job is served in our key's turn number `turn`
+    never = datetime.min.replace(tzinfo=UTC)
+    mine = next(((r[2] or never, r[3]) for r in rows if r[0] == job.api_key_id), (never, never))
+    ahead = older_mine
+    for key_id, count, last, oldest in rows:
+        if key_id == job.api_key_id:
+            continue
+        # A key whose turn comes before ours in each round gets `turn` jobs in first.
+        before = (last or never, oldest) < mine
+        ahead += min(count, turn if before else turn - 1)
+    return int(higher + ahead)

@@ -1,0 +1,250 @@
+"""Shared test harness for the service, worker, db and cli tests.
+
+- ``pg_server_url``: the PostgreSQL server (AIPROD_TEST_POSTGRES_URL); unreachable = FAIL, never
+  skip. ``fresh_pg_database()`` creates a uniquely named database and drops it afterwards, so
+  parallel runs (xdist workers, several checkouts) never collide.
+- ``write_models_toml``: the tiny builtin model (32x32, 9 frames, 2 steps) for fast jobs.
+- ``Stack``: a real ``aiprod serve`` (uvicorn on a free loopback port + worker subprocesses),
+  with its admin key parsed from the banner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+MODELS_TOML = """
+default = "builtin"
+
+[[models]]
+id = "builtin"
+family = "builtin"
+version = "builtin-test"
+dtype = "float32"
+price_per_gpu_second = 0.01
+
+[models.limits]
+max_width = 64
+max_height = 64
+max_frames = 17
+max_steps = 400
+
+[models.defaults]
+width = 32
+height = 32
+num_frames = 9
+fps = 8
+num_inference_steps = 2
+guidance_scale = 3.0
+two_stage = false
+"""
+
+
+def write_models_toml(folder: Path) -> Path:
+    path = folder / "models.toml"
+    path.write_text(MODELS_TOML)
+    return path
+
+
+def pg_server_url() -> str:
+    return os.environ.get("AIPROD_TEST_POSTGRES_URL", DEFAULT_PG)
+
+
+@contextlib.contextmanager
+def fresh_pg_database(tag: str = "t") -> Iterator[str]:
+    """Create ``aiprod_<tag>_<worker>_<random>`` on the test server; drop it afterwards."""
+    base = make_url(pg_server_url())
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"aiprod_{tag}_{worker}_{uuid.uuid4().hex[:8]}".lower()
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # never skip silently: PostgreSQL is part of "done"
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable ({exc}); "
+            "start it (.ci/run does) or set AIPROD_TEST_POSTGRES_URL"
+        )
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_env(data_dir: Path, database_url: str, models_file: Path, **extra: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        AIPROD_DATA_DIR=str(data_dir),
+        AIPROD_DATABASE_URL=database_url,
+        AIPROD_MODELS_FILE=str(models_file),
+        AIPROD_LEASE_SECONDS="2",
+        AIPROD_HEARTBEAT_INTERVAL="0.3",
+        AIPROD_WORKER_POLL_INTERVAL="0.05",
+        AIPROD_REAPER_INTERVAL="0.5",
+        AIPROD_RETRY_BACKOFF_SECONDS="0.2",
+        AIPROD_WEBHOOK_TIMEOUT="2",
+        AIPROD_WEBHOOK_BACKOFF_SECONDS="0.5",
+        AIPROD_WEBHOOK_POLL_INTERVAL="0.1",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("AIPROD_SECRET_KEY", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def aiprod_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aiprod.cli.main", *args]
+
+
+class Stack:
+    """``aiprod serve --workers N`` on a free port; ``client(key)`` talks to it."""
+
+    def __init__(self, tmp: Path, database_url: str, *, workers: int = 1, **settings: Any) -> None:
+        self.tmp = tmp
+        self.data_dir = tmp / "data"
+        self.models_file = write_models_toml(tmp)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        self.workers = workers
+        self.env = stack_env(self.data_dir, database_url, self.models_file, **settings)
+        self.log = (tmp / "serve.log").open("wb")
+        self.proc = subprocess.Popen(
+            aiprod_cmd("serve", "--port", str(self.port), "--workers", str(workers)),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=tmp,
+        )
+        self.admin_key = self._read_admin_key()
+        self._wait_ready()
+
+    def _read_admin_key(self) -> str:
+        assert self.proc.stdout is not None
+        banner: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                break
+            banner.append(line)
+            m = re.match(r"^(aiprod_sk_\S+)\s*$", line)
+            if m:
+                self.banner = "".join(banner)
+                return m.group(1)
+        self.stop()
+        raise AssertionError(f"no admin key in serve output: {banner!r}\n{self.logs()}")
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(self.admin_key) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"serve exited early:\n{self.logs()}")
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        ws = c.get("/api/v1/admin/workers").json()["data"]
+                        if sum(w["status"] == "idle" for w in ws) >= self.workers:
+                            return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise AssertionError(f"stack not ready in {timeout}s:\n{self.logs()}")
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            aiprod_cmd(*args), env=self.env, capture_output=True, text=True, cwd=self.tmp
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"aiprod {' '.join(args)} failed: {res.stderr}")
+        return res
+
+    def create_key(self, name: str, *extra: str) -> str:
+        return self.cli("keys", "create", "--name", name, *extra).stdout.strip().splitlines()[-1]
+
+    def logs(self) -> str:
+        self.log.flush()
+        return (self.tmp / "serve.log").read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def wait_job(c: httpx.Client, job_id: str, statuses: set[str], timeout: float = 60) -> dict:
+    def check() -> dict | None:
+        j = c.get(f"/api/v1/jobs/{job_id}").json()
+        return j if j["status"] in statuses else None
+
+    return wait_for(check, timeout, 0.05, f"job {job_id} to reach {statuses}")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated-on-demand PostgreSQL database for this session (xdist worker)."""
+    with fresh_pg_database("s") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database per test, on each backend."""
+    from aiprod.db.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        yield url
+    else:
+        with fresh_pg_database("f") as url:
+            upgrade(url)
+            yield url
