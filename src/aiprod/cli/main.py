@@ -28,6 +28,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from aiprod.core.errors import AiprodError
+from aiprod.db.backup import register_db_commands
 
 err = Console(stderr=True)
 out = Console()
@@ -87,6 +88,7 @@ models_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+register_db_commands(db_app)  # db backup | restore | retention (aiprod.db.backup)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -116,11 +118,10 @@ def one_line_errors(fn: F) -> F:
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from aiprod.core.logging import configure_logging
+
+    # JSON lines (text on a terminal; AIPROD_LOG_FORMAT overrides): see aiprod.core.logging.
+    configure_logging(level=level.upper())
 
 
 def _settings() -> Any:

@@ -16,6 +16,7 @@ from aiprod.core.settings import Settings, get_settings
 from aiprod.db.session import make_engine, make_sessionmaker
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
+from aiprod.service.observability import install_observability
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.routers import admin, health, jobs
 from aiprod.service.state import AppState
@@ -58,4 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(admin.router)
+    install_observability(app, state)  # /metrics, detailed /readyz, request logs (ops)
     return app

@@ -34,6 +34,7 @@ from aiprod.db.models import Job, utcnow
 from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.service.jobs import on_terminal
+from aiprod.service.metrics import report_gpu_stats
 from aiprod.service.storage import LocalStorage, open_storage, output_key
 from aiprod.service.webhooks import WebhookDispatcher
 
@@ -168,6 +169,7 @@ class Worker:
                 status="busy" if cur is not None else "idle",
                 current_job_id=cur.job_id if cur is not None else None,
             )
+            report_gpu_stats(s, self.id)  # NVML memory/util/temperature; nothing without a GPU
 
     @staticmethod
     def _apply(cur: _Current, st: queue.LeaseState) -> None:
