@@ -33,6 +33,7 @@ __all__ = [
     "clear_cache",
     "generate_to_file",
     "load_pipeline",
+    "pipeline_from_components",
 ]
 
 
@@ -45,6 +46,15 @@ def load_pipeline(entry: ModelEntry, device: str | None = None) -> Pipeline:
     from aiprod.engine.loader import load_pipeline as _load
 
     return _load(entry, device)
+
+
+def pipeline_from_components(
+    entry: ModelEntry, components: dict[str, Any], device: str | None = None
+) -> Pipeline:
+    """Wrap components built in memory (e.g. random weights for a benchmark) as a Pipeline."""
+    from aiprod.engine.loader import pipeline_from_components as _build
+
+    return _build(entry, components, device)
 
 
 def build_request(entry: ModelEntry, params: dict[str, Any]) -> GenerationRequest:

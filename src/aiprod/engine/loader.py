@@ -45,6 +45,25 @@ def load_pipeline(entry: ModelEntry, device: str | None = None) -> Pipeline:
     )
 
 
+def pipeline_from_components(
+    entry: ModelEntry, components: dict[str, Any], device: str | None = None
+) -> Pipeline:
+    """An engine pipeline around components built in memory (benchmarks, tests, notebooks).
+
+    ``components`` holds diffusers modules keyed like the folder layout (transformer, vae,
+    text_encoder, tokenizer, scheduler, latent_upsampler; LTX-2 adds audio_vae, connectors,
+    vocoder). The entry supplies family, options, limits and defaults; its paths are unused.
+    """
+    dev = resolve_device(device)
+    dtype = resolve_dtype(entry.dtype, dev)
+    check_attention_backend(entry.id, entry.options.attention_backend)
+    if entry.family == "ltx2":
+        from aiprod.engine.ltx2 import build_ltx2_engine
+
+        return build_ltx2_engine(entry, components, device=dev)
+    return build_ltxv_engine(entry, components, device=dev, dtype=dtype)
+
+
 # -- helpers shared by the backends -----------------------------------------------------------
 def component_path(entry: ModelEntry, name: str, *, required: bool = True) -> Path | None:
     """Where component ``name`` lives: ``components.<name>`` or ``<path>/<name>``."""
@@ -162,10 +181,6 @@ def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
 
 # -- LTX-Video / builtin ----------------------------------------------------------------------
 def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pipeline:
-    from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
-
-    from aiprod.engine.ltxv import LTXVideoEngine
-
     if entry.family == "builtin" and (entry.path is None or not entry.path.exists()):
         from aiprod.engine.tiny import tiny_ltxv_components
 
@@ -183,7 +198,18 @@ def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pi
             }
     else:
         comps = _load_ltxv_files(entry, dtype)
+    return build_ltxv_engine(entry, comps, device=device, dtype=dtype)
 
+
+def build_ltxv_engine(
+    entry: ModelEntry, comps: dict[str, Any], *, device: torch.device, dtype: torch.dtype
+) -> Pipeline:
+    """Assemble an LTX-Video engine from already-built components (see ``tiny.py``)."""
+    from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
+
+    from aiprod.engine.ltxv import LTXVideoEngine
+
+    comps = dict(comps)
     sched = comps["scheduler"]
     if sched.config.get("use_dynamic_shifting", False):
         # LTXConditionPipeline passes its own explicit schedule; dynamic shifting would need mu.

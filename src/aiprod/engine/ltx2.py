@@ -290,15 +290,24 @@ class LTX2Engine:
 
 # -- loading ----------------------------------------------------------------------------------
 def load_ltx2(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LTX2Engine:
+    comps = _load_ltx2_files(entry, dtype)
+    return build_ltx2_engine(entry, comps, device=device)
+
+
+def build_ltx2_engine(
+    entry: ModelEntry, comps: dict[str, Any], *, device: torch.device
+) -> LTX2Engine:
+    """Assemble an LTX-2 engine from components; loads ``components.distilled_lora`` if set."""
     from diffusers import LTX2ImageToVideoPipeline, LTX2LatentUpsamplePipeline, LTX2Pipeline
 
     from aiprod.engine.loader import apply_options, check_call_kwargs, load_or_fail
 
-    comps = _load_ltx2_files(entry, dtype)
+    comps = dict(comps)
     upsampler = comps.pop("latent_upsampler", None)
     pipe = LTX2Pipeline(**comps)
     check_call_kwargs(entry, LTX2Pipeline.__call__)
-    has_lora = False
+    # A transformer that already carries the adapter (built in memory) counts as having it.
+    has_lora = LORA_ADAPTER in (getattr(pipe.transformer, "peft_config", None) or {})
     lora = entry.components.distilled_lora
     if lora is not None:
         if not lora.exists():
