@@ -96,7 +96,9 @@ class Options(BaseModel):
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
     refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
     refine_guidance_scale: float = Field(default=1.0, ge=0.0)
-    upsample_adain_factor: float = Field(default=1.0, ge=0.0, le=1.0)
+    # AdaIN of the upsampled latents to stage 1's statistics; None = family default
+    # (1.0 for LTX-Video as in diffusers' two-stage example, 0.0 for LTX-2).
+    upsample_adain_factor: float | None = Field(default=None, ge=0.0, le=1.0)
     # VAE decode noise (LTX-Video 0.9.1+ VAEs are timestep-conditioned; ignored otherwise).
     decode_timestep: float = Field(default=0.05, ge=0.0, le=1.0)
     decode_noise_scale: float = Field(default=0.025, ge=0.0, le=1.0)

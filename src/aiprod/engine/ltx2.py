@@ -255,7 +255,7 @@ class LTX2Engine:
                 width=stages[0].width,
                 height=stages[0].height,
                 num_frames=request.num_frames,
-                adain_factor=opts.upsample_adain_factor,
+                adain_factor=opts.upsample_adain_factor or 0.0,
                 output_type="latent",
                 return_dict=False,
             )[0]

@@ -212,7 +212,9 @@ class LTXVideoEngine:
                 latents=latents,
                 width=stages[0].width,
                 height=stages[0].height,
-                adain_factor=opts.upsample_adain_factor,
+                adain_factor=1.0
+                if opts.upsample_adain_factor is None
+                else opts.upsample_adain_factor,
                 output_type="latent",
                 return_dict=False,
             )[0]
