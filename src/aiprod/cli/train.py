@@ -1,0 +1,200 @@
+"""``aiprod train``: train a model from a YAML config, evaluate a checkpoint, register it.
+
+Examples::
+
+    aiprod train train configs/builtin.yaml --dry-run
+    aiprod train train configs/builtin.yaml            # then --resume after an interruption
+    aiprod train eval runs/builtin --out runs/builtin/eval
+    aiprod models register runs/builtin --id builtin   # (wired by aiprod.cli.main)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiprod.core.errors import AiprodError
+
+app = typer.Typer(
+    help="Train and evaluate models.\n\nExample: aiprod train train configs/builtin.yaml --dry-run",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def _event_printer() -> Any:
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "log":
+            keys = ("step", "phase", "loss", "lr", "samples_per_s")
+            shown = " ".join(
+                f"{k}={data[k]:.4g}" if isinstance(data[k], float) else f"{k}={data[k]}"
+                for k in keys
+                if k in data
+            )
+            out.print(shown, highlight=False)
+        elif kind in (
+            "phase",
+            "checkpoint",
+            "resume",
+            "heldout",
+            "video",
+            "prepare",
+            "gpu_memory_warning",
+        ):
+            out.print(f"[bold]{kind}[/bold] {json.dumps(data, default=str)}", highlight=False)
+
+    return on_event
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="training YAML (see configs/builtin.yaml)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="one batch per phase")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the latest checkpoint")
+    ] = False,
+) -> None:
+    """Train a model through its curriculum phases.
+
+    Example: aiprod train train configs/builtin.yaml --resume
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from aiprod.training.config import load_config
+    from aiprod.training.trainer import Trainer
+
+    try:
+        cfg = load_config(config)
+        trainer = Trainer(cfg, on_event=_event_printer())
+        if dry_run:
+            table = Table(
+                "phase", "target", "batch", "out", "loss", "prep s", "step s", "params", "RSS MiB"
+            )
+            for r in trainer.dry_run():
+                table.add_row(
+                    r["phase"],
+                    r["target"],
+                    str(r["batch_shape"]),
+                    str(r["out_shape"] or "-"),
+                    f"{r['loss']:.4f}",
+                    f"{r['prepare_s']:.2f}",
+                    f"{r['step_s']:.3f}",
+                    f"{r['trainable_params']:,}",
+                    f"{r['rss_peak_mib']:.0f}",
+                )
+            out.print(table)
+            return
+        result = trainer.train(resume=resume)
+    except (AiprodError, ValueError) as exc:
+        raise _fail(exc) from None
+    out.print(json.dumps(result, indent=2))
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="checkpoint step-N folder, a run folder (its best) or a model folder"
+        ),
+    ],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+    num_prompts: Annotated[int, typer.Option(help="held-out prompts")] = 200,
+    phases: Annotated[
+        str, typer.Option(help="curriculum phases to draw prompts from")
+    ] = "1,2,3,4,5",
+    width: int = 128,
+    height: int = 128,
+    num_frames: int = 25,
+    steps: Annotated[int, typer.Option(help="denoising steps (stage 1)")] = 12,
+    guidance: float = 3.0,
+    single_stage: Annotated[
+        bool, typer.Option("--single-stage", help="skip the upsampler")
+    ] = False,
+    refine_steps: int = 3,
+    i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
+    seed: int = 20_261_121,
+) -> None:
+    """Score a checkpoint on held-out synthetic prompts (JSON + HTML + PNG).
+
+    Example: aiprod train eval runs/builtin --num-prompts 200 --out runs/builtin/eval
+    """
+    from rich.progress import Progress
+
+    from aiprod.training.evaluate import evaluate
+
+    try:
+        ph = tuple(int(p) for p in phases.split(",") if p.strip())
+    except ValueError:
+        raise _fail(ValueError(f"--phases {phases!r}: give numbers 1..5, e.g. 1,2,3")) from None
+    dest = out_dir or (Path(checkpoint) / "eval")
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("generating", total=num_prompts)
+            result = evaluate(
+                checkpoint,
+                out_dir=dest,
+                num_prompts=num_prompts,
+                phases=ph,
+                width=width,
+                height=height,
+                num_frames=num_frames,
+                steps=steps,
+                guidance=guidance,
+                two_stage=not single_stage,
+                refine_steps=refine_steps,
+                i3d=i3d,
+                seed=seed,
+                on_progress=lambda d, t: bar.update(task, completed=d),
+            )
+    except (AiprodError, ValueError) as exc:
+        raise _fail(exc) from None
+    m = result["metrics"]
+    table = Table("metric", "value")
+    for k, v in m.items():
+        if not isinstance(v, dict):
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+    out.print(f"wrote {dest / 'eval.json'} and {dest / 'report.html'}")
+
+
+def register_model(
+    checkpoint: Path,
+    model_id: str,
+    *,
+    models_file: Path | None = None,
+    version: str | None = None,
+    description: str | None = None,
+    make_default: bool = False,
+) -> dict[str, Any]:
+    """``aiprod models register CHECKPOINT --id ID``: install and list a trained model.
+
+    ``models_file`` defaults to ``AIPROD_MODELS_FILE`` (settings), else the packaged one.
+    """
+    from aiprod.training.deploy import register
+
+    if models_file is None:
+        from aiprod.core.registry import default_models_file
+        from aiprod.core.settings import get_settings
+
+        models_file = get_settings().models_file or default_models_file()
+    return register(
+        checkpoint,
+        model_id=model_id,
+        models_file=Path(models_file),
+        version=version,
+        description=description,
+        make_default=make_default,
+    )

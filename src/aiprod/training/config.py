@@ -1,0 +1,234 @@
+"""Training configuration: YAML -> pydantic models with ``extra="forbid"``.
+
+A run is a list of phases executed in order. Each phase trains one *target*:
+
+- ``vae``: the video autoencoder (reconstruction + KL), only for the built-in architecture;
+- ``transformer``: the denoiser, with the flow-matching objective (the curriculum phases);
+- ``upsampler``: the x2 latent upsampler used by the two-stage path.
+
+Example (see ``configs/builtin.yaml`` for the full one)::
+
+    name: tiny
+    output_dir: runs/tiny
+    model: {source: builtin}
+    phases:
+      - name: p1
+        data: {synth: {phase: 1, count: 64}}
+        steps: 100
+        batch_size: 8
+        buckets: [[64, 64, 25]]
+        lr: {peak: 1.0e-3, warmup_steps: 10, schedule: cosine}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aiprod.core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthData(_Strict):
+    """Procedural clips from ``aiprod.data.synth`` (rendered at each bucket's size)."""
+
+    phase: int = Field(ge=1, le=5)
+    count: int = Field(ge=1, description="number of clips")
+    seed: int = 0
+    fps: int = 24
+
+
+class DataConfig(_Strict):
+    """Where a phase's clips come from: a manifest, or the synthetic generator."""
+
+    manifest: Path | None = None
+    filter_phase: int | None = Field(default=None, ge=1, le=5, description="manifest rows of phase")
+    synth: SynthData | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.manifest is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.manifest or data.synth")
+        return self
+
+
+class LRConfig(_Strict):
+    peak: float = Field(default=1e-3, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_ratio: float = Field(default=0.1, ge=0, le=1, description="final lr = peak * min_ratio")
+
+
+class PhaseConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    target: Literal["transformer", "vae", "upsampler"] = "transformer"
+    data: DataConfig
+    steps: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    # (width, height, frames); frames must be 8k+1 for the LTX autoencoder
+    buckets: list[tuple[int, int, int]] = Field(min_length=1)
+    lr: LRConfig = Field(default_factory=LRConfig)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    caption_dropout: float = Field(default=0.1, ge=0, le=1, description="for guidance")
+    kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(f"phase '{self.name}': give exactly one of steps or epochs")
+        for w, h, f in self.buckets:
+            if w % 32 or h % 32 or w <= 0 or h <= 0:
+                raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 32")
+            if f < 1 or (f - 1) % 8:
+                raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
+        return self
+
+
+class TextEncoderArch(_Strict):
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int = 128
+    max_length: int = 32
+
+
+class TransformerArch(_Strict):
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+
+
+class VaeArch(_Strict):
+    latent_channels: int = 16
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    spatio_temporal_scaling: tuple[bool, ...] = (True, True, False)
+    layers_per_block: tuple[int, ...] = (0, 0, 0, 1)
+    patch_size: int = 4
+
+
+class UpsamplerArch(_Strict):
+    mid_channels: int = 32
+    num_blocks_per_stage: int = 1
+
+
+class BuiltinArch(_Strict):
+    text_encoder: TextEncoderArch = Field(default_factory=TextEncoderArch)
+    transformer: TransformerArch = Field(default_factory=TransformerArch)
+    vae: VaeArch = Field(default_factory=VaeArch)
+    upsampler: UpsamplerArch = Field(default_factory=UpsamplerArch)
+
+
+class ModelConfig(_Strict):
+    """``builtin``: build the small LTX-Video architecture here (random init, or ``init_from``
+    a built-in folder); ``registry``: fine-tune an ``ltxv``/``builtin`` entry of a models.toml."""
+
+    source: Literal["builtin", "registry"] = "builtin"
+    architecture: BuiltinArch = Field(default_factory=BuiltinArch)
+    init_from: Path | None = None
+    registry_id: str | None = None
+    models_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.source == "registry" and not self.registry_id:
+            raise ValueError("model.source=registry needs model.registry_id")
+        return self
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(default=8, ge=1)
+    alpha: float = Field(default=8.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+class FlowConfig(_Strict):
+    """Rectified flow: x_t = (1 - s) x0 + s eps, target v = eps - x0."""
+
+    sampler: Literal["logit_normal", "uniform", "shifted"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = Field(default=1.0, gt=0, description="s' = shift s / (1 + (shift-1) s)")
+    num_sigma_buckets: int = Field(default=4, ge=1)
+
+
+class MonitorConfig(_Strict):
+    log_every: int = Field(default=10, ge=1)
+    tensorboard: bool = True
+    heldout_every: int = Field(default=100, ge=1)
+    heldout_clips: int = Field(default=8, ge=1)
+    heldout_quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    video_every: int = Field(default=0, ge=0, description="0 = no validation videos")
+    video_prompts: list[str] = Field(default_factory=list)
+    video_steps: int = Field(default=8, ge=1)
+    gpu_memory_warn_fraction: float = Field(default=0.9, gt=0, le=1)
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(default=100, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    keep_best: bool = True
+
+
+class TrainConfig(_Strict):
+    name: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    output_dir: Path = Path("runs/run")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    num_threads: int | None = Field(default=None, ge=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    phases: list[PhaseConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError("phase names must be unique")
+        if self.mode == "lora" and any(p.target != "transformer" for p in self.phases):
+            raise ValueError("mode=lora trains the transformer only: remove vae/upsampler phases")
+        if self.model.source == "registry" and any(p.target == "vae" for p in self.phases):
+            raise ValueError("a vae phase is only for the built-in architecture")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the training trajectory (not logging/paths)."""
+        data = self.model_dump(mode="json", exclude={"output_dir", "monitor", "checkpoint"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfig:
+    """Read a YAML training config; raises ``ConfigError`` naming the bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config {path} does not exist (see configs/builtin.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {loc}: {first['msg']}") from exc
+    return cfg

@@ -1,0 +1,187 @@
+"""Turn a training checkpoint into a servable model folder and a models.toml entry.
+
+``aiprod models register CHECKPOINT --id ID`` calls :func:`register`: it rebuilds the model
+from the checkpoint (LoRA merged into the transformer), writes the diffusers-layout folder
+next to the models file (atomically), then adds or replaces the entry ``ID`` in the
+models.toml (temp file + rename), so the API serves it and jobs name it by ``version``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aiprod.core.errors import ConfigError
+from aiprod.training import checkpoint as ckpt
+from aiprod.training.components import Components, build_builtin, build_components, save_folder
+from aiprod.training.config import TrainConfig
+from aiprod.training.lora import add_lora, merge_lora
+
+
+def export_components(
+    comp: Components, dest: Path, *, mode: str = "full", info: dict[str, Any] | None = None
+) -> Path:
+    """Save ``comp`` as a model folder; a LoRA transformer is merged on a copy first."""
+    out = comp
+    if mode == "lora":
+        out = Components(
+            **{**comp.__dict__, "transformer": merge_lora(copy.deepcopy(comp.transformer))}
+        )
+    return save_folder(out, dest, info=info)
+
+
+def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]]:
+    """Rebuild the model of a checkpoint folder (or a run's best/latest one)."""
+    from transformers import AutoTokenizer
+
+    path = ckpt.resolve_checkpoint(Path(path))
+    cfg = TrainConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    meta = json.loads((path / "meta.json").read_text())
+    tok = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    if cfg.model.source == "builtin" and cfg.model.init_from is None:
+        comp = build_builtin(cfg.model.architecture, vocab=set(), seed=cfg.seed, tokenizer=tok)
+    else:
+        comp = build_components(cfg.model, vocab=set(), seed=cfg.seed)
+    if cfg.mode == "lora":
+        add_lora(comp.transformer, cfg.lora)
+    parts = ckpt.load_parts(path)
+    for name, sd in parts.items():
+        if name == "transformer_lora":
+            comp.transformer.load_state_dict(sd, strict=False)
+        elif name == "upsampler" and comp.upsampler is None:
+            raise ConfigError(f"{path}: has upsampler weights but the model has no upsampler")
+        else:
+            comp.modules()[name].load_state_dict(sd)
+    if cfg.mode == "lora":
+        merge_lora(comp.transformer)
+    for m in comp.modules().values():
+        m.eval().requires_grad_(False)
+    meta["checkpoint"] = str(path)
+    return comp, cfg, meta
+
+
+def load_any(path: Path) -> tuple[Components, dict[str, Any]]:
+    """A model folder (model_index.json) or a training checkpoint -> (components, info)."""
+    from aiprod.training.components import load_folder
+
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        comp = load_folder(path)
+        for m in comp.modules().values():
+            m.eval().requires_grad_(False)
+        return comp, {"model_folder": str(path), **comp.info}
+    comp, cfg, meta = load_checkpoint(path)
+    return comp, {**meta, "config_name": cfg.name}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_registry_toml(data: dict[str, Any]) -> str:
+    """Serialise a models.toml document (top-level scalars + [[models]] with sub-tables)."""
+    lines = ["# aiprod model registry (written by `aiprod models register`)"]
+    for k, v in data.items():
+        if k != "models" and v is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    for m in data.get("models", []):
+        lines += ["", "[[models]]"]
+        subs = {k: v for k, v in m.items() if isinstance(v, dict)}
+        for k, v in m.items():
+            if not isinstance(v, dict) and v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for name, table in subs.items():
+            items = {k: v for k, v in table.items() if v is not None}
+            if items:
+                lines += ["", f"[models.{name}]"]
+                lines += [f"{k} = {_toml_value(v)}" for k, v in items.items()]
+    return "\n".join(lines) + "\n"
+
+
+def register(
+    checkpoint: Path,
+    *,
+    model_id: str,
+    models_file: Path,
+    version: str | None = None,
+    description: str | None = None,
+    dest: Path | None = None,
+    make_default: bool = False,
+    price_per_gpu_second: float | None = None,
+) -> dict[str, Any]:
+    """Install ``checkpoint`` as model ``model_id`` and add/replace its models.toml entry."""
+    from aiprod.core.registry import ModelEntry, Registry
+
+    models_file = Path(models_file)
+    doc: dict[str, Any] = {"models": []}
+    if models_file.is_file():
+        try:
+            doc = tomllib.loads(models_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{models_file}: not valid TOML ({exc})") from exc
+    models: list[dict[str, Any]] = list(doc.get("models", []))
+    old = next((m for m in models if m.get("id") == model_id), None)
+    template = old or next((m for m in models if m.get("family") == "builtin"), None)
+
+    comp, info = load_any(Path(checkpoint))
+    folder = Path(dest) if dest else models_file.parent / "models" / model_id
+    save_folder(
+        comp,
+        folder,
+        info={**{k: v for k, v in info.items() if isinstance(v, str | int | float | list | dict)}},
+    )
+    try:
+        rel = folder.resolve().relative_to(models_file.parent.resolve()).as_posix()
+    except ValueError:
+        rel = str(folder.resolve())
+    step = info.get("step") or info.get("steps")
+    entry: dict[str, Any] = copy.deepcopy(template) if template else {}
+    entry.update(
+        {
+            "id": model_id,
+            "family": "builtin",
+            "path": rel,
+            "version": version or (f"{model_id}-step{step}" if step else model_id),
+            "description": description
+            or entry.get("description")
+            or f"trained by aiprod train ({info.get('config_name', 'checkpoint')})",
+            "dtype": "float32",
+        }
+    )
+    entry.pop("components", None)
+    if price_per_gpu_second is not None:
+        entry["price_per_gpu_second"] = price_per_gpu_second
+    if comp.upsampler is None:
+        entry.setdefault("defaults", {})["two_stage"] = False
+    ModelEntry.model_validate(entry)  # fail before writing anything
+    models = [m for m in models if m.get("id") != model_id] + [entry]
+    doc["models"] = models
+    if make_default or not doc.get("default"):
+        doc["default"] = model_id
+    Registry.model_validate({k: v for k, v in doc.items() if k in ("default", "models")})
+    text = dump_registry_toml({"default": doc["default"], "models": models})
+    tmp = models_file.with_name(f".{models_file.name}.{os.getpid()}.tmp")
+    models_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text)
+    os.replace(tmp, models_file)
+    return {
+        "id": model_id,
+        "path": str(folder),
+        "version": entry["version"],
+        "models_file": str(models_file),
+        "default": doc["default"],
+    }

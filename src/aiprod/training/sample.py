@@ -1,0 +1,152 @@
+"""Text-to-video sampling with the trained parts (validation videos and ``aiprod eval``).
+
+Mirrors diffusers' ``LTXPipeline`` conventions (prompt encoding without an attention mask in
+the text encoder, mask in the transformer, latent normalisation with the VAE's
+``latents_mean``/``latents_std``, RoPE scale ``(t_ratio / fps, s_ratio, s_ratio)``, Euler on
+the flow) so what the trainer measures is what the engine's ``builtin`` backend serves.
+Two-stage: stage 1 at half size, the latent upsampler x2, then a few refinement steps from a
+partial noise level at full size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aiprod.training.components import Components
+from aiprod.training.flow import inference_sigmas
+
+
+def encode_prompts(
+    comp: Components, prompts: list[str], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (embeddings (B, L, D), attention mask (B, L)) as LTXPipeline computes them."""
+    tok = comp.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=comp.max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
+    ids = tok.input_ids.to(device)
+    with torch.no_grad():
+        emb = comp.text_encoder(ids)[0]
+    return emb.float(), tok.attention_mask.to(device)
+
+
+def normalize_latents(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
+    std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+    return (z - mean) * vae.config.scaling_factor / std
+
+
+def denormalize_latents(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
+    std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+    return z * std / vae.config.scaling_factor + mean
+
+
+def latent_shape(vae: torch.nn.Module, *, width: int, height: int, num_frames: int) -> tuple:
+    sr, tr = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    c = vae.config.latent_channels
+    return (c, (num_frames - 1) // tr + 1, height // sr, width // sr)
+
+
+def velocity(
+    transformer: torch.nn.Module,
+    vae: torch.nn.Module,
+    x: torch.Tensor,  # (B, C, f, h, w) normalised latents
+    sigmas: torch.Tensor,  # (B,)
+    emb: torch.Tensor,  # (B, L, D)
+    mask: torch.Tensor,  # (B, L)
+    *,
+    fps: float,
+) -> torch.Tensor:
+    """The transformer's velocity prediction, unpacked back to (B, C, f, h, w)."""
+    b, c, f, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)  # (B, f*h*w, C), LTX packing with patch size 1
+    scale = (
+        vae.temporal_compression_ratio / fps,
+        vae.spatial_compression_ratio,
+        vae.spatial_compression_ratio,
+    )
+    out = transformer(
+        hidden_states=tokens,
+        encoder_hidden_states=emb,
+        timestep=(sigmas * 1000.0).view(b, 1),
+        encoder_attention_mask=mask,
+        num_frames=f,
+        height=h,
+        width=w,
+        rope_interpolation_scale=scale,
+        return_dict=False,
+    )[0]
+    return out.transpose(1, 2).reshape(b, c, f, h, w)
+
+
+def _denoise(
+    comp: Components,
+    x: torch.Tensor,
+    sigmas: list[float],
+    cond: tuple[torch.Tensor, torch.Tensor],
+    uncond: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    guidance: float,
+    fps: float,
+) -> torch.Tensor:
+    b = x.shape[0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        sig = torch.full((b,), s, device=x.device)
+        if uncond is not None and guidance != 1.0:
+            emb = torch.cat([uncond[0], cond[0]])
+            mask = torch.cat([uncond[1], cond[1]])
+            v_u, v_c = velocity(
+                comp.transformer, comp.vae, torch.cat([x, x]), sig.repeat(2), emb, mask, fps=fps
+            ).chunk(2)
+            v = v_u + guidance * (v_c - v_u)
+        else:
+            v = velocity(comp.transformer, comp.vae, x, sig, cond[0], cond[1], fps=fps)
+        x = x + (s_next - s) * v
+    return x
+
+
+@torch.no_grad()
+def generate(
+    comp: Components,
+    prompts: list[str],
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: float = 24.0,
+    steps: int = 12,
+    guidance: float = 3.0,
+    seed: int = 0,
+    two_stage: bool = False,
+    refine_steps: int = 3,
+    refine_sigma: float = 0.4,
+    negative_prompt: str = "",
+) -> torch.Tensor:
+    """Generate videos: (B, 3, F, H, W) float in [-1, 1]."""
+    dev = next(comp.transformer.parameters()).device
+    for m in comp.modules().values():
+        m.eval()
+    b = len(prompts)
+    cond = encode_prompts(comp, prompts, dev)
+    uncond = encode_prompts(comp, [negative_prompt] * b, dev) if guidance != 1.0 else None
+    gen = torch.Generator().manual_seed(seed)
+    w1, h1 = (width // 2, height // 2) if two_stage else (width, height)
+    shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
+    x = torch.randn((b, *shape), generator=gen).to(dev)
+    x = _denoise(comp, x, inference_sigmas(steps), cond, uncond, guidance=guidance, fps=fps)
+    if two_stage:
+        if comp.upsampler is None:
+            raise ValueError("two_stage needs a latent upsampler in the model")
+        up = comp.upsampler(denormalize_latents(comp.vae, x))
+        x = normalize_latents(comp.vae, up)
+        noise = torch.randn(x.shape, generator=gen).to(dev)
+        x = (1 - refine_sigma) * x + refine_sigma * noise
+        sig = [refine_sigma * (1 - i / refine_steps) for i in range(refine_steps)] + [0.0]
+        x = _denoise(comp, x, sig, cond, uncond, guidance=guidance, fps=fps)
+    video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0]
+    return video.clamp(-1, 1)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aiprod.core.errors import ConfigError
+from aiprod.training.config import TrainConfig, load_config
+
+from .conftest import tiny_config
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_builtin_config_loads() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "builtin.yaml")
+    assert [p.target for p in cfg.phases].count("transformer") == 5
+    assert cfg.phases[0].target == "vae" and cfg.phases[-1].target == "upsampler"
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "o")
+    data["phases"][1]["stepz"] = 3
+    with pytest.raises(ConfigError, match=r"phases\.1\.stepz"):
+        load_config(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"buckets": [[30, 32, 9]]}, "multiples of 32"),
+        ({"buckets": [[32, 32, 10]]}, "8k\\+1"),
+        ({"epochs": 1}, "exactly one of steps or epochs"),
+    ],
+)
+def test_bad_phase_rejected(tmp_path: Path, change: dict, message: str) -> None:
+    data = tiny_config(tmp_path / "o")
+    data["phases"][1].update(change)
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, data))
+
+
+def test_missing_file_names_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_ignores_logging_but_not_training(tmp_path: Path) -> None:
+    a = TrainConfig.model_validate(tiny_config(tmp_path / "a"))
+    b = TrainConfig.model_validate(tiny_config(tmp_path / "b", monitor={"log_every": 7}))
+    c = TrainConfig.model_validate(tiny_config(tmp_path / "a", seed=1))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_lora_refuses_vae_phase(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mode=lora"):
+        TrainConfig.model_validate(tiny_config(tmp_path, mode="lora"))

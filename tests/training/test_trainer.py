@@ -1,0 +1,80 @@
+"""A tiny run through every phase, exact resume, and the outputs a run leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aiprod.core.errors import ConfigError
+from aiprod.training.config import TrainConfig
+from aiprod.training.trainer import Trainer
+
+from .conftest import tiny_config
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ck = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    out = {}
+    for f in ck.glob("*.safetensors"):
+        out.update({f"{f.stem}.{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
+    events: list[tuple[str, dict]] = []
+    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "a"))
+    result = Trainer(cfg, on_event=lambda k, d: events.append((k, d))).train()
+    assert result["steps"] == 2 + 5 * 2 + 1
+    phases = [d["phase"] for k, d in events if k == "phase"]
+    assert phases == ["vae", "p1", "p2", "p3", "p4", "p5", "up"]
+    logs = [d for k, d in events if k == "log"]
+    assert all(torch.isfinite(torch.tensor(d["loss"])) for d in logs)
+    assert any(k.startswith("loss_sigma/") for d in logs for k in d)
+    assert any(k == "heldout" and "mean" in d for k, d in events)
+    # keep_last=2 plus the best one
+    ckpts = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step-*"))
+    best = json.loads((tmp_path / "a" / "checkpoints" / "best.json").read_text())
+    assert len(ckpts) <= 3 and best["dir"] in ckpts and ckpts[-1] == "step-00000013"
+    final = tmp_path / "a" / "final"
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer", "latent_upsampler"):
+        assert (final / sub).is_dir()
+    assert list((tmp_path / "a" / "tb").iterdir()), "TensorBoard event file missing"
+
+    # Interrupted mid-phase (step 5 is inside p2), then resumed with a fresh process state.
+    cfg_b = TrainConfig.model_validate(tiny_config(tmp_path / "b"))
+    stopped = Trainer(cfg_b).train(stop_after=5)
+    assert stopped["stopped"] and stopped["steps"] == 5
+    torch.manual_seed(999)  # the resumed run must not depend on the caller's RNG
+    Trainer(cfg_b).train(resume=True)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_resume_refuses_other_config(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "r"))
+    Trainer(cfg).train(stop_after=3)
+    other = TrainConfig.model_validate(tiny_config(tmp_path / "r", seed=5))
+    with pytest.raises(ConfigError, match="different config"):
+        Trainer(other).train(resume=True)
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        Trainer(cfg).train(resume=True)
+
+
+def test_dry_run_one_batch_per_phase(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "d"))
+    report = Trainer(cfg).dry_run()
+    assert [r["phase"] for r in report] == ["vae", "p1", "p2", "p3", "p4", "p5", "up"]
+    assert report[0]["batch_shape"] == (2, 3, 9, 32, 32)
+    assert report[1]["batch_shape"][1:] == (8, 5, 4, 4)  # 8x spatial, 2x temporal: 9 -> 5
+    assert report[-1]["out_shape"][-2:] == (8, 8)  # 32px latents (4x4) upsampled x2
+    assert not (tmp_path / "d" / "checkpoints").exists()
