@@ -92,3 +92,42 @@ def test_ltx2_distilled_lora_only_in_refinement(registry: Registry, pipes: dict)
     assert a2.info["distilled_lora"] is True and b2.info["distilled_lora"] is False
     assert a2.info["stages"] == b2.info["stages"]
     assert not np.array_equal(a2.frames, b2.frames)
+
+
+def test_ltxv_single_file_checkpoint(
+    registry: Registry, pipes: dict, model_dir: Path, tmp_path: Path
+) -> None:
+    """An original-format transformer checkpoint + a local config folder loads the same model."""
+    from safetensors.torch import load_file, save_file
+
+    from aiprod.engine import load_pipeline
+
+    from .conftest import write_models_toml
+
+    folder = model_dir / "ltxv"
+    state = {}
+    for f in (folder / "transformer").glob("*.safetensors"):
+        state.update(load_file(f))
+    # Undo diffusers' renames (loaders/single_file_utils.py: convert_ltx_transformer_...).
+    renames = {"proj_in": "patchify_proj", "time_embed": "adaln_single"}
+    renames |= {"norm_q": "q_norm", "norm_k": "k_norm"}
+    original = {}
+    for key, value in state.items():
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        original[f"model.diffusion_model.{key}"] = value
+    ckpt = tmp_path / "ltxv-tiny.safetensors"
+    save_file(original, str(ckpt))
+    reg = write_models_toml(
+        tmp_path / "models.toml",
+        f'[[models]]\nid = "m"\nfamily = "ltxv"\npath = "{ckpt}"\n'
+        f'[models.components]\nconfig = "{folder}"\nvae = "{folder / "vae"}"\n'
+        "[models.defaults]\nwidth = 64\nheight = 32\nnum_frames = 9\nfps = 12\n"
+        "num_inference_steps = 2\nguidance_scale = 3.0\n",
+        default="m",
+    )
+    single = load_pipeline(reg.get("m"), "cpu")
+    params = {"prompt": "a lighthouse", "seed": 3, "two_stage": False}
+    a = single(build_request(reg.get("m"), params)).frames
+    b = pipes["tiny-ltxv"](build_request(registry.get("tiny-ltxv"), params)).frames
+    assert np.array_equal(a, b)

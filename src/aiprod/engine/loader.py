@@ -75,10 +75,11 @@ def component_path(entry: ModelEntry, name: str, *, required: bool = True) -> Pa
                 "fix the path in models.toml"
             )
         return override
-    if entry.path is not None and entry.path.is_dir():
-        candidate = entry.path / name
-        if candidate.exists():
-            return candidate
+    # A folder entry keeps its parts in subfolders; a single-file entry finds the parts its
+    # checkpoint lacks (text encoder, tokenizer, ...) in its local config folder.
+    for base in (entry.path, entry.components.config):
+        if base is not None and base.is_dir() and (base / name).exists():
+            return base / name
     if required:
         raise ConfigError(
             f"model '{entry.id}': no {name} found (looked for {entry.path}/{name}); put a "
@@ -276,11 +277,21 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
                 str(root), subfolder="transformer", **kw
             ),
         )
-        comps["vae"] = load_or_fail(
-            entry,
-            "VAE",
-            lambda: AutoencoderKLLTXVideo.from_single_file(str(root), subfolder="vae", **kw),
-        )
+        if entry.components.vae is not None:
+            vdir = component_path(entry, "vae")
+            comps["vae"] = load_or_fail(
+                entry,
+                "VAE",
+                lambda: AutoencoderKLLTXVideo.from_pretrained(
+                    vdir, torch_dtype=dtype, local_files_only=True
+                ),
+            )
+        else:
+            comps["vae"] = load_or_fail(
+                entry,
+                "VAE",
+                lambda: AutoencoderKLLTXVideo.from_single_file(str(root), subfolder="vae", **kw),
+            )
     else:
         tdir = component_path(entry, "transformer")
         assert tdir is not None
