@@ -26,15 +26,35 @@ def tiny_config(out: Path, **over: Any) -> dict[str, Any]:
     """vae + the five curriculum phases + the latent upsampler, 1-2 steps each at 32x32x9."""
     b = [[32, 32, 9]]
     phases: list[dict[str, Any]] = [
-        {"name": "vae", "target": "vae", "data": {"synth": {"phase": 1, "count": 4}},
-         "steps": 2, "batch_size": 2, "buckets": b},
+        {
+            "name": "vae",
+            "target": "vae",
+            "data": {"synth": {"phase": 1, "count": 4}},
+            "steps": 2,
+            "batch_size": 2,
+            "buckets": b,
+        },
     ]
     for p in range(1, 6):
-        phases.append({"name": f"p{p}", "data": {"synth": {"phase": p, "count": 4, "seed": p}},
-                       "steps": 2, "batch_size": 2,
-                       "buckets": b if p != 3 else [[32, 32, 9], [64, 32, 9]]})
-    phases.append({"name": "up", "target": "upsampler", "data": {"synth": {"phase": 1,
-                   "count": 2}}, "steps": 1, "batch_size": 2, "buckets": [[64, 64, 9]]})
+        phases.append(
+            {
+                "name": f"p{p}",
+                "data": {"synth": {"phase": p, "count": 4, "seed": p}},
+                "steps": 2,
+                "batch_size": 2,
+                "buckets": b if p != 3 else [[32, 32, 9], [64, 32, 9]],
+            }
+        )
+    phases.append(
+        {
+            "name": "up",
+            "target": "upsampler",
+            "data": {"synth": {"phase": 1, "count": 2}},
+            "steps": 1,
+            "batch_size": 2,
+            "buckets": [[64, 64, 9]],
+        }
+    )
     cfg: dict[str, Any] = {
         "name": "tiny",
         "output_dir": str(out),

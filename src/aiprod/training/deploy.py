@@ -137,13 +137,14 @@ def register(
     old = next((m for m in models if m.get("id") == model_id), None)
     template = old or next((m for m in models if m.get("family") == "builtin"), None)
 
+    try:
+        ModelEntry(id=model_id, family="builtin")
+    except ValueError as exc:
+        raise ConfigError(
+            f"model id {model_id!r} is not valid: use letters, digits, '.', '_' or '-'"
+        ) from exc
     comp, info = load_any(Path(checkpoint))
     folder = Path(dest) if dest else models_file.parent / "models" / model_id
-    save_folder(
-        comp,
-        folder,
-        info={**{k: v for k, v in info.items() if isinstance(v, str | int | float | list | dict)}},
-    )
     try:
         rel = folder.resolve().relative_to(models_file.parent.resolve()).as_posix()
     except ValueError:
@@ -168,6 +169,11 @@ def register(
     if comp.upsampler is None:
         entry.setdefault("defaults", {})["two_stage"] = False
     ModelEntry.model_validate(entry)  # fail before writing anything
+    save_folder(
+        comp,
+        folder,
+        info={k: v for k, v in info.items() if isinstance(v, str | int | float | list | dict)},
+    )
     models = [m for m in models if m.get("id") != model_id] + [entry]
     doc["models"] = models
     if make_default or not doc.get("default"):

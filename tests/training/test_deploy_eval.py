@@ -1,0 +1,96 @@
+"""Checkpoint -> eval report, and checkpoint -> registered model in a models.toml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aiprod.core.errors import ConfigError
+from aiprod.core.registry import load_registry
+from aiprod.training.config import TrainConfig
+from aiprod.training.deploy import load_checkpoint, register
+from aiprod.training.evaluate import evaluate, heldout_prompts
+from aiprod.training.trainer import Trainer
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(out)
+    cfg["phases"] = [cfg["phases"][0], cfg["phases"][1], cfg["phases"][-1]]  # vae, p1, up
+    Trainer(TrainConfig.model_validate(cfg)).train()
+    return out
+
+
+def test_eval_writes_json_html_png(run_dir: Path, tmp_path: Path) -> None:
+    res = evaluate(
+        run_dir,
+        out_dir=tmp_path / "ev",
+        num_prompts=3,
+        width=64,
+        height=64,
+        num_frames=9,
+        steps=2,
+        batch_size=3,
+        two_stage=True,
+        refine_steps=1,
+    )
+    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert data["metrics"]["fvd_extractor"] == "pixel-stats-v1"
+    for k in (
+        "color_accuracy",
+        "shape_accuracy",
+        "count_accuracy",
+        "direction_accuracy",
+        "flicker_mean",
+        "motion_mean",
+        "fvd",
+        "seconds_per_clip",
+    ):
+        assert k in data["metrics"], k
+    assert len(data["per_prompt"]) == 3 == len(res["per_prompt"])
+    assert (tmp_path / "ev" / "samples.png").stat().st_size > 0
+    assert "aiprod eval" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_heldout_prompts_are_deterministic_and_cycle_phases() -> None:
+    a, b = heldout_prompts(10), heldout_prompts(10)
+    assert [x[0] for x in a] == [x[0] for x in b]
+    assert [x[1].phase for x in a[:5]] == [1, 2, 3, 4, 5]
+
+
+def test_register_adds_then_replaces_entry(run_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        'default = "builtin"\n\n[[models]]\nid = "builtin"\nfamily = "builtin"\n'
+        "price_per_gpu_second = 0.0005\n\n[models.defaults]\nwidth = 128\nheight = 128\n"
+        "num_frames = 25\nfps = 24\nnum_inference_steps = 8\n"
+    )
+    info = register(run_dir, model_id="mine", models_file=models, version="mine-1")
+    reg = load_registry(models)
+    entry = reg.get("mine")
+    assert entry.version == "mine-1" and entry.family == "builtin"
+    assert entry.path is not None and (entry.path / "transformer").is_dir()
+    assert entry.defaults.width == 128  # limits/defaults carried over from the builtin entry
+    assert reg.default == "builtin" and info["path"] == str(tmp_path / "models" / "mine")
+    register(run_dir, model_id="mine", models_file=models, version="mine-2", make_default=True)
+    reg = load_registry(models)
+    assert [m.id for m in reg.models] == ["builtin", "mine"]
+    assert reg.get("mine").version == "mine-2" and reg.default == "mine"
+
+
+def test_register_rejects_bad_id(run_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    with pytest.raises(ConfigError, match="not valid"):
+        register(run_dir, model_id="bad id!", models_file=models)
+    assert not models.exists() and not (tmp_path / "models").exists()
+
+
+def test_load_checkpoint_roundtrip(run_dir: Path) -> None:
+    comp, cfg, meta = load_checkpoint(run_dir)
+    assert cfg.name == "tiny" and meta["step"] > 0
+    assert comp.upsampler is not None
