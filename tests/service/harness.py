@@ -196,9 +196,11 @@ class Stack:
     def create_key(self, name: str, *extra: str) -> str:
         return self.cli("keys", "create", "--name", name, *extra).stdout.strip().splitlines()[-1]
 
-    def logs(self) -> str:
-        self.log.flush()
-        return (self.tmp / "serve.log").read_text(errors="replace")[-6000:]
+    def logs(self, *, full: bool = False) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        text = (self.tmp / "serve.log").read_text(errors="replace")
+        return text if full else text[-6000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
