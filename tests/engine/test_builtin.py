@@ -92,11 +92,23 @@ def test_cancel_before_start_runs_no_step(builtin_entry, builtin_pipe) -> None: 
     assert progress == []
 
 
-def test_image_to_video(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
-    video = builtin_pipe(_req(builtin_entry, image=png_bytes()))
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_image_to_video(builtin_entry, builtin_pipe, two_stage: bool) -> None:  # noqa: ANN001
+    video = builtin_pipe(_req(builtin_entry, image=png_bytes(), two_stage=two_stage))
     assert video.frames.shape == (9, 32, 32, 3)
-    plain = builtin_pipe(_req(builtin_entry))
+    plain = builtin_pipe(_req(builtin_entry, two_stage=two_stage))
     assert not np.array_equal(video.frames, plain.frames)
+
+
+def test_builtin_uses_the_trainers_sampler(builtin_pipe) -> None:  # noqa: ANN001
+    # LTXPipeline coordinates/schedule (what aiprod's trainer samples with), and a refinement
+    # scheduler that runs the pipeline's [1 .. 1/n] schedule as [strength .. strength/n].
+    assert builtin_pipe.mode == "classic"
+    sched = builtin_pipe.refine_scheduler
+    sched.set_timesteps(3, sigmas=[1.0, 2 / 3, 1 / 3])
+    strength = builtin_pipe.entry.options.refine_strength
+    expected = [strength, strength * 2 / 3, strength / 3, 0.0]
+    assert sched.sigmas.tolist() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,10 @@ class Options(BaseModel):
     # Extra keyword arguments for stage 1's diffusers pipeline call when guidance is on, e.g.
     # LTX-2's stg_scale / modality_scale / audio_guidance_scale (checked against its signature).
     call_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # LTX-Video only: "condition" (LTXConditionPipeline, for 0.9.5+ checkpoints), "classic"
+    # (LTXPipeline / LTXImageToVideoPipeline, as aiprod's trainer samples), "auto" = classic
+    # for the builtin family, condition for ltxv.
+    ltxv_pipeline: Literal["auto", "condition", "classic"] = "auto"
 
 
 class ModelEntry(BaseModel):
@@ -223,7 +227,11 @@ class ModelEntry(BaseModel):
         out["num_frames"] = frames
 
         fps = pick("fps")
-        if not isinstance(fps, int) or isinstance(fps, bool) or not lim.min_fps <= fps <= lim.max_fps:
+        if (
+            not isinstance(fps, int)
+            or isinstance(fps, bool)
+            or not lim.min_fps <= fps <= lim.max_fps
+        ):
             raise InvalidRequest(
                 f"fps must be an integer in {lim.min_fps}..{lim.max_fps}", field="fps"
             )
@@ -287,9 +295,7 @@ class Registry(BaseModel):
             if m.id == model_id:
                 return m
         known = ", ".join(m.id for m in self.models)
-        raise InvalidRequest(
-            f"unknown model '{model_id}'; this server has: {known}", field="model"
-        )
+        raise InvalidRequest(f"unknown model '{model_id}'; this server has: {known}", field="model")
 
     @property
     def default_entry(self) -> ModelEntry:

@@ -206,18 +206,27 @@ def build_ltxv_engine(
     entry: ModelEntry, comps: dict[str, Any], *, device: torch.device, dtype: torch.dtype
 ) -> Pipeline:
     """Assemble an LTX-Video engine from already-built components (see ``tiny.py``)."""
-    from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
+    from diffusers import (
+        LTXConditionPipeline,
+        LTXImageToVideoPipeline,
+        LTXLatentUpsamplePipeline,
+        LTXPipeline,
+    )
 
     from aiprod.engine.ltxv import LTXVideoEngine
 
     comps = dict(comps)
+    mode = entry.options.ltxv_pipeline
+    if mode == "auto":
+        mode = "classic" if entry.family == "builtin" else "condition"
     sched = comps["scheduler"]
-    if sched.config.get("use_dynamic_shifting", False):
+    if mode == "condition" and sched.config.get("use_dynamic_shifting", False):
         # LTXConditionPipeline passes its own explicit schedule; dynamic shifting would need mu.
         sched = type(sched).from_config(sched.config, use_dynamic_shifting=False)
     upsampler = comps.pop("latent_upsampler", None)
-    check_call_kwargs(entry, LTXConditionPipeline.__call__)
-    pipe = LTXConditionPipeline(
+    cls = LTXConditionPipeline if mode == "condition" else LTXPipeline
+    check_call_kwargs(entry, cls.__call__)
+    pipe = cls(
         scheduler=sched,
         vae=comps["vae"],
         text_encoder=comps["text_encoder"],
@@ -225,6 +234,7 @@ def build_ltxv_engine(
         transformer=comps["transformer"],
     )
     apply_options(entry, pipe, device)
+    i2v = LTXImageToVideoPipeline.from_pipe(pipe) if mode == "classic" else None
     upsample_pipe = None
     if upsampler is not None:
         upsample_pipe = LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
@@ -234,7 +244,8 @@ def build_ltxv_engine(
             f"model '{entry.id}': defaults.two_stage is true but there is no latent upsampler; "
             "add a latent_upsampler/ folder (or components.upsampler) or set two_stage = false"
         )
-    max_len = entry.options.max_sequence_length or 256  # LTXConditionPipeline's default
+    # The diffusers defaults: 256 tokens for LTXConditionPipeline, 128 for LTXPipeline.
+    max_len = entry.options.max_sequence_length or (256 if mode == "condition" else 128)
     if entry.options.max_sequence_length is None and entry.family == "builtin":
         # The built-in model is trained with prompts padded to its tokenizer's length.
         tok_len = getattr(pipe.tokenizer, "model_max_length", 0)
@@ -246,6 +257,8 @@ def build_ltxv_engine(
         device=device,
         dtype=dtype,
         max_sequence_length=max_len,
+        mode=mode,
+        i2v_pipe=i2v,
     )
 
 

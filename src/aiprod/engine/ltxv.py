@@ -1,8 +1,14 @@
 """LTX-Video backend (family ``ltxv``, and the built-in model, which has the same architecture).
 
-Built on diffusers' ``LTXConditionPipeline`` (text-to-video, first-frame image conditioning and
-the partial-denoise refinement pass) and ``LTXLatentUpsamplePipeline`` (the x2 latent
-upsampler). The ti2vid two-stage path:
+Two ways to drive diffusers, picked by ``options.ltxv_pipeline``:
+
+- ``condition`` (default for ``ltxv``): ``LTXConditionPipeline``, the diffusers pipeline for
+  LTX-Video 0.9.5+ (text-to-video, first-frame conditioning, partial denoise for refinement);
+- ``classic`` (default for ``builtin``): ``LTXPipeline`` / ``LTXImageToVideoPipeline``, whose
+  positional coordinates and sigma schedule are the ones aiprod's trainer uses; refinement runs
+  the same pipeline from re-noised latents with its schedule scaled into ``[0, strength]``.
+
+Both share ``LTXLatentUpsamplePipeline`` (the x2 latent upsampler). The ti2vid two-stage path:
 
 1. stage 1 at half resolution with classifier-free guidance -> latents;
 2. x2 latent upsampler;
@@ -54,6 +60,29 @@ def half_size(size: int) -> int:
     return max(SIZE_MULTIPLE, math.ceil(size / 2 / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
+def partial_scheduler(config: Any, strength: float) -> Any:
+    """A FlowMatch Euler scheduler that maps the pipeline's ``[1 .. 1/n]`` sigmas to
+    ``[strength .. strength/n]``: ``LTXPipeline`` then runs a partial denoise (refinement)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    class PartialFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+        def set_timesteps(
+            self,
+            num_inference_steps: int | None = None,
+            device: Any = None,
+            sigmas: Any = None,
+            mu: float | None = None,
+            timesteps: Any = None,
+        ) -> None:
+            if sigmas is not None:
+                sigmas = [float(x) * strength for x in sigmas]
+            super().set_timesteps(num_inference_steps, device, sigmas=sigmas, mu=mu)
+
+    return PartialFlowMatchScheduler.from_config(
+        config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
+    )
+
+
 class LTXVideoEngine:
     """A loaded LTX-Video model; call it with a ``GenerationRequest``."""
 
@@ -66,18 +95,26 @@ class LTXVideoEngine:
         device: torch.device,
         dtype: torch.dtype,
         max_sequence_length: int,
+        mode: str = "condition",
+        i2v_pipe: Any | None = None,
     ) -> None:
         self.entry = entry
+        self.mode = mode
         self.pipe = pipe
+        self.i2v_pipe = i2v_pipe if i2v_pipe is not None else pipe
+        self.base_scheduler = pipe.scheduler
+        self.refine_scheduler = partial_scheduler(
+            pipe.scheduler.config, entry.options.refine_strength
+        )
         self.upsample_pipe = upsample_pipe
         self.device = device
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
         self.spatial_ratio = int(pipe.vae_spatial_compression_ratio)
         self.temporal_ratio = int(pipe.vae_temporal_compression_ratio)
-        pipe.set_progress_bar_config(disable=True)
-        if upsample_pipe is not None:
-            upsample_pipe.set_progress_bar_config(disable=True)
+        for p in (pipe, self.i2v_pipe, upsample_pipe):
+            if p is not None:
+                p.set_progress_bar_config(disable=True)
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, request: GenerationRequest) -> list[StagePlan]:
@@ -106,7 +143,11 @@ class LTXVideoEngine:
                 width=2 * w1,
                 height=2 * h1,
                 steps=opts.refine_steps,
-                scheduler_steps=refine_schedule(opts.refine_steps, strength),
+                scheduler_steps=(
+                    refine_schedule(opts.refine_steps, strength)
+                    if self.mode == "condition"
+                    else opts.refine_steps
+                ),
                 guidance_scale=opts.refine_guidance_scale,
                 denoise_strength=strength,
             ),
@@ -179,12 +220,17 @@ class LTXVideoEngine:
         if image is not None:
             common["image"] = image
 
+        classic = self.mode == "classic"
+        call = self.i2v_pipe if image is not None else pipe
+
         def run_stage(index: int, st: StagePlan, **kw: Any) -> Any:
             tracker.start_stage(index)
             use_cfg = st.guidance_scale > 1.0
             if index == 0 and use_cfg:
                 kw = {**opts.call_kwargs, **kw}
-            return pipe(
+            if not classic:
+                kw["denoise_strength"] = st.denoise_strength
+            return call(
                 prompt_embeds=pe,
                 prompt_attention_mask=pm,
                 negative_prompt_embeds=ne if use_cfg else None,
@@ -193,7 +239,6 @@ class LTXVideoEngine:
                 height=st.height,
                 num_inference_steps=st.scheduler_steps,
                 guidance_scale=st.guidance_scale,
-                denoise_strength=st.denoise_strength,
                 return_dict=False,
                 **common,
                 **kw,
@@ -204,23 +249,34 @@ class LTXVideoEngine:
             video = run_stage(0, stages[0], output_type="pt")
             info["stage1_s"] = tracker.step_end_times[-1] - t1
         else:
-            latents = run_stage(0, stages[0], output_type="latent")
+            s1, s2 = stages
+            latents = run_stage(0, s1, output_type="latent")
+            if classic:  # LTXPipeline returns packed tokens (B, S, C)
+                latents = self._unpack(latents, request.num_frames, s1)
             t2 = time.perf_counter()
             info["stage1_s"] = t2 - t1
             tracker.check_cancel()
             latents = self.upsample_pipe(
                 latents=latents,
-                width=stages[0].width,
-                height=stages[0].height,
+                width=s1.width,
+                height=s1.height,
                 adain_factor=1.0
                 if opts.upsample_adain_factor is None
                 else opts.upsample_adain_factor,
                 output_type="latent",
                 return_dict=False,
-            )[0]
+            )[0]  # (B, C, F, 2h, 2w), normalized
             t3 = time.perf_counter()
             info["upsample_s"] = t3 - t2
-            video = run_stage(1, stages[1], latents=latents, output_type="pt")
+            if classic:
+                latents = self._renoise(latents, s2.denoise_strength, generator, image is not None)
+                call.scheduler = self.refine_scheduler
+                try:
+                    video = run_stage(1, s2, latents=latents, output_type="pt")
+                finally:
+                    call.scheduler = self.base_scheduler
+            else:
+                video = run_stage(1, s2, latents=latents, output_type="pt")
             info["stage2_s"] = tracker.step_end_times[-1] - t3
         info["decode_s"] = time.perf_counter() - tracker.step_end_times[-1]
         frames = video_to_uint8(video, height=request.height, width=request.width)
@@ -231,6 +287,33 @@ class LTXVideoEngine:
             seed=request.seed,
         )
         return frames, info
+
+    def _unpack(self, latents: torch.Tensor, num_frames: int, st: StagePlan) -> torch.Tensor:
+        p = self.pipe
+        return p._unpack_latents(
+            latents,
+            (num_frames - 1) // self.temporal_ratio + 1,
+            st.height // self.spatial_ratio,
+            st.width // self.spatial_ratio,
+            p.transformer_spatial_patch_size,
+            p.transformer_temporal_patch_size,
+        )
+
+    def _renoise(
+        self, x0: torch.Tensor, strength: float, generator: torch.Generator, keep_first: bool
+    ) -> torch.Tensor:
+        """Flow-matching state at sigma=strength, packed for LTXPipeline (first frame kept for
+        image-to-video, which LTXImageToVideoPipeline treats as clean conditioning)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x = strength * noise + (1.0 - strength) * x0
+        if keep_first:
+            x[:, :, :1] = x0[:, :, :1]
+        p = self.pipe
+        return p._pack_latents(
+            x, p.transformer_spatial_patch_size, p.transformer_temporal_patch_size
+        )
 
     def clear_cache(self) -> None:
         free_memory()
