@@ -112,6 +112,13 @@ def test_metrics_move_when_jobs_run_and_client_end_to_end(tmp_path):
         entry = sub[0]
         assert entry["key_id"] and entry["request_id"] and entry["latency_ms"] >= 0
         assert entry["method"] == "POST" and entry["level"] == "info"
+        # One line per job state change: queued (API), running and succeeded (worker).
+        moves = [
+            (e["from_status"], e["to_status"])
+            for e in lines
+            if e.get("event") == "job.transition" and e.get("job_id") == job.id
+        ]
+        assert moves == [(None, "queued"), ("queued", "running"), ("running", "succeeded")]
     finally:
         stack.stop()
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from aiprod.core.logging import log_job_transition
 from aiprod.db.models import ApiKey, Job, utcnow
 
 
@@ -65,6 +66,7 @@ def claim(
     job.error_message = None
     session.execute(update(ApiKey).where(ApiKey.id == job.api_key_id).values(last_claimed_at=now))
     session.flush()
+    log_job_transition(job.id, old="queued", new="running", model=job.model, worker=worker_id)
     return job
 
 
@@ -130,7 +132,9 @@ def finish(
     )
     if res.rowcount != 1:
         return None
-    return session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, job_id, populate_existing=True)
+    log_job_transition(job_id, old="running", new=status, model=job and job.model, worker=worker_id)
+    return job
 
 
 def retry_later(
@@ -158,6 +162,8 @@ def retry_later(
     if not count_attempt:
         values["attempts"] = Job.attempts - 1
     res = session.execute(update(Job).where(_owned(job_id, worker_id)).values(**values))
+    if res.rowcount == 1:
+        log_job_transition(job_id, old="running", new="queued", worker=worker_id, reason=error_code)
     return res.rowcount == 1
 
 

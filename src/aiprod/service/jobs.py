@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aiprod.core.errors import Conflict, InvalidRequest
+from aiprod.core.logging import log_job_transition
 from aiprod.core.registry import ModelEntry, Registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
@@ -228,6 +229,7 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, req_hash), False
+    log_job_transition(job.id, old=None, new="queued", model=job.model, key_id=api_key_id)
     return job, True
 
 
@@ -252,6 +254,7 @@ def cancel_job(session: Session, job: Job, *, settings: Settings) -> Job:
         job.completed_at = utcnow()
         job.cancel_requested = True
         on_terminal(session, job, settings=settings)
+        log_job_transition(job.id, old="queued", new="canceled", model=job.model)
     else:
         job.cancel_requested = True
     session.flush()

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, GenerationCanceled
+from aiprod.core.logging import log_job_transition
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
@@ -433,4 +434,5 @@ def reap(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, int]
                 )
                 requeued += 1
             log.warning("reaper: job %s %s (%s)", job.id, job.status, msg)
+            log_job_transition(job.id, old="running", new=job.status, model=job.model, reason=msg)
     return requeued, failed
