@@ -106,9 +106,7 @@ def train_cmd(
 def eval_cmd(
     checkpoint: Annotated[
         Path,
-        typer.Argument(
-            help="checkpoint step-N folder, a run folder (its best) or a model folder"
-        ),
+        typer.Argument(help="checkpoint step-N folder, a run folder (its best) or a model folder"),
     ],
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
     num_prompts: Annotated[int, typer.Option(help="held-out prompts")] = 200,
@@ -126,6 +124,9 @@ def eval_cmd(
     refine_steps: int = 3,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
     seed: int = 20_261_121,
+    backend: Annotated[
+        str, typer.Option(help="trainer (own sampler) or engine (the served builtin backend)")
+    ] = "trainer",
 ) -> None:
     """Score a checkpoint on held-out synthetic prompts (JSON + HTML + PNG).
 
@@ -157,6 +158,7 @@ def eval_cmd(
                 refine_steps=refine_steps,
                 i3d=i3d,
                 seed=seed,
+                backend=backend,
                 on_progress=lambda d, t: bar.update(task, completed=d),
             )
     except (AiprodError, ValueError) as exc:

@@ -64,13 +64,23 @@ def evaluate(
     batch_size: int = 4,
     seed: int = EVAL_SEED,
     i3d: Path | None = None,
+    backend: str = "trainer",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Generate, score and write ``eval.json``, ``report.html`` and ``samples.png``."""
+    """Generate, score and write ``eval.json``, ``report.html`` and ``samples.png``.
+
+    ``backend="trainer"`` samples with :func:`aiprod.training.sample.generate` (checkpoints or
+    model folders); ``backend="engine"`` runs a model folder through the serving engine's
+    ``builtin`` backend (``aiprod.engine.loader``) with its own defaults for the two-stage
+    refinement, i.e. exactly what the API serves, one clip at a time.
+    """
     from aiprod.data import synth
     from aiprod.training.deploy import load_any
     from aiprod.training.sample import generate
 
+    if backend == "engine":
+        batch_size = 1
+        engine_pipe = _engine_pipeline(Path(model_path))
     comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
         raise ValueError(f"{model_path} has no latent upsampler: pass --single-stage")
@@ -80,23 +90,37 @@ def evaluate(
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
         t0 = time.perf_counter()
-        video = generate(
-            comp,
-            [c for c, _, _ in chunk],
-            width=width,
-            height=height,
-            num_frames=num_frames,
-            fps=fps,
-            steps=steps,
-            guidance=guidance,
-            seed=seed + s,
-            two_stage=two_stage,
-            refine_steps=refine_steps,
-            refine_sigma=refine_sigma,
-        )
+        if backend == "engine":
+            video = _engine_generate(
+                engine_pipe,
+                chunk[0][0],
+                width=width,
+                height=height,
+                num_frames=num_frames,
+                fps=fps,
+                steps=steps,
+                guidance=guidance,
+                seed=seed + s,
+                two_stage=two_stage,
+            )
+        else:
+            video = generate(
+                comp,
+                [c for c, _, _ in chunk],
+                width=width,
+                height=height,
+                num_frames=num_frames,
+                fps=fps,
+                steps=steps,
+                guidance=guidance,
+                seed=seed + s,
+                two_stage=two_stage,
+                refine_steps=refine_steps,
+                refine_sigma=refine_sigma,
+            )
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
-            frames = tensor_to_frames(v)
+            frames = v if isinstance(v, np.ndarray) else tensor_to_frames(v)
             ref = synth.render(
                 params, width=width, height=height, num_frames=num_frames, fps=fps, seed=rseed
             )
@@ -137,6 +161,7 @@ def evaluate(
             "refine_sigma": refine_sigma,
             "seed": seed,
             "threads": torch.get_num_threads(),
+            "backend": backend,
         },
         "metrics": metrics,
         "per_prompt": rows,
@@ -161,6 +186,45 @@ def evaluate(
         sheet="samples.png",
     )
     return result
+
+
+def _engine_pipeline(folder: Path) -> Any:
+    from aiprod.core.registry import ModelEntry
+    from aiprod.engine.loader import load_pipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"--backend engine needs a model folder (model_index.json), not {folder}")
+    entry = ModelEntry(id="eval", family="builtin", path=folder.resolve(), dtype="float32")
+    return load_pipeline(entry, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _engine_generate(
+    pipe: Any,
+    prompt: str,
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    two_stage: bool,
+) -> list[np.ndarray]:
+    from aiprod.engine.types import GenerationRequest
+
+    req = GenerationRequest(
+        prompt=prompt,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=fps,
+        seed=seed,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        two_stage=two_stage,
+    )
+    return [pipe(req).frames]
 
 
 def _jsonable(o: Any) -> Any:
