@@ -24,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from aiprod.core.errors import AiprodError
@@ -124,6 +124,11 @@ def _setup_logging(level: str = "INFO") -> None:
     configure_logging(level=level.upper())
 
 
+def _table_console() -> Console:
+    """Tables at the terminal's width; piped output gets room for full ids."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _settings() -> Any:
     from aiprod.core.settings import Settings
 
@@ -210,7 +215,8 @@ def keys_list() -> None:
     from aiprod.db.session import session_scope
 
     sessions = _open_db(_settings())
-    table = Table("id", "name", "scope", "active", "prefix", "budget $/mo", "created", "last used")
+    table = Table("name", "scope", "active", "prefix", "budget $/mo", "created", "last used")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=36))
     with session_scope(sessions) as s:
         for k in ApiKeyRepository(s).list():
             table.add_row(
@@ -223,7 +229,7 @@ def keys_list() -> None:
                 k.created_at.strftime("%Y-%m-%d %H:%M"),
                 k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never",
             )
-    out.print(table)
+    _table_console().print(table)
 
 
 @keys_app.command("revoke")
@@ -290,7 +296,7 @@ def models_list() -> None:
             f"{m.limits.max_width}x{m.limits.max_height}",
             str(m.limits.max_frames),
         )
-    out.print(table)
+    _table_console().print(table)
 
 
 # ---------------------------------------------------------------------------------- worker
