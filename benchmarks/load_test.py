@@ -70,6 +70,7 @@ class PhaseResult:
     status_ms: dict[str, float | None] = field(default_factory=dict)
     submit_ms: dict[str, float | None] = field(default_factory=dict)
     queue_depth_end: int | None = None
+    load_avg_1m: tuple[float, float] = (0.0, 0.0)  # machine load at the phase's start and end
 
 
 def _summary(ms: list[float]) -> dict[str, float | None]:
@@ -158,6 +159,7 @@ async def run_phase(
         limits=limits,
         timeout=30.0,
     ) as http:
+        load_start = os.getloadavg()[0]
         start = time.monotonic()
         stop_at = start + duration
         await asyncio.gather(
@@ -199,6 +201,7 @@ async def run_phase(
         status_ms=_summary(status_ms),
         submit_ms=_summary(submit_ms),
         queue_depth_end=depth,
+        load_avg_1m=(round(load_start, 2), round(os.getloadavg()[0], 2)),
     )
 
 
@@ -216,9 +219,33 @@ def _aiprod() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "aiprod.cli.main"]
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 @contextmanager
-def local_server(*, workers: int, data_dir: Path, log_path: Path):  # type: ignore[no-untyped-def]
-    """Start ``aiprod serve`` on a free loopback port; yield (base_url, api_key)."""
+def local_server(  # type: ignore[no-untyped-def]
+    *,
+    workers: int,
+    data_dir: Path,
+    log_path: Path,
+    database_url: str | None = None,
+    worker_nice: int = 0,
+):
+    """Start ``aiprod serve`` on a free loopback port; yield (base_url, api_key).
+
+    With ``worker_nice`` > 0 the workers are separate ``aiprod worker`` processes at that
+    lower CPU priority (``serve --workers 0``): on a CPU-only box the workers' denoising would
+    otherwise take the CPU that, on a GPU machine, runs on the GPU.
+    """
     env = dict(os.environ)
     env.update(
         AIPROD_DATA_DIR=str(data_dir),
@@ -229,6 +256,8 @@ def local_server(*, workers: int, data_dir: Path, log_path: Path):  # type: igno
     )
     env.pop("AIPROD_DATABASE_URL", None)
     env.pop("AIPROD_STORAGE_URL", None)
+    if database_url:
+        env["AIPROD_DATABASE_URL"] = database_url
     subprocess.run([*_aiprod(), "db", "upgrade"], env=env, check=True, capture_output=True)
     out = subprocess.run(
         [*_aiprod(), "keys", "create", "--name", "load-test"],
@@ -241,23 +270,29 @@ def local_server(*, workers: int, data_dir: Path, log_path: Path):  # type: igno
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = log_path.open("w")
+    serve_workers = 0 if worker_nice > 0 else workers
+    cmd = [*_aiprod(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [
-            *_aiprod(),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
+        [*cmd, "--workers", str(serve_workers)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    own: list[subprocess.Popen[bytes]] = []
     try:
+        if worker_nice > 0:
+            for _ in range(workers):
+                own.append(
+                    subprocess.Popen(
+                        [*_aiprod(), "worker"],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        preexec_fn=lambda: os.nice(worker_nice),
+                    )
+                )
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
@@ -270,18 +305,31 @@ def local_server(*, workers: int, data_dir: Path, log_path: Path):  # type: igno
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after 120 s; see {log_path}")
             time.sleep(0.5)
+        _warm_up(base_url, api_key)
         yield base_url, api_key
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        for w in own:
+            _stop(w)
+        _stop(proc)
         log.close()
+
+
+def _warm_up(base_url: str, api_key: str, timeout: float = 300) -> None:
+    """Run one job to the end, so every phase measures workers that are already loaded."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
+        job = http.post("/api/v1/generate", json={"prompt": "warm-up", **TINY_JOB})
+        job.raise_for_status()
+        job_id = job.json()["id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = http.get(f"/api/v1/jobs/{job_id}").json()["status"]
+            if status in TERMINAL:
+                if status != "succeeded":
+                    raise RuntimeError(f"warm-up job ended {status}")
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"warm-up job not done after {timeout} s")
 
 
 def _table(results: list[PhaseResult]) -> str:
@@ -309,9 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[5, 50, 200])
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
-    ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polls")
+    ap.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (own server)")
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="own server: run the workers at this nice level (CPU-only box: keep the API's CPU)",
+    )
     ap.add_argument("--url", help="use this running server instead of starting one")
+    ap.add_argument(
+        "--database-url", help="own server: this database (default: SQLite in a temp dir)"
+    )
     ap.add_argument("--api-key", default=os.environ.get("AIPROD_API_KEY"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = ap.parse_args(argv)
@@ -340,17 +397,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="aiprod-load-") as tmp:
             log_path = Path(tmp) / "server.log"
-            with local_server(workers=args.workers, data_dir=Path(tmp), log_path=log_path) as (
-                url,
-                key,
-            ):
+            with local_server(
+                workers=args.workers,
+                data_dir=Path(tmp),
+                log_path=log_path,
+                database_url=args.database_url,
+                worker_nice=args.worker_nice,
+            ) as (url, key):
                 results = phases(url, key)
     print(_table(results))
     report = {
         "benchmark": "load_test",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "server": args.url or f"own (aiprod serve --workers {args.workers}, SQLite)",
+        "server": args.url
+        or f"own (aiprod serve --workers {args.workers}, "
+        f"{'PostgreSQL' if (args.database_url or '').startswith('postgres') else 'SQLite'})",
+        "worker_nice": args.worker_nice,
         "poll_interval_s": args.poll_interval,
         "job": TINY_JOB,
         "phases": [asdict(r) for r in results],
