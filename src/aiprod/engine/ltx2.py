@@ -15,6 +15,7 @@ ti2vid two-stage path:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,8 +274,10 @@ class LTX2Engine:
             info["stage2_s"] = tracker.step_end_times[-1] - t3
         info["decode_s"] = time.perf_counter() - tracker.step_end_times[-1]
         frames = video_to_uint8(video, height=request.height, width=request.width)
-        wav = audio[0].float().clamp(-1, 1).cpu().numpy()  # (channels, samples)
         rate = int(pipe.vocoder.config.output_sampling_rate)
+        # The vocoder may overshoot the video by a few hops; the MP4 should end with the video.
+        samples = math.ceil(request.num_frames / request.fps * rate)
+        wav = audio[0, :, :samples].float().clamp(-1, 1).cpu().numpy()  # (channels, samples)
         info.update(
             total_s=time.perf_counter() - t0,
             steps=tracker.steps_done,
