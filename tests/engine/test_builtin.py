@@ -160,3 +160,17 @@ def test_builtin_loads_the_same_model_from_a_folder(
     pipe = load_pipeline(builtin_entry.model_copy(update={"path": folder}), "cpu")
     req = _req(builtin_entry)
     assert np.array_equal(pipe(req).frames, builtin_pipe(req).frames)
+
+
+def test_out_of_memory_fails_the_job_and_the_next_job_runs(builtin_entry, builtin_pipe) -> None:  # noqa: ANN001
+    import torch
+
+    from aiprod.core.errors import GenerationFailed
+
+    def oom_in_the_loop(_: float) -> None:  # raised where a real CUDA OOM surfaces: mid-loop
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(GenerationFailed, match="out of memory while generating 32x32x9") as err:
+        builtin_pipe(_req(builtin_entry), on_progress=oom_in_the_loop)
+    assert "vae_tiling" in err.value.message
+    assert builtin_pipe(_req(builtin_entry)).frames.shape == (9, 32, 32, 3)

@@ -126,13 +126,20 @@ def is_oom(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def oom_guard(what: str, *, hint: str) -> Iterator[None]:
     """Turn an out-of-memory error into ``GenerationFailed`` and free what it held."""
+    detail = None
     try:
         yield
     except (RuntimeError, torch.OutOfMemoryError) as exc:
         if not is_oom(exc):
             raise
-        free_memory()
-        raise GenerationFailed(f"out of memory while generating {what}: {hint}") from exc
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "OOM"
+    if detail is None:
+        return
+    # Out of the except block: the traceback (and the activations its frames hold) is gone, so
+    # the cached blocks can really be returned before the worker takes its next job.
+    free_memory()
+    log.warning("out of memory while generating %s: %s", what, detail)
+    raise GenerationFailed(f"out of memory while generating {what}: {hint}")
 
 
 def free_memory() -> None:
