@@ -82,6 +82,9 @@ class PhaseConfig(_Strict):
     grad_clip: float | None = Field(default=1.0, gt=0)
     caption_dropout: float = Field(default=0.1, ge=0, le=1, description="for guidance")
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
+    # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
+    # deterministic autoencoder, which learns far faster on a small compute budget)
+    posterior_noise: float = Field(default=1.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> PhaseConfig:

@@ -376,7 +376,7 @@ class Trainer:
         x = torch.stack([frames_to_tensor(run.data.pixels[i]) for i in idx]).to(self.device)
         dist = run.module.encode(x).latent_dist
         eps = torch.randn(dist.mean.shape, generator=self.noise).to(self.device)
-        z = dist.mean + dist.std * eps
+        z = dist.mean + run.cfg.posterior_noise * dist.std * eps
         rec = run.module.decode(z).sample
         mse = (rec.float() - x).pow(2).mean()
         l1 = (rec.float() - x).abs().mean()
