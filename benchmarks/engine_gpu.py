@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -460,6 +461,10 @@ def measure(
     except torch.OutOfMemoryError as exc:
         result.error = f"out of memory: {str(exc).splitlines()[0]}"
         return result
+    except Exception as exc:  # noqa: BLE001 - one failed configuration must not lose the table
+        traceback.print_exc()
+        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return result
     for k in ("stage1_s", "upsample_s", "stage2_s", "decode_s", "total_s"):
         setattr(result, k, round(float(out[k]), 4))
     result.steps = int(out["steps"])
@@ -478,6 +483,8 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
         comps = ltx2_components(device, dtype, args.lora_rank)
     else:
         comps = ltxv_components(device, dtype)
+    if args.vae_tiling:  # a memory option of diffusers itself: both runners get it
+        comps["vae"].enable_tiling()
     preset = preset_for(family, args.preset, args.tiny)
     results: list[Result] = []
     for size in args.size:
@@ -554,7 +561,11 @@ def table(results: list[Result]) -> str:
             if attr is None:
                 row.append(f"{r.width}x{r.height}")
             elif r.error and attr not in ("family", "runner", "num_frames"):
-                row.append("OOM" if attr == "steps" else "-")
+                row.append(
+                    ("OOM" if r.error.startswith("out of memory") else "ERR")
+                    if attr == "steps"
+                    else "-"
+                )
             else:
                 v = getattr(r, attr)
                 row.append("-" if v is None else str(v))
