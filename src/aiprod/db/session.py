@@ -19,6 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import ConfigError
 
+# The API runs sync endpoints and dependencies on anyio's thread pool (40 threads). A request
+# holds its session's connection until the dependency's exit, which itself needs a pool thread:
+# with fewer connections than threads, 40 requests waiting for a connection can block every
+# exit, and all of them time out after 30 s (seen in benchmarks/load_test.py at 200 clients).
+# Connections beyond POOL_SIZE are closed when returned, so idle processes keep only a few.
+POOL_SIZE = 10
+POOL_OVERFLOW = 40
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings aiprod relies on."""
@@ -32,6 +40,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            # See POOL_SIZE / POOL_OVERFLOW: a smaller pool deadlocks the API under load.
+            kwargs.setdefault("pool_size", POOL_SIZE)
+            kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
@@ -39,8 +51,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
-        kwargs.setdefault("pool_size", 5)
-        kwargs.setdefault("max_overflow", 5)
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         return create_engine(url, **kwargs)
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: aiprod runs on SQLite or PostgreSQL"
