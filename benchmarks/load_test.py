@@ -85,8 +85,97 @@ def _summary(ms: list[float]) -> dict[str, float | None]:
     }
 
 
+class HttpError(Exception):
+    """A transport-level failure of the load generator's connection."""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection per simulated client.
+
+    Deliberately minimal (asyncio streams, Content-Length or chunked bodies): a full client
+    library costs several times more CPU per request, and on a 2-core machine the load
+    generator's own CPU would show up as server latency.
+    """
+
+    def __init__(self, host: str, port: int, api_key: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {api_key}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: str = ""
+    ) -> tuple[int, bytes]:
+        for attempt in (0, 1):  # one silent reconnect if the server closed an idle connection
+            if self.writer is None:
+                try:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                except OSError as exc:
+                    raise HttpError(f"connect: {exc}") from exc
+            assert self.reader is not None and self.writer is not None
+            head = (
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.auth}"
+                f"{headers}Content-Length: {len(body)}\r\n"
+            )
+            if body:
+                head += "Content-Type: application/json\r\n"
+            try:
+                self.writer.write(head.encode() + b"\r\n" + body)
+                await self.writer.drain()
+                return await self._response()
+            except (OSError, asyncio.IncompleteReadError, HttpError) as exc:
+                await self.close()
+                if attempt:
+                    raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _response(self) -> tuple[int, bytes]:
+        assert self.reader is not None
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise HttpError("connection closed")
+        status = int(status_line.split(b" ", 2)[1])
+        length, chunked, close = 0, False, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+            elif name == "connection" and "close" in value.lower():
+                close = True
+        if chunked:
+            parts = []
+            while True:
+                size = int((await self.reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    await self.reader.readline()
+                    break
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readline()
+            data = b"".join(parts)
+        else:
+            data = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+        self.reader = self.writer = None
+
+
 async def _client(
-    http: httpx.AsyncClient,
+    conn: Conn,
     *,
     stop_at: float,
     poll_interval: float,
@@ -99,44 +188,49 @@ async def _client(
 ) -> None:
     # Stagger the start so 200 clients do not all submit in the same millisecond.
     await asyncio.sleep((index % 50) * poll_interval / 50)
-    while time.monotonic() < stop_at:
-        t0 = time.perf_counter()
-        try:
-            resp = await http.post(
-                "/api/v1/generate",
-                json={"prompt": f"load test client {index}", **job_params},
-                headers={"Idempotency-Key": os.urandom(12).hex()},
-            )
-        except httpx.HTTPError as exc:
-            errors[f"submit:{type(exc).__name__}"] += 1
-            await asyncio.sleep(poll_interval)
-            continue
-        submit_ms.append((time.perf_counter() - t0) * 1000)
-        counts["requests"] += 1
-        if resp.status_code != 202:
-            errors[f"submit:{resp.status_code}"] += 1
-            await asyncio.sleep(poll_interval)
-            continue
-        counts["submits"] += 1
-        job_id = resp.json()["id"]
+    body = json.dumps({"prompt": f"load test client {index}", **job_params}).encode()
+    try:
         while time.monotonic() < stop_at:
-            await asyncio.sleep(poll_interval)
             t0 = time.perf_counter()
             try:
-                resp = await http.get(f"/api/v1/jobs/{job_id}")
-            except httpx.HTTPError as exc:
-                errors[f"status:{type(exc).__name__}"] += 1
+                code, data = await conn.request(
+                    "POST",
+                    "/api/v1/generate",
+                    body,
+                    f"Idempotency-Key: {os.urandom(12).hex()}\r\n",
+                )
+            except HttpError as exc:
+                errors[f"submit:{exc}"[:80]] += 1
+                await asyncio.sleep(poll_interval)
                 continue
-            status_ms.append((time.perf_counter() - t0) * 1000)
+            submit_ms.append((time.perf_counter() - t0) * 1000)
             counts["requests"] += 1
-            if resp.status_code != 200:
-                errors[f"status:{resp.status_code}"] += 1
+            if code != 202:
+                errors[f"submit:{code}"] += 1
+                await asyncio.sleep(poll_interval)
                 continue
-            status = resp.json()["status"]
-            if status in TERMINAL:
-                counts["finished"] += 1
-                counts["succeeded"] += status == "succeeded"
-                break
+            counts["submits"] += 1
+            job_path = f"/api/v1/jobs/{json.loads(data)['id']}"
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(poll_interval)
+                t0 = time.perf_counter()
+                try:
+                    code, data = await conn.request("GET", job_path)
+                except HttpError as exc:
+                    errors[f"status:{exc}"[:80]] += 1
+                    continue
+                status_ms.append((time.perf_counter() - t0) * 1000)
+                counts["requests"] += 1
+                if code != 200:
+                    errors[f"status:{code}"] += 1
+                    continue
+                status = json.loads(data)["status"]
+                if status in TERMINAL:
+                    counts["finished"] += 1
+                    counts["succeeded"] += status == "succeeded"
+                    break
+    finally:
+        await conn.close()
 
 
 async def run_phase(
@@ -152,41 +246,37 @@ async def run_phase(
     submit_ms: list[float] = []
     errors: Counter[str] = Counter()
     counts: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {api_key}"},
-        limits=limits,
-        timeout=30.0,
-    ) as http:
-        load_start = os.getloadavg()[0]
-        start = time.monotonic()
-        stop_at = start + duration
-        await asyncio.gather(
-            *(
-                _client(
-                    http,
-                    stop_at=stop_at,
-                    poll_interval=poll_interval,
-                    job_params=job_params,
-                    status_ms=status_ms,
-                    submit_ms=submit_ms,
-                    errors=errors,
-                    counts=counts,
-                    index=i,
-                )
-                for i in range(clients)
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
+    load_start = os.getloadavg()[0]
+    start = time.monotonic()
+    stop_at = start + duration
+    await asyncio.gather(
+        *(
+            _client(
+                Conn(host, port, api_key),
+                stop_at=stop_at,
+                poll_interval=poll_interval,
+                job_params=job_params,
+                status_ms=status_ms,
+                submit_ms=submit_ms,
+                errors=errors,
+                counts=counts,
+                index=i,
             )
+            for i in range(clients)
         )
-        elapsed = time.monotonic() - start
-        depth = None
-        try:
+    )
+    elapsed = time.monotonic() - start
+    depth = None
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             metrics = (await http.get("/metrics")).text
-            for line in metrics.splitlines():
-                if line.startswith("aiprod_queue_depth "):
-                    depth = int(float(line.split()[1]))
-        except httpx.HTTPError:
-            pass
+        for line in metrics.splitlines():
+            if line.startswith("aiprod_queue_depth "):
+                depth = int(float(line.split()[1]))
+    except httpx.HTTPError:
+        pass
     return PhaseResult(
         clients=clients,
         duration_s=round(elapsed, 2),
@@ -370,10 +460,19 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", help="own server: this database (default: SQLite in a temp dir)"
     )
     ap.add_argument("--api-key", default=os.environ.get("AIPROD_API_KEY"))
+    ap.add_argument("--server-log", type=Path, help="own server: keep its log here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = ap.parse_args(argv)
     if args.url and not args.api_key:
         ap.error("--url needs --api-key (or AIPROD_API_KEY)")
+    if args.url and not args.url.startswith("http://"):
+        ap.error("--url must be http://HOST:PORT (the load generator speaks plain HTTP/1.1)")
+    try:  # a faster event loop keeps the generator's own CPU out of the figures
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
 
     def phases(base_url: str, api_key: str) -> list[PhaseResult]:
         results = []
@@ -396,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         results = phases(args.url, args.api_key)
     else:
         with tempfile.TemporaryDirectory(prefix="aiprod-load-") as tmp:
-            log_path = Path(tmp) / "server.log"
+            log_path = args.server_log or Path(tmp) / "server.log"
             with local_server(
                 workers=args.workers,
                 data_dir=Path(tmp),
