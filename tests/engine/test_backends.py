@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aiprod.core.errors import GenerationCanceled
 from aiprod.core.media import probe, read_video
@@ -131,3 +132,70 @@ def test_ltxv_single_file_checkpoint(
     a = single(build_request(reg.get("m"), params)).frames
     b = pipes["tiny-ltxv"](build_request(registry.get("tiny-ltxv"), params)).frames
     assert np.array_equal(a, b)
+
+
+# diffusers -> original LTX-2 key names (the inverse of single_file_utils'
+# convert_ltx2_transformer_to_diffusers), longest names first.
+LTX2_ORIGINAL_NAMES = [
+    ("video_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_video"),
+    ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
+    ("av_cross_attn_video_scale_shift", "av_ca_video_scale_shift_adaln_single"),
+    ("av_cross_attn_video_a2v_gate", "av_ca_a2v_gate_adaln_single"),
+    ("av_cross_attn_audio_scale_shift", "av_ca_audio_scale_shift_adaln_single"),
+    ("av_cross_attn_audio_v2a_gate", "av_ca_v2a_gate_adaln_single"),
+    ("proj_in", "patchify_proj"),
+    ("norm_q", "q_norm"),
+    ("norm_k", "k_norm"),
+]
+
+
+def test_ltx2_single_file_checkpoint(
+    registry: Registry, pipes: dict, model_dir: Path, tmp_path: Path
+) -> None:
+    """An original-format LTX-2 transformer file + a local config folder: the same model."""
+    from safetensors.torch import load_file, save_file
+
+    from aiprod.engine import load_pipeline
+
+    from .conftest import write_models_toml
+
+    folder = model_dir / "ltx2"
+    original = {}
+    for f in (folder / "transformer").glob("*.safetensors"):
+        for key, value in load_file(f).items():
+            for new, old in LTX2_ORIGINAL_NAMES:
+                key = key.replace(new, old)
+            for new, old in (
+                ("time_embed.", "adaln_single."),
+                ("audio_time_embed.", "audio_adaln_single."),
+            ):
+                if key.startswith(new):
+                    key = old + key[len(new) :]
+            original[f"model.diffusion_model.{key}"] = value
+    ckpt = tmp_path / "ltx2-tiny.safetensors"
+    save_file(original, str(ckpt))
+    reg = write_models_toml(
+        tmp_path / "models.toml",
+        f'[[models]]\nid = "m"\nfamily = "ltx2"\npath = "{ckpt}"\n'
+        f'[models.components]\nconfig = "{folder}"\nvae = "{folder / "vae"}"\n'
+        f'audio_vae = "{folder / "audio_vae"}"\n'
+        "[models.defaults]\nwidth = 64\nheight = 32\nnum_frames = 9\nfps = 12\n"
+        "num_inference_steps = 2\nguidance_scale = 3.0\n",
+        default="m",
+    )
+    single = load_pipeline(reg.get("m"), "cpu")
+    ref = pipes["tiny-ltx2"]
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            single.pipe.transformer.state_dict().values(),
+            ref.pipe.transformer.state_dict().values(),
+            strict=True,
+        )
+    )
+    params = {"prompt": "a lighthouse", "seed": 3, "two_stage": False}
+    a = single(build_request(reg.get("m"), params))
+    b = ref(build_request(registry.get("tiny-ltx2"), params))
+    # Same weights; converted tensors may differ in memory layout, so allow float rounding.
+    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+    assert np.allclose(a.audio, b.audio, atol=1e-4)

@@ -80,6 +80,10 @@ class Components(BaseModel):
     upsampler: Path | None = None
     distilled_lora: Path | None = None
     config: Path | None = None  # local config for an original single-file checkpoint
+    # LTX-2 only
+    audio_vae: Path | None = None
+    connectors: Path | None = None
+    vocoder: Path | None = None
 
 
 class Options(BaseModel):
