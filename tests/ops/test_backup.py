@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -160,3 +164,89 @@ def test_retention_deletes_old_outputs_and_expires_jobs(tmp_path):
     )
     with pytest.raises(BackupError, match="outside the storage root"):
         delete_local_output(storage)("../aiprod.db")
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiprod.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_backup_restore_retention(tmp_path):
+    """`aiprod db backup|restore|retention` as a user runs them (real subprocesses)."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIPROD_")}
+    env["AIPROD_DATA_DIR"] = str(data)
+    url = f"sqlite:///{data / 'aiprod.db'}"
+    upgrade(url)
+    _seed(url)
+    before = _snapshot(url)
+
+    out = _cli(env, "db", "backup")  # default name under <data dir>/backups
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert path.parent == data / "backups" and path.suffix == ".sqlite" and path.is_file()
+
+    _wipe(url)
+    out = _cli(env, "db", "restore", str(path))  # no terminal to confirm on: refuses
+    assert out.returncode != 0 and _snapshot(url) == ([], [])
+    out = _cli(env, "db", "restore", str(path), "--yes")
+    assert out.returncode == 0, out.stderr
+    assert _snapshot(url) == before
+
+    out = _cli(env, "db", "restore", str(tmp_path / "missing.sqlite"), "--yes")
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+    out = _cli(env, "db", "retention")
+    assert out.returncode == 1 and "AIPROD_RETENTION_DAYS" in out.stderr
+    out = _cli(env, "db", "retention", "--days", "30")
+    assert out.returncode == 0, out.stderr
+    assert "expired 0 jobs" in out.stdout
+
+
+def test_api_applies_retention_in_the_background(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from aiprod.core.settings import Settings
+    from aiprod.service.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings.resolved_database_url)
+    outputs = Path(settings.resolved_storage_url)
+    outputs.mkdir(parents=True)
+    (outputs / "old.mp4").write_bytes(b"x" * 10)
+    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with factory.begin() as s:
+        s.add(ApiKey(id="k", key_hash="h", prefix="p", name="c"))
+        s.flush()
+        s.add(
+            Job(
+                id="old",
+                api_key_id="k",
+                prompt="p",
+                model="builtin",
+                model_version="v",
+                params={},
+                status="succeeded",
+                completed_at=datetime.now(UTC) - timedelta(days=3),
+                output_path="old.mp4",
+            )
+        )
+    monkeypatch.setenv("AIPROD_RETENTION_DAYS", "2")
+    app = create_app(settings)
+    with TestClient(app):  # runs the lifespan, which starts the retention task
+
+        def expired() -> bool:
+            with factory() as s:
+                return s.get(Job, "old").status == "expired"
+
+        deadline = time.monotonic() + 20
+        while not expired():
+            assert time.monotonic() < deadline, "retention did not run"
+            time.sleep(0.05)
+    assert not (outputs / "old.mp4").exists()
