@@ -33,6 +33,8 @@ def tiny_config(out: Path, **over: Any) -> dict[str, Any]:
             "steps": 2,
             "batch_size": 2,
             "buckets": b,
+            "posterior_noise": 0.5,
+            "fg_weight": 5.0,
         },
     ]
     for p in range(1, 6):

@@ -85,6 +85,9 @@ class PhaseConfig(_Strict):
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)
     posterior_noise: float = Field(default=1.0, ge=0, le=1)
+    # vae phases: extra loss weight on pixels far from their frame's median colour (the
+    # subjects), so small objects are not drowned by the background; 0 = plain mean
+    fg_weight: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> PhaseConfig:

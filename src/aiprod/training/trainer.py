@@ -378,8 +378,14 @@ class Trainer:
         eps = torch.randn(dist.mean.shape, generator=self.noise).to(self.device)
         z = dist.mean + run.cfg.posterior_noise * dist.std * eps
         rec = run.module.decode(z).sample
-        mse = (rec.float() - x).pow(2).mean()
-        l1 = (rec.float() - x).abs().mean()
+        w = torch.ones_like(x[:, :1])
+        if run.cfg.fg_weight:
+            med = x.flatten(3).median(dim=-1).values[..., None, None]  # (B, 3, F, 1, 1)
+            fg = (x - med).abs().amax(dim=1, keepdim=True) > 0.2
+            w = w + run.cfg.fg_weight * fg.float()
+        err = rec.float() - x
+        mse = (err.pow(2) * w).mean() / w.mean()
+        l1 = (err.abs() * w).mean() / w.mean()
         kl = dist.kl().mean() / dist.mean[0].numel()
         loss = mse + 0.5 * l1 + run.cfg.kl_weight * kl
         return loss, {
