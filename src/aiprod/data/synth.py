@@ -575,7 +575,7 @@ def write_synth_dataset(
     already on disk are not rendered again, so an interrupted run resumes. Returns the
     Parquet manifest path.
     """
-    from aiprod.data._media import write_mp4
+    from aiprod.core.media import write_mp4
 
     if n_per_phase < 1:
         raise ValueError(f"n_per_phase must be >= 1, got {n_per_phase}")
