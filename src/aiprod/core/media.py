@@ -155,7 +155,10 @@ def write_mp4(
             for i in range(n):
                 frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
                 frame.pts = i
-                frame.time_base = stream.time_base
+                # Not stream.time_base: the muxer rewrites that (mp4: 1/12288) at the first
+                # packet, which x264's ~40-frame lookahead delays; later frames would get
+                # pts in the wrong unit and the mux fails with EINVAL past ~41 frames.
+                frame.time_base = 1 / rate
                 for packet in stream.encode(frame):
                     container.mux(packet)
             for packet in stream.encode(None):
