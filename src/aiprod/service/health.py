@@ -12,7 +12,8 @@ checks and one human sentence per failing check in ``reasons``::
 The checks: the database answers ``SELECT 1``; its Alembic revision is the code's head; at
 least one worker heartbeat is recent (``AIPROD_READY_REQUIRES_WORKER=false`` turns this off for
 an API that should stay in the load balancer with no workers); the output storage folder takes
-a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free.
+a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free. ``details.gpus`` lists
+the GPUs live workers reported with their last heartbeat (memory, utilization, temperature).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
+from aiprod.service.metrics import load_gpu_stats
 
 
 class ObservabilitySettings(BaseSettings):
@@ -99,6 +101,13 @@ def check_readiness(
             live = _live_workers(session, worker_live_seconds)
             r.checks["workers"] = live
             r.details["workers"] = {"live": live, "window_seconds": worker_live_seconds}
+            # GPU health as the workers last reported it (NVML); informational, never blocking.
+            since = datetime.now(UTC) - timedelta(seconds=worker_live_seconds)
+            r.details["gpus"] = [
+                {"worker": worker_id, **asdict(g)}
+                for worker_id, gpus in sorted(load_gpu_stats(session, since=since).items())
+                for g in gpus
+            ]
             if require_worker and live < 1:
                 fail(
                     "workers",
