@@ -99,9 +99,12 @@ class Options(BaseModel):
     distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
     refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
-    refine_guidance_scale: float = Field(default=1.0, ge=0.0)
+    # None = family default: the request's guidance for the built-in model (as its trainer
+    # samples), none (1.0) for LTX-Video / LTX-2, whose refinement is distilled-style.
+    refine_guidance_scale: float | None = Field(default=None, ge=0.0)
     # AdaIN of the upsampled latents to stage 1's statistics; None = family default
-    # (1.0 for LTX-Video as in diffusers' two-stage example, 0.0 for LTX-2).
+    # (1.0 for LTX-Video as in diffusers' two-stage example, 0.0 for LTX-2 and the built-in
+    # model, whose trainer samples without it).
     upsample_adain_factor: float | None = Field(default=None, ge=0.0, le=1.0)
     # VAE decode noise (LTX-Video 0.9.1+ VAEs are timestep-conditioned; ignored otherwise).
     decode_timestep: float = Field(default=0.05, ge=0.0, le=1.0)

@@ -130,7 +130,7 @@ class LTX2Engine:
             s, k = opts.refine_strength, opts.refine_steps
             sigmas2 = np.linspace(s, s / k, k).tolist()
         kw2 = dict(NO_GUIDANCE)
-        if opts.refine_guidance_scale > 1.0:
+        if opts.refine_guidance_scale is not None and opts.refine_guidance_scale > 1.0:
             kw2["guidance_scale"] = opts.refine_guidance_scale
         return [
             LTX2Stage(w1, h1, sigmas1, kw1, shifted=shifted1),

@@ -148,10 +148,23 @@ class LTXVideoEngine:
                     if self.mode == "condition"
                     else opts.refine_steps
                 ),
-                guidance_scale=opts.refine_guidance_scale,
+                guidance_scale=self.refine_guidance(request),
                 denoise_strength=strength,
             ),
         ]
+
+    def refine_guidance(self, request: GenerationRequest) -> float:
+        """Stage-2 guidance: the entry's, else the request's in classic mode, else none."""
+        g = self.entry.options.refine_guidance_scale
+        if g is not None:
+            return g
+        return request.guidance_scale if self.mode == "classic" else 1.0
+
+    def adain_factor(self) -> float:
+        a = self.entry.options.upsample_adain_factor
+        if a is not None:
+            return a
+        return 0.0 if self.mode == "classic" else 1.0
 
     def _tokens(self, st: StagePlan, num_frames: int) -> float:
         f = (num_frames - 1) // self.temporal_ratio + 1
@@ -260,9 +273,7 @@ class LTXVideoEngine:
                 latents=latents,
                 width=s1.width,
                 height=s1.height,
-                adain_factor=1.0
-                if opts.upsample_adain_factor is None
-                else opts.upsample_adain_factor,
+                adain_factor=self.adain_factor(),
                 output_type="latent",
                 return_dict=False,
             )[0]  # (B, C, F, 2h, 2w), normalized
