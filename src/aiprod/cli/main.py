@@ -447,6 +447,7 @@ def serve(
         port=port,
         log_level=log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's own lines go through aiprod's (JSON) logging too
         timeout_graceful_shutdown=5,
     )
     try:

@@ -33,7 +33,7 @@ request_id_var: ContextVar[str | None] = ContextVar("aiprod_request_id", default
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
 _RESERVED = frozenset(
     logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
+    | {"message", "asctime", "taskName", "color_message"}  # color_message: uvicorn's ANSI copy
 )
 
 _HANDLER_MARK = "_aiprod_handler"
