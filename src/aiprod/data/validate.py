@@ -1,0 +1,185 @@
+"""Probe and validate clips: container facts, decodability, black/frozen, motion score.
+
+Every check's outcome goes into the record's ``checks``; a rejected clip keeps every reason
+it failed in ``reject_reason`` (``code: detail``, joined by ``; ``), first the most basic.
+Reason codes: ``not_a_video``, ``codec_not_allowed``, ``fps_too_low``, ``resolution_too_low``,
+``too_short``, ``too_long``, ``corrupt``, ``truncated``, ``black``, ``frozen``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aiprod.core.media import MediaError, MediaInfo, probe
+from aiprod.data.config import ValidateConfig
+from aiprod.data.manifest import ACCEPTED, REJECTED, ClipRecord
+from aiprod.data.parallel import run_parallel
+
+log = logging.getLogger(__name__)
+
+ANALYZE_SIDE = 64  # frames are analyzed as luma at most this many pixels on the long side
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What decoding a clip tells (luma statistics on frames shrunk to ~64 px)."""
+
+    decoded_frames: int  # frames decoded for the statistics
+    total_frames: int  # video packets present in the file (one per frame for video codecs)
+    mean_luma: float
+    p98_luma: float  # 98th percentile: near 0 only when (almost) nothing in the clip is lit
+    motion_score: float
+    decode_error: str = ""
+
+
+def analyze(path: str | Path, *, max_seconds: float = 0.0) -> Analysis:
+    """Decode the first ``max_seconds`` (0 = all) as small luma frames and measure them."""
+    import av
+
+    # Pass 1: count the packets that are really in the file (cheap, no decoding); a file cut
+    # short still has a header promising every frame, but fewer packets.
+    packets = 0
+    error = ""
+    with av.open(str(path)) as container:
+        try:
+            packets = sum(1 for p in container.demux(container.streams.video[0]) if p.size > 0)
+        except av.FFmpegError as exc:
+            error = str(exc)
+    lumas: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        w, h = stream.codec_context.width, stream.codec_context.height
+        scale = min(1.0, ANALYZE_SIDE / max(w, h, 1))
+        sw, sh = max(2, int(round(w * scale))), max(2, int(round(h * scale)))
+        try:
+            for frame in container.decode(stream):
+                lumas.append(frame.to_ndarray(format="gray", width=sw, height=sh))
+                if max_seconds > 0 and frame.time is not None and frame.time >= max_seconds:
+                    break
+        except av.FFmpegError as exc:
+            error = error or str(exc)
+    if lumas:
+        y = np.stack(lumas).astype(np.float32)  # (F, h, w)
+        mean_luma = float(y.mean())
+        p98 = float(np.percentile(y, 98))
+        motion = float(np.abs(np.diff(y, axis=0)).mean()) if len(y) > 1 else 0.0
+    else:
+        mean_luma, p98, motion = 0.0, 0.0, 0.0
+    return Analysis(
+        decoded_frames=len(lumas),
+        total_frames=packets,
+        mean_luma=mean_luma,
+        p98_luma=p98,
+        motion_score=motion,
+        decode_error=error,
+    )
+
+
+def _facts(rec: ClipRecord, info: MediaInfo) -> ClipRecord:
+    return rec.replace(
+        fps=round(info.fps, 4),
+        width=info.width,
+        height=info.height,
+        num_frames=info.num_frames,
+        duration_s=round(info.duration, 4),
+        codec=info.codec,
+        has_audio=info.has_audio,
+    )
+
+
+def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
+    """Probe, decode and check one clip; return it accepted or rejected with its reasons."""
+    reasons: list[str] = []
+    checks: dict[str, object] = dict(rec.checks)
+    try:
+        info = probe(rec.path)
+    except MediaError as exc:
+        checks["probe"] = "failed"
+        return rec.replace(
+            status=REJECTED, reject_reason=f"not_a_video: {exc.message}", checks=checks
+        )
+    rec = _facts(rec, info)
+    checks["probe"] = "ok"
+    if cfg.allowed_codecs and info.codec not in cfg.allowed_codecs:
+        reasons.append(f"codec_not_allowed: {info.codec} (allowed: {cfg.allowed_codecs})")
+    if info.fps < cfg.min_fps:
+        reasons.append(f"fps_too_low: {info.fps:.3g} < {cfg.min_fps:g}")
+    short = min(info.width, info.height)
+    if short < cfg.min_short_side:
+        reasons.append(
+            f"resolution_too_low: short side {short}px < {cfg.min_short_side}px "
+            f"({info.width}x{info.height})"
+        )
+    if info.duration < cfg.min_duration_s:
+        reasons.append(f"too_short: {info.duration:.2f}s < {cfg.min_duration_s:g}s")
+    if info.duration > cfg.max_duration_s:
+        reasons.append(f"too_long: {info.duration:.1f}s > {cfg.max_duration_s:g}s")
+    try:
+        a = analyze(rec.path, max_seconds=cfg.analyze_max_s)
+    except (MediaError, OSError) as exc:
+        reasons.append(f"corrupt: {exc}")
+        a = None
+    if a is not None:
+        checks.update(
+            decoded_frames=a.decoded_frames,
+            total_frames=a.total_frames,
+            mean_luma=round(a.mean_luma, 3),
+            p98_luma=round(a.p98_luma, 3),
+            motion_score=round(a.motion_score, 4),
+        )
+        rec = rec.replace(motion_score=round(a.motion_score, 4))
+        promised = info.num_frames
+        if promised and a.total_frames < cfg.min_decoded_fraction * promised:
+            reasons.append(f"truncated: {a.total_frames} of {promised} frames present")
+        elif a.decoded_frames == 0:
+            reasons.append(f"corrupt: no frame decodes ({a.decode_error or 'empty stream'})")
+        elif a.decode_error:
+            reasons.append(f"corrupt: {a.decode_error}")
+        if a.decoded_frames:
+            if a.p98_luma <= cfg.black_max_luma:
+                reasons.append(
+                    f"black: 98th-percentile luma {a.p98_luma:.1f} <= {cfg.black_max_luma:g}"
+                )
+            elif a.decoded_frames > 1 and a.motion_score <= cfg.frozen_max_motion:
+                reasons.append(f"frozen: motion {a.motion_score:.3f} <= {cfg.frozen_max_motion:g}")
+    checks["valid"] = not reasons
+    if reasons:
+        return rec.replace(status=REJECTED, reject_reason="; ".join(reasons), checks=checks)
+    return rec.replace(status=ACCEPTED, reject_reason="", checks=checks)
+
+
+def reason_codes(reject_reason: str) -> list[str]:
+    """``"fps_too_low: 15 < 24; black: ..."`` -> ``["fps_too_low", "black"]``."""
+    return [part.split(":", 1)[0].strip() for part in reject_reason.split(";") if part.strip()]
+
+
+def validate(
+    records: Sequence[ClipRecord],
+    cfg: ValidateConfig,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[ClipRecord]:
+    """Validate every record not yet rejected, in parallel; rejected ones pass through."""
+    todo = [i for i, r in enumerate(records) if r.status != REJECTED]
+    results = run_parallel(
+        functools.partial(validate_clip, cfg=cfg),
+        [records[i] for i in todo],
+        workers=workers,
+        on_progress=on_progress,
+    )
+    out = list(records)
+    for i, rec in zip(todo, results, strict=True):
+        out[i] = rec
+    n_rej = sum(1 for r in results if r.status == REJECTED)
+    log.info(
+        "validated %d clips: %d accepted, %d rejected", len(results), len(results) - n_rej, n_rej
+    )
+    return out

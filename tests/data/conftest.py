@@ -1,0 +1,49 @@
+"""Real videos with known properties, built with PyAV (through aiprod.core.media)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiprod.core.media import write_mp4
+from aiprod.data import synth
+
+W, H = 320, 256  # 256p: just passes validate.min_short_side
+
+
+def moving(
+    *, width: int = W, height: int = H, frames: int = 36, seed: int = 0, **kw: object
+) -> np.ndarray:
+    p = synth.SynthParams(
+        phase=1,
+        shape=str(kw.get("shape", "circle")),
+        color=str(kw.get("color", "red")),
+        count=1,
+        direction=str(kw.get("direction", "left")),
+        background=str(kw.get("background", "black")),
+    )
+    return synth.render(p, width=width, height=height, num_frames=frames, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """good, fps15, p200, truncated, not_video, black, frozen, two_scenes."""
+    d = tmp_path_factory.mktemp("videos")
+    out: dict[str, Path] = {}
+    out["good"] = write_mp4(d / "good.mp4", moving(), 24)
+    out["fps15"] = write_mp4(d / "fps15.mp4", moving(frames=24), 15)
+    out["p200"] = write_mp4(d / "p200.mp4", moving(width=356, height=200), 24)
+    data = out["good"].read_bytes()
+    out["truncated"] = d / "truncated.mp4"
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["not_video"] = d / "not_video.mp4"
+    out["not_video"].write_bytes(b"this is a text file, not a video\n" * 50)
+    out["black"] = write_mp4(d / "black.mp4", np.zeros((36, H, W, 3), np.uint8), 24)
+    still = moving(frames=1)
+    out["frozen"] = write_mp4(d / "frozen.mp4", np.repeat(still, 36, axis=0), 24)
+    a = moving(frames=30, color="red", background="black", direction="left")
+    b = moving(frames=30, color="blue", shape="square", background="gray", direction="up", seed=5)
+    out["two_scenes"] = write_mp4(d / "two_scenes.mp4", np.concatenate([a, b]), 24)
+    return out
