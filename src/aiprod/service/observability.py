@@ -127,6 +127,31 @@ def _include_first(app: FastAPI, router: APIRouter) -> None:
         mark()
 
 
+READYZ_SUMMARY = "Readiness: database, migrations, workers, storage, disk"
+READYZ_DESCRIPTION = (
+    "200 when every check passes, 503 otherwise; the body always has `checks`, one sentence "
+    "per failing check in `reasons`, and `details` (migration revisions, live workers, the "
+    "GPUs they report, storage path, free disk)."
+)
+
+
+def _document_readyz(app: FastAPI) -> None:
+    """Make the OpenAPI entry of /readyz describe the route that actually answers it."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            op = schema.get("paths", {}).get("/readyz", {}).get("get")
+            if op is not None:
+                op["summary"] = READYZ_SUMMARY
+                op["description"] = READYZ_DESCRIPTION
+                op["responses"].setdefault("503", {"description": "Not ready (see reasons)"})
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetrics:
     """Add /metrics, detailed /readyz, request logging/metrics and retention to ``app``.
 
@@ -160,7 +185,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         body, content_type = metrics.render()
         return Response(content=body, media_type=content_type)
 
-    @router.get("/readyz", summary="Readiness: database, migrations, workers, storage, disk")
+    @router.get("/readyz", summary=READYZ_SUMMARY, description=READYZ_DESCRIPTION)
     def readiness() -> JSONResponse:
         report = check_readiness(
             sessions=st.sessions,
@@ -172,6 +197,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 
     _include_first(app, router)  # replaces the app's basic /readyz
+    _document_readyz(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=opts.log_requests)
     # Our per-request line replaces the plain access log lines.
     logging.getLogger("aiprod.access").disabled = opts.log_requests
