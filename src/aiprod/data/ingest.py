@@ -157,7 +157,7 @@ def download(
                 else:
                     mode = "ab" if resp.status_code == 206 and have else "wb"
                     with part.open(mode) as fh:
-                        for chunk in resp.iter_bytes(1 << 16):
+                        for chunk in resp.iter_bytes():
                             fh.write(chunk)
                     expected_len = resp.headers.get("content-length")
                     if expected_len is not None and resp.status_code in (200, 206):
