@@ -37,8 +37,242 @@ def _progress() -> Progress:
 
 def _fail(err: Exception) -> typer.Exit:
     msg = err.message if isinstance(err, AiprodError) else str(err)
-    console.print(f"[red]error:[/red] {msg}", highlight=False)
+    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Data config YAML (default: configs/data.yaml if present)."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, help="Processes (default: all cores).")
+]
+DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder (holds manifest.parquet).")]
+
+
+def _load(dataset: Path) -> list:  # list[ClipRecord]
+    from aiprod.data.manifest import read_manifest
+
+    return read_manifest(dataset)
+
+
+def _table(title: str, rows: dict[str, object]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        t.add_row(str(k), str(v))
+    Console().print(t)
+
+
+def _staged(name: str, dataset: Path, fn, records: list) -> list:  # noqa: ANN001
+    with _progress() as progress:
+        task = progress.add_task(name, total=max(1, len(records)))
+        return fn(
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str], typer.Argument(help="Folders, .txt/.csv lists (paths or URLs), files, URLs.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to add clips to.")],
+    license: Annotated[str, typer.Option(help="License for rows that name none.")] = "",
+    attribution: Annotated[str, typer.Option(help="Attribution for rows that name none.")] = "",
+    copy: Annotated[bool, typer.Option(help="Copy local files into OUT/raw.")] = False,
+    retries: Annotated[int, typer.Option(min=0)] = 3,
+) -> None:
+    """Add clips from folders, file lists and http(s) URL lists (resumable, checksummed).
+
+    Example: aiprod data ingest ./videos urls.csv --out ./ds --license CC-BY-4.0
+    """
+    from aiprod.data import ingest as ing
+
+    try:
+        with _progress() as progress:
+            task = progress.add_task("ingesting", total=None)
+            recs = ing.ingest(
+                sources,
+                out,
+                license=license,
+                attribution=attribution,
+                copy=copy,
+                retries=retries,
+                on_progress=lambda d, t: progress.update(task, completed=d, total=t),
+            )
+    except AiprodError as err:
+        raise _fail(err) from err
+    _table(f"ingest -> {out}", ing.summarize(recs))
+
+
+@app.command()
+def probe(
+    paths: Annotated[list[Path], typer.Argument(help="Video files to probe.")],
+) -> None:
+    """Print size, fps, frames, duration, codec and audio of video files (no decisions).
+
+    Example: aiprod data probe clip.mp4 other.mov
+    """
+    from rich.table import Table
+
+    from aiprod.core.media import MediaError
+    from aiprod.core.media import probe as probe_file
+
+    t = Table("file", "size", "fps", "frames", "duration_s", "codec", "audio")
+    bad = 0
+    for p in paths:
+        try:
+            i = probe_file(p)
+        except MediaError as err:
+            t.add_row(str(p), "-", "-", "-", "-", f"[red]{err.message}[/red]", "-")
+            bad += 1
+            continue
+        t.add_row(
+            str(p), f"{i.width}x{i.height}", f"{i.fps:.3f}", str(i.num_frames),
+            f"{i.duration:.2f}", i.codec, "yes" if i.has_audio else "no",
+        )  # fmt: skip
+    Console().print(t)
+    if bad:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
+    """Probe and check every clip (fps, size, duration, corrupt, black, frozen, motion).
+
+    Example: aiprod data validate ./ds --config configs/data.yaml
+    """
+    from aiprod.data.config import load_config
+    from aiprod.data.manifest import write_manifest
+    from aiprod.data.report import summary
+    from aiprod.data.validate import validate as run
+
+    try:
+        cfg = load_config(config)
+        recs = _load(dataset)
+        recs = _staged(
+            "validating", dataset,
+            lambda on_progress: run(recs, cfg.validate_, workers=workers, on_progress=on_progress),
+            recs,
+        )  # fmt: skip
+        write_manifest(recs, dataset)
+    except AiprodError as err:
+        raise _fail(err) from err
+    info = summary(recs)
+    _table("validate", {k: info[k] for k in ("accepted", "rejected", "rejected_reasons")})
+
+
+@app.command()
+def split(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
+    """Cut accepted clips into scenes (PySceneDetect) within the min/max clip length.
+
+    Example: aiprod data split ./ds
+    """
+    from aiprod.data.config import load_config
+    from aiprod.data.manifest import write_manifest
+    from aiprod.data.split import split as run
+
+    try:
+        cfg = load_config(config)
+        recs = _load(dataset)
+        before = len(recs)
+        recs = _staged(
+            "splitting", dataset,
+            lambda on_progress: run(recs, cfg.split, workers=workers, on_progress=on_progress),
+            recs,
+        )  # fmt: skip
+        write_manifest(recs, dataset)
+    except AiprodError as err:
+        raise _fail(err) from err
+    _table("split", {"rows before": before, "rows after": len(recs)})
+
+
+@app.command()
+def normalize(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
+    """Re-encode accepted clips to H.264 yuv420p at 24 fps, short side resized (skips done).
+
+    Example: aiprod data normalize ./ds -j 8
+    """
+    from aiprod.data.config import load_config
+    from aiprod.data.manifest import write_manifest
+    from aiprod.data.normalize import normalize as run
+
+    try:
+        cfg = load_config(config)
+        recs = _load(dataset)
+        recs = _staged(
+            "normalizing", dataset,
+            lambda on_progress: run(
+                recs, cfg.normalize, dataset, workers=workers, on_progress=on_progress
+            ),
+            recs,
+        )  # fmt: skip
+        write_manifest(recs, dataset)
+    except AiprodError as err:
+        raise _fail(err) from err
+    _table("normalize", {"clips": sum(r.status == "accepted" for r in recs)})
+
+
+@app.command()
+def organize(
+    dataset: DatasetArg,
+    config: ConfigOpt = None,
+    overrides: Annotated[
+        Path | None, typer.Option(help="CSV clip_id,phase that wins over the rules.")
+    ] = None,
+    reassign: Annotated[
+        bool, typer.Option(help="Re-apply rules to clips that have a phase.")
+    ] = False,
+) -> None:
+    """Assign curriculum phases 1-5 by the config's rules (and manual overrides).
+
+    Example: aiprod data organize ./ds --overrides fixes.csv
+    """
+    from aiprod.data.config import load_config
+    from aiprod.data.manifest import write_manifest
+    from aiprod.data.organize import organize as run
+    from aiprod.data.organize import read_overrides
+    from aiprod.data.report import summary
+
+    try:
+        cfg = load_config(config)
+        recs = run(
+            _load(dataset),
+            cfg.organize,
+            overrides=read_overrides(overrides) if overrides else None,
+            reassign=reassign,
+        )
+        write_manifest(recs, dataset)
+    except AiprodError as err:
+        raise _fail(err) from err
+    _table("phases", summary(recs)["per_phase"])
+
+
+@app.command()
+def report(dataset: DatasetArg, config: ConfigOpt = None) -> None:
+    """Write manifest Parquet+CSV, report/summary.json and a contact sheet PNG per phase.
+
+    Example: aiprod data report ./ds
+    """
+    import json
+
+    from aiprod.data.config import load_config
+    from aiprod.data.report import write_report
+
+    try:
+        cfg = load_config(config)
+        info = write_report(_load(dataset), dataset, cfg.report)
+    except AiprodError as err:
+        raise _fail(err) from err
+    _table(
+        f"report: {dataset}",
+        {k: json.dumps(v) if isinstance(v, dict) else v for k, v in info.items()},
+    )
 
 
 @app.command()
