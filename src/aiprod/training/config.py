@@ -119,7 +119,7 @@ class VaeArch(_Strict):
     latent_channels: int = 16
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     spatio_temporal_scaling: tuple[bool, ...] = (True, True, False)
-    layers_per_block: tuple[int, ...] = (0, 0, 0, 1)
+    layers_per_block: tuple[int, ...] = (1, 1, 1, 1)
     patch_size: int = 4
 
 
