@@ -61,7 +61,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     AIPROD_ROLE=worker
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv python3-pip postgresql-client tini \
+        python3.11 python3.11-venv python3-pip tini \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && useradd --create-home --uid 10001 aiprod \
