@@ -101,7 +101,9 @@ def decode_frames(
         kw.update(width=size[0], height=size[1], interpolation="AREA")
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # One decode thread: loaders parallelize across DataLoader workers, and FFmpeg's frame
+        # threads only add start-up latency on short clips.
+        stream.thread_count = 1
         want = set(wanted)
         for i, frame in enumerate(container.decode(stream)):
             if i in want:
