@@ -12,7 +12,16 @@ status calls and of the submits, and errors (any non-2xx answer or transport err
 
     .venv/bin/python benchmarks/load_test.py                       # 5, 50, 200 clients
     .venv/bin/python benchmarks/load_test.py --clients 5 --duration 10
+    .venv/bin/python benchmarks/load_test.py --worker-nice 19 \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/aiprod_load
     .venv/bin/python benchmarks/load_test.py --url http://host:8000 --api-key aiprod_sk_...
+
+``--worker-nice N`` runs the workers as separate processes at a lower CPU priority: on a
+CPU-only machine the built-in model's denoising would otherwise compete with the API for the
+same cores, which on a GPU machine it does not. ``--database-url`` points the server it starts
+at another database (e.g. an empty PostgreSQL database) instead of a fresh SQLite file.
+The results go to ``--out`` (default benchmarks/results/load_test.json) as JSON, with the
+machine's 1-minute load average at the start and end of each phase.
 
 The server it starts has its per-key rate limit raised (AIPROD_RATE_LIMIT_PER_MINUTE) because
 every simulated client shares one key; the limiter still runs on every request. Only loopback
