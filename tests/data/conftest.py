@@ -29,7 +29,7 @@ def moving(
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """good, fps15, p200, truncated, not_video, black, frozen, two_scenes."""
+    """good, slow, fps15, p200, truncated, not_video, black, frozen, two_scenes."""
     d = tmp_path_factory.mktemp("videos")
     out: dict[str, Path] = {}
     out["good"] = write_mp4(d / "good.mp4", moving(), 24)
@@ -43,6 +43,14 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["black"] = write_mp4(d / "black.mp4", np.zeros((36, H, W, 3), np.uint8), 24)
     still = moving(frames=1)
     out["frozen"] = write_mp4(d / "frozen.mp4", np.repeat(still, 36, axis=0), 24)
+    # Slow, small, low-contrast motion must not read as frozen.
+    slow = synth.SynthParams(
+        phase=1, shape="square", color="magenta", count=1, direction="down", speed="slow",
+        background="gray", size=0.06,
+    )  # fmt: skip
+    out["slow"] = write_mp4(
+        d / "slow.mp4", synth.render(slow, width=W, height=H, num_frames=48, seed=3), 24
+    )
     a = moving(frames=30, color="red", background="black", direction="left")
     b = moving(frames=30, color="blue", shape="square", background="gray", direction="up", seed=5)
     out["two_scenes"] = write_mp4(d / "two_scenes.mp4", np.concatenate([a, b]), 24)

@@ -25,11 +25,12 @@ class ValidateConfig(_Strict):
     min_short_side: int = Field(256, ge=1)
     min_duration_s: float = Field(1.0, ge=0)
     max_duration_s: float = Field(600.0, gt=0)
-    #: 98th-percentile luma (0..255) at or under which a clip counts as black: a dark
-    #: scene with anything lit in it passes, a black or near-black (noisy) one does not
+    #: 99.9th-percentile luma (0..255) at or under which a clip counts as black: anything
+    #: lit in the frame, even a small subject, passes; black or near-black noise does not
     black_max_luma: float = Field(24.0, ge=0)
-    #: mean absolute luma change between frames (0..255) under which a clip counts as frozen
-    frozen_max_motion: float = Field(0.15, ge=0)
+    #: fraction of pixels changing between frames ~1/8 s apart at or under which a clip counts
+    #: as frozen (a still image, duplicated frames)
+    frozen_max_changed: float = Field(0.0002, ge=0, le=1)
     #: a clip that decodes fewer than this fraction of the frames its header promises is
     #: truncated
     min_decoded_fraction: float = Field(0.9, gt=0, le=1)

@@ -23,18 +23,22 @@ from aiprod.data.parallel import run_parallel
 
 log = logging.getLogger(__name__)
 
-ANALYZE_SIDE = 64  # frames are analyzed as luma at most this many pixels on the long side
+ANALYZE_SIDE = 128  # frames are analyzed as luma at most this many pixels on the long side
+ANALYZE_RATE = 8.0  # ... at about this many frames per second (slow motion adds up between them)
+CHANGED_LUMA = 6.0  # a pixel whose luma moves more than this between analyzed frames "changed"
 
 
 @dataclass(frozen=True)
 class Analysis:
     """What decoding a clip tells (luma statistics on frames shrunk to ~64 px)."""
 
-    decoded_frames: int  # frames decoded for the statistics
+    decoded_frames: int  # frames decoded
     total_frames: int  # video packets present in the file (one per frame for video codecs)
     mean_luma: float
-    p98_luma: float  # 98th percentile: near 0 only when (almost) nothing in the clip is lit
-    motion_score: float
+    p98_luma: float  # 98th percentile: low in an underexposed clip
+    p999_luma: float  # 99.9th percentile: near 0 only when (almost) nothing in the clip is lit
+    motion_score: float  # mean |luma change| between frames ~1/8 s apart (0..255)
+    changed_fraction: float  # mean fraction of pixels that change between those frames
     decode_error: str = ""
 
 
@@ -58,26 +62,35 @@ def analyze(path: str | Path, *, max_seconds: float = 0.0) -> Analysis:
         w, h = stream.codec_context.width, stream.codec_context.height
         scale = min(1.0, ANALYZE_SIDE / max(w, h, 1))
         sw, sh = max(2, int(round(w * scale))), max(2, int(round(h * scale)))
+        rate = float(stream.average_rate or stream.guessed_rate or ANALYZE_RATE)
+        every = max(1, int(round(rate / ANALYZE_RATE)))
+        decoded = 0
         try:
             for frame in container.decode(stream):
-                lumas.append(frame.to_ndarray(format="gray", width=sw, height=sh))
+                if decoded % every == 0:
+                    lumas.append(frame.to_ndarray(format="gray", width=sw, height=sh))
+                decoded += 1
                 if max_seconds > 0 and frame.time is not None and frame.time >= max_seconds:
                     break
         except av.FFmpegError as exc:
             error = error or str(exc)
+    mean_luma = p98 = p999 = motion = changed = 0.0
     if lumas:
         y = np.stack(lumas).astype(np.float32)  # (F, h, w)
         mean_luma = float(y.mean())
-        p98 = float(np.percentile(y, 98))
-        motion = float(np.abs(np.diff(y, axis=0)).mean()) if len(y) > 1 else 0.0
-    else:
-        mean_luma, p98, motion = 0.0, 0.0, 0.0
+        p98, p999 = (float(v) for v in np.percentile(y, [98, 99.9]))
+        if len(y) > 1:
+            d = np.abs(np.diff(y, axis=0))
+            motion = float(d.mean())
+            changed = float((d > CHANGED_LUMA).mean())
     return Analysis(
-        decoded_frames=len(lumas),
+        decoded_frames=decoded if lumas else 0,
         total_frames=packets,
         mean_luma=mean_luma,
         p98_luma=p98,
+        p999_luma=p999,
         motion_score=motion,
+        changed_fraction=changed,
         decode_error=error,
     )
 
@@ -132,6 +145,8 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
             total_frames=a.total_frames,
             mean_luma=round(a.mean_luma, 3),
             p98_luma=round(a.p98_luma, 3),
+            p999_luma=round(a.p999_luma, 3),
+            changed_fraction=round(a.changed_fraction, 6),
             motion_score=round(a.motion_score, 4),
         )
         rec = rec.replace(motion_score=round(a.motion_score, 4))
@@ -143,12 +158,15 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
         elif a.decode_error:
             reasons.append(f"corrupt: {a.decode_error}")
         if a.decoded_frames:
-            if a.p98_luma <= cfg.black_max_luma:
+            if a.p999_luma <= cfg.black_max_luma:
                 reasons.append(
-                    f"black: 98th-percentile luma {a.p98_luma:.1f} <= {cfg.black_max_luma:g}"
+                    f"black: 99.9th-percentile luma {a.p999_luma:.1f} <= {cfg.black_max_luma:g}"
                 )
-            elif a.decoded_frames > 1 and a.motion_score <= cfg.frozen_max_motion:
-                reasons.append(f"frozen: motion {a.motion_score:.3f} <= {cfg.frozen_max_motion:g}")
+            elif a.decoded_frames > 1 and a.changed_fraction <= cfg.frozen_max_changed:
+                reasons.append(
+                    f"frozen: {a.changed_fraction:.2%} of pixels change "
+                    f"<= {cfg.frozen_max_changed:.2%}"
+                )
     checks["valid"] = not reasons
     if reasons:
         return rec.replace(status=REJECTED, reject_reason="; ".join(reasons), checks=checks)
