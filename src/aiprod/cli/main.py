@@ -331,6 +331,19 @@ def worker(
 # ---------------------------------------------------------------------------------- serve
 
 
+def _die_with_parent() -> None:
+    """In a worker subprocess: get SIGTERM when `serve` dies, however it dies.
+
+    uvicorn re-raises the SIGTERM it caught once it has shut down, which kills `serve` before
+    its `finally` can stop the workers; without this they would run on as orphans.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Supervisor:
     """Runs N ``aiprod worker`` subprocesses and restarts any that die."""
 
@@ -344,7 +357,7 @@ class Supervisor:
 
     def _spawn(self, i: int) -> None:
         cmd = [sys.executable, "-m", "aiprod.cli.main", "worker"]
-        self.procs[i] = subprocess.Popen(cmd, env=self.env)
+        self.procs[i] = subprocess.Popen(cmd, env=self.env, preexec_fn=_die_with_parent)
         self.started[i] = time.monotonic()
         logging.getLogger("aiprod.serve").info("worker %d started (pid %d)", i, self.procs[i].pid)
 
