@@ -50,6 +50,8 @@ from typing import Any
 
 import httpx
 
+from aiprod.cli.main import _die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 TINY_JOB = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2, "fps": 8}
@@ -389,7 +391,7 @@ def local_server(  # type: ignore[no-untyped-def]
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=lambda: os.nice(worker_nice),
+                        preexec_fn=lambda: (os.nice(worker_nice), _die_with_parent()),
                     )
                 )
         deadline = time.monotonic() + 120

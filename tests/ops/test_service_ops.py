@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from aiprod.cli.main import _die_with_parent
 from aiprod.client import (
     AuthenticationError,
     Client,
@@ -143,7 +144,9 @@ class ApiOnlyStack(Stack):
 
 def _start_worker(stack: Stack, n: int) -> subprocess.Popen:
     log = (stack.tmp / f"worker{n}.log").open("wb")
-    return subprocess.Popen(aiprod_cmd("worker"), env=stack.env, stdout=log, stderr=log)
+    return subprocess.Popen(
+        aiprod_cmd("worker"), env=stack.env, stdout=log, stderr=log, preexec_fn=_die_with_parent
+    )
 
 
 def _ready(c: httpx.Client) -> tuple[int, dict]:
