@@ -19,6 +19,7 @@ from aiprod.client import (
     Client,
     NotFoundError,
     PermissionDenied,
+    RateLimitError,
     ValidationError,
 )
 from aiprod.core.media import read_video
@@ -83,6 +84,12 @@ def test_metrics_move_when_jobs_run_and_client_end_to_end(tmp_path):
                 Client(stack.url, api_key="aiprod_sk_nope") as c,
             ):
                 c.models()
+            slow = stack.create_key("slow", "--rate-limit", "1")
+            with Client(stack.url, api_key=slow, max_retries=0) as c:
+                c.models()
+                with pytest.raises(RateLimitError) as limited:
+                    c.models()
+                assert limited.value.status == 429 and (limited.value.retry_after or 0) > 0
 
             after = scrape(anon)
         assert value(after, "aiprod_jobs", status="succeeded") == 1
