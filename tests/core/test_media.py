@@ -88,3 +88,14 @@ def test_unreadable_files_raise_media_error(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video at all")
     with pytest.raises(MediaError):
         read_video(junk)
+
+
+def test_long_video_roundtrip(tmp_path: Path) -> None:
+    # Past x264's ~40-frame lookahead the muxer has rewritten the stream time base; 121 frames
+    # (LTX's default length) must still mux with the right count and duration.
+    frames = _frames(n=121, h=32, w=32)
+    path = write_mp4(tmp_path / "long.mp4", frames, 24)
+    info = probe(path)
+    assert info.num_frames == 121 and info.duration == pytest.approx(121 / 24, abs=1e-3)
+    decoded, fps = read_video(path)
+    assert decoded.shape == frames.shape and fps == pytest.approx(24)
