@@ -112,6 +112,24 @@ def _ffmpeg_run(paths: list[Path], out: Path, workers: int) -> tuple[float, floa
     return time.perf_counter() - t0, _cpu_s() - c0
 
 
+def _compare_outputs(aiprod_dir: Path, ffmpeg_dir: Path) -> dict:
+    """Check both tools produced the same kind of output (size, fps, frame count, codec)."""
+    from aiprod.core.media import probe
+    from aiprod.data.manifest import read_manifest
+
+    same, diffs = 0, []
+    for rec in read_manifest(aiprod_dir):
+        src_name = Path(str(rec.checks.get("source_path", ""))).name
+        a, b = probe(rec.path), probe(ffmpeg_dir / src_name)
+        key_a = (a.width, a.height, round(a.fps, 3), a.num_frames, a.codec)
+        key_b = (b.width, b.height, round(b.fps, 3), b.num_frames, b.codec)
+        if key_a == key_b:
+            same += 1
+        else:
+            diffs.append({"clip": src_name, "aiprod": key_a, "ffmpeg": key_b})
+    return {"same_size_fps_frames_codec": same, "differ": diffs}
+
+
 def _time_items(ds, passes: int) -> dict[str, float]:
     for i in range(min(2, len(ds))):  # warm-up: imports, codec init
         ds[i]
@@ -225,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(ffmpeg_s=round(fe, 3), ffmpeg_clips_per_s=round(len(paths) / fe, 3),
                            ffmpeg_cpu_s_per_clip=round(fcpu / len(paths), 3),
                            aiprod_vs_ffmpeg=round(fe / elapsed, 3))  # fmt: skip
+            if has_ffmpeg:
+                row["outputs"] = _compare_outputs(tmp / f"aiprod-j{j}", tmp / f"ffmpeg-j{j}")
             result["pipeline"].append(row)
         if normalized is not None:
             result["loader"] = _loader_rows(normalized, tmp, args.passes)
