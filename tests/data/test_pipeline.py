@@ -98,6 +98,16 @@ def test_split_normalize_organize_report(videos, tmp_path) -> None:
     assert [r.path for r in again] == [r.path for r in normed]
     assert {p: Path(p).stat().st_mtime_ns for p in mtimes} == mtimes
     assert len(list((ds / "clips").glob("*.mp4"))) == 3
+    assert all(r.start_s is None and r.checks["source_start_s"] is not None for r in accepted)
+    # normalized rows validate as files of their own
+    revalidated = validate(normed, VCFG.model_copy(update={"min_short_side": 64}), workers=1)
+    assert [r.status for r in revalidated] == [r.status for r in normed]
+    # other settings start again from the source, not from the normalized copy
+    bigger = normalize(normed, ncfg.model_copy(update={"short_side": 192}), ds, workers=1)
+    sizes = {(r.width, r.height) for r in bigger if r.status == ACCEPTED}
+    assert sizes == {(240, 192)}
+    second = next(r for r in bigger if r.checks.get("scene_index") == 1)
+    assert abs(second.duration_s - 1.25) < 0.05
 
     # organize by caption rules, with a manual override
     captioned = []

@@ -38,13 +38,21 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return w, h
 
 
+def _cut(rec: ClipRecord) -> tuple[float | None, float | None]:
+    """The cut of the source this row stands for (kept in checks once normalized)."""
+    if "normalize_key" in rec.checks:
+        return rec.checks.get("source_start_s"), rec.checks.get("source_end_s")
+    return rec.start_s, rec.end_s
+
+
 def normalize_key(rec: ClipRecord, cfg: NormalizeConfig, source_sha: str) -> str:
+    start, end = _cut(rec)
     blob = json.dumps(
         {
             "v": NORMALIZE_VERSION,
             "src": source_sha,
-            "start": rec.start_s,
-            "end": rec.end_s,
+            "start": start,
+            "end": end,
             "cfg": cfg.model_dump(),
         },
         sort_keys=True,
@@ -120,8 +128,16 @@ def normalize_clip(rec: ClipRecord, cfg: NormalizeConfig, out_dir: Path) -> Clip
     key = normalize_key(rec, cfg, source_sha)
     dest = out_dir / "clips" / f"{key}.mp4"
     checks = dict(rec.checks)
-    if rec.checks.get("normalize_key") == key and Path(rec.path) == dest and dest.exists():
-        return rec  # this very row is already the normalized clip
+    if "normalize_key" in rec.checks and Path(rec.path).resolve() == dest.resolve():
+        return rec  # this very row is already the normalized clip, with these settings
+    if "normalize_key" in rec.checks:
+        # Normalized before with other settings: start again from the source, not this copy.
+        from aiprod.core.media import probe
+
+        src = str(checks["source_path"])
+        info = probe(src)
+        start, end = _cut(rec)
+        rec = rec.replace(path=src, width=info.width, height=info.height, start_s=start, end_s=end)
     if not dest.exists():
         w, h = output_size(rec.width, rec.height, cfg.short_side) if rec.width else (None, None)
         try:
@@ -138,12 +154,17 @@ def normalize_clip(rec: ClipRecord, cfg: NormalizeConfig, out_dir: Path) -> Clip
 
         info = probe(dest)
         n, oh, ow = info.num_frames, info.height, info.width
+    start, end = _cut(rec)
     checks.update(
         source_sha256=source_sha,
         source_path=str(checks.get("source_path") or rec.path),
+        source_start_s=start,
+        source_end_s=end,
         normalize_key=key,
     )
     return rec.replace(
+        start_s=None,  # the normalized file is the cut; its own timeline starts at 0
+        end_s=None,
         path=str(dest),
         sha256=sha256_file(dest),
         fps=float(cfg.fps),

@@ -185,8 +185,12 @@ def validate(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[ClipRecord]:
-    """Validate every record not yet rejected, in parallel; rejected ones pass through."""
-    todo = [i for i, r in enumerate(records) if r.status != REJECTED]
+    """Validate every record not yet rejected, in parallel; rejected ones pass through.
+
+    Scenes cut by ``split`` and not yet normalized (``start_s`` set) keep their source's
+    result: they are checked again once ``normalize`` has made them files of their own.
+    """
+    todo = [i for i, r in enumerate(records) if r.status != REJECTED and r.start_s is None]
     results = run_parallel(
         functools.partial(validate_clip, cfg=cfg),
         [records[i] for i in todo],
