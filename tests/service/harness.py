@@ -58,9 +58,9 @@ two_stage = false
 """
 
 
-def write_models_toml(folder: Path) -> Path:
+def write_models_toml(folder: Path, text: str = MODELS_TOML) -> Path:
     path = folder / "models.toml"
-    path.write_text(MODELS_TOML)
+    path.write_text(text)
     return path
 
 
@@ -129,10 +129,18 @@ def aiprod_cmd(*args: str) -> list[str]:
 class Stack:
     """``aiprod serve --workers N`` on a free port; ``client(key)`` talks to it."""
 
-    def __init__(self, tmp: Path, database_url: str, *, workers: int = 1, **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        database_url: str,
+        *,
+        workers: int = 1,
+        models_toml: str = MODELS_TOML,
+        **settings: Any,
+    ) -> None:
         self.tmp = tmp
         self.data_dir = tmp / "data"
-        self.models_file = write_models_toml(tmp)
+        self.models_file = write_models_toml(tmp, models_toml)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
@@ -165,7 +173,7 @@ class Stack:
         self.stop()
         raise AssertionError(f"no admin key in serve output: {banner!r}\n{self.logs()}")
 
-    def _wait_ready(self, timeout: float = 90) -> None:
+    def _wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         with self.client(self.admin_key) as c:
             while time.monotonic() < deadline:
@@ -223,7 +231,7 @@ def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05, what: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def wait_job(c: httpx.Client, job_id: str, statuses: set[str], timeout: float = 60) -> dict:
+def wait_job(c: httpx.Client, job_id: str, statuses: set[str], timeout: float = 180) -> dict:
     def check() -> dict | None:
         j = c.get(f"/api/v1/jobs/{job_id}").json()
         return j if j["status"] in statuses else None

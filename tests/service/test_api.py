@@ -22,9 +22,17 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from aiprod.core.media import read_video
-from tests.service.harness import Stack, fresh_pg_database, wait_for, wait_job
+from tests.service.harness import MODELS_TOML, Stack, fresh_pg_database, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
+
+# A registry entry whose weights are missing: every attempt fails when the worker loads it.
+BROKEN_MODEL = """
+[[models]]
+id = "broken"
+family = "ltxv"
+path = "no-such-weights"
+"""
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -37,7 +45,13 @@ def stack(
         if request.param == "postgres"
         else _nullctx(f"sqlite:///{tmp / 'aiprod.db'}")
     ) as url:
-        s = Stack(tmp, url, workers=2, AIPROD_WORKER_STEP_DELAY="0.05")
+        s = Stack(
+            tmp,
+            url,
+            workers=2,
+            models_toml=MODELS_TOML + BROKEN_MODEL,
+            AIPROD_WORKER_STEP_DELAY="0.05",
+        )
         try:
             yield s
         finally:
@@ -83,7 +97,7 @@ def test_generate_poll_download_decode(stack: Stack, client_key: str) -> None:
             seen.append(j["progress"])
             return j if j["status"] == "succeeded" else None
 
-        final = wait_for(done, 60, 0.02, "job to succeed")
+        final = wait_for(done, 180, 0.02, "job to succeed")
         assert seen == sorted(seen) and final["progress"] == 1.0
         assert final["gpu_seconds"] > 0 and final["cost_usd"] == pytest.approx(
             final["gpu_seconds"] * 0.01, rel=1e-3, abs=1e-6
@@ -223,10 +237,10 @@ def test_cancel_running_job(stack: Stack, client_key: str) -> None:
             j = c.get(f"/api/v1/jobs/{job['id']}").json()
             return j["status"] == "running" and j["progress"] > 0
 
-        wait_for(running, 60, 0.05, "job to run")
+        wait_for(running, 180, 0.05, "job to run")
         r = c.post(f"/api/v1/jobs/{job['id']}/cancel")
         assert r.status_code == 200 and r.json()["cancel_requested"] is True
-        final = wait_job(c, job["id"], {"canceled", "succeeded", "failed"}, timeout=10)
+        final = wait_job(c, job["id"], {"canceled", "succeeded", "failed"}, timeout=60)
         assert final["status"] == "canceled" and final["progress"] < 0.5
         assert final["download_url"] is None
         # idempotent on a terminal job
@@ -237,7 +251,22 @@ def test_cancel_running_job(stack: Stack, client_key: str) -> None:
             "/api/v1/generate", json={"prompt": "later", "num_inference_steps": 300}
         ).json()
         c.post(f"/api/v1/jobs/{queued['id']}/cancel")
-        assert wait_job(c, queued["id"], {"canceled"}, timeout=10)["status"] == "canceled"
+        assert wait_job(c, queued["id"], {"canceled"}, timeout=60)["status"] == "canceled"
+
+
+def test_failing_job_is_retried_with_backoff_then_failed(stack: Stack, client_key: str) -> None:
+    with stack.client(client_key) as c:
+        r = c.post("/api/v1/generate", json={"prompt": "doomed", "model": "broken"})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        final = wait_job(c, job["id"], {"failed", "succeeded"})
+        assert final["status"] == "failed" and final["attempts"] == 3  # AIPROD_MAX_ATTEMPTS
+        assert final["error"]["code"] == "config_error"
+        assert "no-such-weights" in final["error"]["message"]
+        assert final["download_url"] is None and final["cost_usd"] is None
+        # the workers are fine afterwards
+        ok = c.post("/api/v1/generate", json={"prompt": "fine"}).json()
+        assert wait_job(c, ok["id"], {"succeeded", "failed"})["status"] == "succeeded"
 
 
 def test_sigkilled_worker_job_is_finished_by_another(stack: Stack, client_key: str) -> None:
@@ -252,10 +281,10 @@ def test_sigkilled_worker_job_is_finished_by_another(stack: Stack, client_key: s
                     return w
             return None
 
-        victim = wait_for(running_on, 60, 0.05, "a worker to take the job")
-        wait_for(lambda: c.get(f"/api/v1/jobs/{job['id']}").json()["progress"] > 0, 30)
+        victim = wait_for(running_on, 180, 0.05, "a worker to take the job")
+        wait_for(lambda: c.get(f"/api/v1/jobs/{job['id']}").json()["progress"] > 0, 120)
         os.kill(victim["pid"], signal.SIGKILL)
-        final = wait_job(c, job["id"], {"succeeded", "failed"}, timeout=60)
+        final = wait_job(c, job["id"], {"succeeded", "failed"}, timeout=180)
         assert final["status"] == "succeeded" and final["attempts"] == 2
         frames, _ = read_video(_download(c, final, stack.tmp / "survivor.mp4"))
         assert frames.shape == (9, 32, 32, 3)
@@ -268,7 +297,7 @@ def test_sigkilled_worker_job_is_finished_by_another(stack: Stack, client_key: s
                 )
                 >= 2
             ),
-            60,
+            300,
             0.2,
             "the killed worker to be replaced",
         )
@@ -324,7 +353,7 @@ def test_admin_stats_budget_and_clear_cache(stack: Stack, client_key: str) -> No
             ws = [w for w in a.get("/api/v1/admin/workers").json()["data"] if w["status"] == "idle"]
             return len(ws) >= 2 and all(w["cache_epoch"] >= epoch for w in ws)
 
-        wait_for(applied, 30, 0.1, "every worker to apply the clear-cache")
+        wait_for(applied, 120, 0.1, "every worker to apply the clear-cache")
         # the workers still run jobs afterwards
     with stack.client(client_key) as c:
         after = c.post("/api/v1/generate", json={"prompt": "after clear"}).json()
@@ -379,10 +408,10 @@ def test_webhooks_signed_and_a_dead_receiver_blocks_nothing(stack: Stack, client
                 "/api/v1/generate",
                 json={"prompt": "live", "webhook_url": url, "metadata": {"o": 1}},
             ).json()
-            final = wait_job(c, job["id"], {"succeeded"}, timeout=60)
+            final = wait_job(c, job["id"], {"succeeded"}, timeout=180)
             for i in dead_ids:  # the dead receivers did not hold up any job
-                assert wait_job(c, i, {"succeeded"}, timeout=30)["status"] == "succeeded"
-        wait_for(lambda: live.received, 20, 0.05, "the webhook")
+                assert wait_job(c, i, {"succeeded"}, timeout=120)["status"] == "succeeded"
+        wait_for(lambda: live.received, 60, 0.05, "the webhook")
         headers, body = live.received[0]
         assert json.loads(body)["data"]["id"] == final["id"]
         key_id = _key_id(stack, "acme")

@@ -56,7 +56,7 @@ def test_four_workers_drain_200_jobs_each_exactly_once(stack4: Stack) -> None:
                 statuses = s.execute(select(Job.status)).scalars().all()
                 return Counter(statuses).get("succeeded", 0) == N_JOBS
 
-        wait_for(all_done, 240, 0.5, "all 200 jobs to succeed")
+        wait_for(all_done, 600, 0.5, "all 200 jobs to succeed")
         with session_scope(sessions) as s:
             jobs = s.execute(select(Job)).scalars().all()
             workers = s.execute(select(Worker)).scalars().all()

@@ -213,7 +213,9 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="idle")  # idle|busy|stopped
+    status: Mapped[str] = mapped_column(
+        String(16), default="starting"
+    )  # starting|idle|busy|stopped
     current_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     cache_epoch: Mapped[int] = mapped_column(Integer, default=0)  # last clear-cache applied
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)

@@ -184,7 +184,13 @@ class JobRepository:
         return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
 
     def lock(self, job_id: str) -> Job | None:
-        q = select(Job).where(Job.id == job_id).with_for_update()
+        """The job's current row, locked until commit (refreshes an already-loaded object)."""
+        q = (
+            select(Job)
+            .where(Job.id == job_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
         return self.s.execute(q).scalar_one_or_none()
 
     def running_count(self) -> int:
@@ -465,7 +471,7 @@ class WorkerRepository:
             row = Worker(id=worker_id, started_at=now)
             self.s.add(row)
         row.hostname, row.pid, row.device = hostname, pid, device
-        row.status, row.current_job_id, row.last_seen_at = "idle", None, now
+        row.status, row.current_job_id, row.last_seen_at = "starting", None, now
         self.s.flush()
         return row
 

@@ -111,8 +111,11 @@ class Worker:
             WorkerRepository(s).seen(self.id, cache_epoch=self.cache_epoch)
         log.info("worker %s started (models: %s)", self.id, ", ".join(self.model_ids))
         if self.preload:
-            # Load the default model before claiming anything, so no lease runs during a load.
+            # Load the default model before claiming anything, so no lease runs during a load;
+            # the worker shows as "starting" until then.
             self.pipeline(self.registry.default_entry)
+        with session_scope(self.sessions) as s:
+            WorkerRepository(s).seen(self.id, status="idle")
         self._hb_thread = threading.Thread(
             target=self._heartbeat_loop, name="heartbeat", daemon=True
         )
