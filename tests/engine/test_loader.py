@@ -115,3 +115,31 @@ def test_out_of_memory_becomes_a_clear_job_error() -> None:
     with pytest.raises(ValueError):  # other errors pass through untouched
         with oom_guard("x", hint="y"):
             raise ValueError("not memory")
+
+
+def test_file_checks_run_without_torch(tmp_path: Path, model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    shutil.copytree(model_dir / "ltx2", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "vocoder")
+    (tmp_path / "models.toml").write_text(
+        'default = "good"\n'
+        f'[[models]]\nid = "good"\nfamily = "ltx2"\npath = "{model_dir / "ltx2"}"\n'
+        '[[models]]\nid = "bad"\nfamily = "ltx2"\npath = "copy"\n'
+    )
+    code = (
+        "import sys\n"
+        "from aiprod.core.errors import ConfigError\n"
+        "from aiprod.core.registry import load_registry\n"
+        "from aiprod.engine import check_model_files\n"
+        f"reg = load_registry({str(tmp_path / 'models.toml')!r})\n"
+        "check_model_files(reg.get('good'))\n"
+        "try:\n"
+        "    check_model_files(reg.get('bad'))\n"
+        "except ConfigError as e:\n"
+        "    print(e.message)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "model 'bad': no vocoder found" in out.stdout

@@ -30,6 +30,7 @@ __all__ = [
     "Pipeline",
     "Video",
     "build_request",
+    "check_model_files",
     "clear_cache",
     "generate_to_file",
     "load_pipeline",
@@ -55,6 +56,13 @@ def pipeline_from_components(
     from aiprod.engine.loader import pipeline_from_components as _build
 
     return _build(entry, components, device)
+
+
+def check_model_files(entry: ModelEntry) -> None:
+    """Torch-free pre-flight: raise ``ConfigError`` if the entry's files cannot load."""
+    from aiprod.engine.files import check_model_files as _check
+
+    _check(entry)
 
 
 def build_request(entry: ModelEntry, params: dict[str, Any]) -> GenerationRequest:

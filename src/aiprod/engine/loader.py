@@ -6,10 +6,8 @@ line naming the entry and the fix, never halfway through a job.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,20 +15,22 @@ import torch
 from aiprod.core.errors import ConfigError
 from aiprod.core.registry import ModelEntry
 from aiprod.engine.common import check_attention_backend, resolve_device, resolve_dtype
+from aiprod.engine.files import (  # noqa: F401 - re-exported for the backends
+    check_family,
+    check_model_files,
+    check_model_path,
+    component_path,
+)
 from aiprod.engine.types import Pipeline
 
 log = logging.getLogger(__name__)
 
-# transformer class name (config.json "_class_name") -> family
-TRANSFORMER_FAMILIES = {
-    "LTXVideoTransformer3DModel": "ltxv",
-    "LTX2VideoTransformer3DModel": "ltx2",
-}
 BUILTIN_SEED = 0
 
 
 def load_pipeline(entry: ModelEntry, device: str | None = None) -> Pipeline:
     """Load ``entry`` onto ``device``; see ``aiprod.engine.load_pipeline``."""
+    check_model_files(entry)  # every file problem, before any (slow) loading
     dev = resolve_device(device)
     dtype = resolve_dtype(entry.dtype, dev)
     check_attention_backend(entry.id, entry.options.attention_backend)
@@ -65,69 +65,6 @@ def pipeline_from_components(
 
 
 # -- helpers shared by the backends -----------------------------------------------------------
-def component_path(entry: ModelEntry, name: str, *, required: bool = True) -> Path | None:
-    """Where component ``name`` lives: ``components.<name>`` or ``<path>/<name>``."""
-    override = getattr(entry.components, "upsampler" if name == "latent_upsampler" else name, None)
-    if override is not None:
-        if not override.exists():
-            raise ConfigError(
-                f"model '{entry.id}': components.{name} = {override} does not exist; "
-                "fix the path in models.toml"
-            )
-        return override
-    # A folder entry keeps its parts in subfolders; a single-file entry finds the parts its
-    # checkpoint lacks (text encoder, tokenizer, ...) in its local config folder.
-    for base in (entry.path, entry.components.config):
-        if base is not None and base.is_dir() and (base / name).exists():
-            return base / name
-    if required:
-        raise ConfigError(
-            f"model '{entry.id}': no {name} found (looked for {entry.path}/{name}); put a "
-            f"diffusers-format {name}/ folder there or set components.{name} in models.toml"
-        )
-    return None
-
-
-def check_model_path(entry: ModelEntry) -> Path:
-    """The entry's ``path`` must exist: a diffusers folder or a single checkpoint file."""
-    if entry.path is None:
-        raise ConfigError(
-            f"model '{entry.id}': no path set; set `path` to its diffusers folder or "
-            "checkpoint file in models.toml"
-        )
-    if not entry.path.exists():
-        raise ConfigError(
-            f"model '{entry.id}': path {entry.path} does not exist; download/copy the weights "
-            "there or fix `path` in models.toml"
-        )
-    return entry.path
-
-
-def check_family(entry: ModelEntry, transformer_dir: Path, expected: str) -> None:
-    """Refuse a folder whose transformer belongs to another family, naming the right one."""
-    cfg = transformer_dir / "config.json"
-    if not cfg.is_file():
-        raise ConfigError(
-            f"model '{entry.id}': {cfg} is missing; the transformer folder must be in the "
-            "diffusers layout (config.json + *.safetensors)"
-        )
-    try:
-        cls = json.loads(cfg.read_text()).get("_class_name", "")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model '{entry.id}': {cfg} is not valid JSON ({exc})") from exc
-    family = TRANSFORMER_FAMILIES.get(cls)
-    if family is None:
-        raise ConfigError(
-            f"model '{entry.id}': {transformer_dir} holds a '{cls}', which aiprod cannot run "
-            f"(supported: {', '.join(TRANSFORMER_FAMILIES)})"
-        )
-    if family != expected and not (expected == "builtin" and family == "ltxv"):
-        raise ConfigError(
-            f"model '{entry.id}': {transformer_dir} holds an {family} model ({cls}) but the "
-            f"entry says family = '{entry.family}'; set family = '{family}' in models.toml"
-        )
-
-
 def check_call_kwargs(entry: ModelEntry, fn: Any) -> None:
     """``options.call_kwargs`` must name parameters the pipeline call accepts."""
     import inspect
