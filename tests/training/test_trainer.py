@@ -26,7 +26,19 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
     events: list[tuple[str, dict]] = []
-    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "a"))
+    cfg = TrainConfig.model_validate(
+        tiny_config(
+            tmp_path / "a",
+            monitor={
+                "log_every": 1,
+                "heldout_every": 3,
+                "heldout_clips": 2,
+                "video_every": 4,
+                "video_prompts": ["a red circle moving left"],
+                "video_steps": 2,
+            },
+        )
+    )
     result = Trainer(cfg, on_event=lambda k, d: events.append((k, d))).train()
     assert result["steps"] == 2 + 5 * 2 + 1
     phases = [d["phase"] for k, d in events if k == "phase"]
@@ -35,6 +47,9 @@ def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert all(torch.isfinite(torch.tensor(d["loss"])) for d in logs)
     assert any(k.startswith("loss_sigma/") for d in logs for k in d)
     assert any(k == "heldout" and "mean" in d for k, d in events)
+    videos = [d["path"] for k, d in events if k == "video"]
+    assert videos and all(Path(v).is_file() for v in videos)
+    assert list(Path(videos[0]).parent.glob("sample-00.mp4"))
     # keep_last=2 plus the best one
     ckpts = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step-*"))
     best = json.loads((tmp_path / "a" / "checkpoints" / "best.json").read_text())
@@ -45,7 +60,9 @@ def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert list((tmp_path / "a" / "tb").iterdir()), "TensorBoard event file missing"
 
     # Interrupted mid-phase (step 5 is inside p2), then resumed with a fresh process state.
-    cfg_b = TrainConfig.model_validate(tiny_config(tmp_path / "b"))
+    cfg_b = TrainConfig.model_validate(
+        tiny_config(tmp_path / "b", monitor=cfg.monitor.model_dump())
+    )
     stopped = Trainer(cfg_b).train(stop_after=5)
     assert stopped["stopped"] and stopped["steps"] == 5
     torch.manual_seed(999)  # the resumed run must not depend on the caller's RNG

@@ -516,6 +516,7 @@ class Trainer:
         if not prompts:
             return
         w, h, f = run.cfg.buckets[0]
+        modes = {name: m.training for name, m in self.comp.modules().items()}
         video = generate(
             self.comp,
             prompts,
@@ -525,8 +526,8 @@ class Trainer:
             steps=self.cfg.monitor.video_steps,
             seed=0,
         )
-        for m in self.comp.modules().values():
-            m.train(m is not self.comp.text_encoder and m.training)
+        for name, m in self.comp.modules().items():
+            m.train(modes[name])
         path = save_video_grid(video, self.out / "samples" / f"step-{self.state.step:08d}", fps=24)
         self.on_event("video", {"step": self.state.step, "path": str(path)})
 
