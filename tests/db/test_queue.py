@@ -209,3 +209,31 @@ def test_list_owned_cursor_pagination(sessions) -> None:  # type: ignore[no-unty
         assert seen == mine[::-1]
         recent = repo.list_owned(a, created_after=t0 + timedelta(minutes=5))
         assert [j.id for j in recent.items] == mine[:4:-1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_upgrades_on_a_fresh_database(backend: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from contextlib import nullcontext
+
+    from tests.service.harness import fresh_pg_database
+
+    ctx = (
+        fresh_pg_database("mig")
+        if backend == "postgres"
+        else nullcontext(f"sqlite:///{tmp_path / 'm.db'}")
+    )
+    with ctx as url:
+        results: list[object] = []
+
+        def run() -> None:
+            try:
+                results.append(upgrade(url))
+            except Exception as exc:  # collected and asserted below
+                results.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [head_revision()] * 4

@@ -9,11 +9,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from aiprod.db.session import make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x41495052  # "AIPR": the PostgreSQL advisory lock held while migrating
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +43,10 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     try:
         cfg = alembic_config(url)
         with engine.begin() as conn:
+            # Several processes may start at once (API replicas, workers): one migrates, the
+            # others wait and then find nothing to do. SQLite's BEGIN IMMEDIATE already does this.
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         return current_revision(engine)
