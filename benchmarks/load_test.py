@@ -82,6 +82,7 @@ class PhaseResult:
     submit_ms: dict[str, float | None] = field(default_factory=dict)
     queue_depth_end: int | None = None
     load_avg_1m: tuple[float, float] = (0.0, 0.0)  # machine load at the phase's start and end
+    client_cpu_s: float = 0.0  # CPU time the load generator itself used during the phase
 
 
 def _summary(ms: list[float]) -> dict[str, float | None]:
@@ -260,6 +261,7 @@ async def run_phase(
     url = httpx.URL(base_url)
     host, port = url.host, url.port or 80
     load_start = os.getloadavg()[0]
+    cpu_start = time.process_time()
     start = time.monotonic()
     stop_at = start + duration
     await asyncio.gather(
@@ -279,6 +281,7 @@ async def run_phase(
         )
     )
     elapsed = time.monotonic() - start
+    client_cpu = time.process_time() - cpu_start
     depth = None
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -303,6 +306,7 @@ async def run_phase(
         submit_ms=_summary(submit_ms),
         queue_depth_end=depth,
         load_avg_1m=(round(load_start, 2), round(os.getloadavg()[0], 2)),
+        client_cpu_s=round(client_cpu, 2),
     )
 
 
