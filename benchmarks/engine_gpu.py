@@ -60,8 +60,15 @@ def build_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def ltxv_components(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """LTX-Video 2B (0.9.5-0.9.8 architecture), T5-XXL encoder, x2 spatial upsampler."""
+# LTX-Video transformer sizes as published: 2B (0.9.x) and 13B (0.9.7 / 0.9.8).
+LTXV_SIZES: dict[str, dict[str, int]] = {
+    "2b": {},  # diffusers' defaults: 28 layers, 32 heads x 64
+    "13b": {"num_layers": 48, "attention_head_dim": 128, "cross_attention_dim": 4096},
+}
+
+
+def ltxv_components(device: torch.device, dtype: torch.dtype, size: str = "2b") -> dict[str, Any]:
+    """LTX-Video 2B or 13B (0.9.5+ architecture), T5-XXL encoder, x2 spatial upsampler."""
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -73,7 +80,7 @@ def ltxv_components(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     from aiprod.engine.tiny import BYTE_VOCAB, tiny_tokenizer
 
     with build_on(device, dtype):
-        transformer = LTXVideoTransformer3DModel()  # 28 layers, 32 heads x 64, 1.9B params
+        transformer = LTXVideoTransformer3DModel(**LTXV_SIZES[size])
         vae = AutoencoderKLLTXVideo(
             block_out_channels=(128, 256, 512, 1024, 2048),
             down_block_types=("LTXVideo095DownBlock3D",) * 4,
@@ -482,7 +489,7 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
     elif family == "ltx2":
         comps = ltx2_components(device, dtype, args.lora_rank)
     else:
-        comps = ltxv_components(device, dtype)
+        comps = ltxv_components(device, dtype, args.ltxv_size)
     if args.vae_tiling:  # a memory option of diffusers itself: both runners get it
         comps["vae"].enable_tiling()
     preset = preset_for(family, args.preset, args.tiny)
@@ -586,6 +593,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--attention-backend", default=None, help="e.g. _native_cudnn, flash")
     p.add_argument("--vae-tiling", action="store_true")
+    p.add_argument("--ltxv-size", choices=sorted(LTXV_SIZES), default="2b")
     p.add_argument("--lora-rank", type=int, default=64, help="LTX-2 distilled LoRA stand-in")
     p.add_argument("--tiny", action="store_true", help="tiny models: a smoke run, CPU is fine")
     p.add_argument("--json", type=Path, default=Path("engine_gpu.json"))
@@ -619,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "tiny": args.tiny,
         "preset": args.preset,
+        "ltxv_size": args.ltxv_size,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = args.json.with_suffix(".tmp")
