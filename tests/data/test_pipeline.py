@@ -141,5 +141,8 @@ def test_split_normalize_organize_report(videos, tmp_path) -> None:
     for rel in info["contact_sheets"].values():
         assert (ds / rel).stat().st_size > 1000
     assert json.loads((ds / "report" / "summary.json").read_text())["accepted"] == 3
+    # written atomically, but readable like any other file (not mkstemp's 0600)
+    for name in ("manifest.parquet", "manifest.csv", "report/summary.json", "report/phase1.png"):
+        assert (ds / name).stat().st_mode & 0o044 == 0o044, name
     back = read_manifest(ds)
     assert {r.clip_id for r in back} == {r.clip_id for r in rows}

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from aiprod.core.errors import AiprodError
+from aiprod.data._fs import atomic_write
 from aiprod.data.manifest import ACCEPTED, ClipRecord, read_manifest
 
 Sampling = Literal["uniform", "random_window", "stride"]
@@ -119,15 +118,8 @@ def decode_frames(
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, str(tmp)))
 
 
 def to_float(frames: np.ndarray) -> torch.Tensor:

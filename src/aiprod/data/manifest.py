@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiprod.core.errors import AiprodError
+from aiprod.data._fs import atomic_write
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
@@ -130,18 +129,6 @@ def _from_row(row: dict[str, Any], root: Path) -> ClipRecord:
     return ClipRecord(**kwargs)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(records: Sequence[ClipRecord], out_dir: str | Path) -> Path:
     """Write ``manifest.parquet`` and ``manifest.csv`` into ``out_dir`` atomically.
 
@@ -185,7 +172,7 @@ def write_manifest(records: Sequence[ClipRecord], out_dir: str | Path) -> Path:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     parquet_path = root / MANIFEST_PARQUET
-    _atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp))
 
     def _csv(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
@@ -194,7 +181,7 @@ def write_manifest(records: Sequence[ClipRecord], out_dir: str | Path) -> Path:
             for row in rows:
                 writer.writerow({k: "" if row[k] is None else row[k] for k in FIELDS})
 
-    _atomic_write(root / MANIFEST_CSV, _csv)
+    atomic_write(root / MANIFEST_CSV, _csv)
     return parquet_path
 
 

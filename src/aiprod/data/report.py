@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aiprod.data._fs import atomic_write
 from aiprod.data.config import ReportConfig
 from aiprod.data.manifest import ACCEPTED, REJECTED, ClipRecord, write_manifest
 from aiprod.data.validate import reason_codes
@@ -104,16 +103,7 @@ def contact_sheet(
             x += t.shape[1] + pad
         draw.text((pad, y + thumb_height + 2), label, fill=(220, 220, 220))
         y += thumb_height + text_h + 2 * pad
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        sheet.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out = atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return out
 
 
@@ -142,10 +132,6 @@ def write_report(
         )
         sheets[str(phase)] = str(sheet.relative_to(root))
     info["contact_sheets"] = sheets
-    summary_path = root / "report" / "summary.json"
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".json", dir=summary_path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh, indent=2, sort_keys=True)
-    os.replace(tmp, summary_path)
+    summary_text = json.dumps(info, indent=2, sort_keys=True)
+    atomic_write(root / "report" / "summary.json", lambda tmp: tmp.write_text(summary_text))
     return info
