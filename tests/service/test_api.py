@@ -157,6 +157,13 @@ def test_garbage_json_and_oversized_body(stack: Stack, client_key: str) -> None:
         big = c.post("/api/v1/generate", content=b"x" * (33 * 1024 * 1024))
         assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
 
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(33):
+                yield b"x" * (1024 * 1024)
+
+        chunked = c.post("/api/v1/generate", content=chunks())
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "too_large"
+
 
 def test_image_to_video(stack: Stack, client_key: str) -> None:
     from PIL import Image

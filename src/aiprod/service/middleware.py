@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("aiprod.access")
@@ -34,6 +35,19 @@ class ServiceMiddleware:
             access_log.info("%s %s 413 %.1fms key=-", scope["method"], scope["path"], 0.0)
             return
 
+        received = 0
+        limit = self.max_request_bytes
+
+        async def receive_limited() -> Message:
+            # A chunked body has no Content-Length: count it as it arrives.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"request body is larger than {limit} bytes")
+            return message
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -50,7 +64,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_limited, send_wrapper)
         finally:
             access_log.info(
                 "%s %s %d %.1fms key=%s",
