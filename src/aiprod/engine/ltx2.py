@@ -14,6 +14,7 @@ ti2vid two-stage path:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -349,8 +350,6 @@ def build_ltx2_engine(
 
 
 def _text_encoder_class(path: Path) -> Any:
-    import json
-
     import transformers
 
     arch = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
@@ -419,8 +418,6 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     comps["connectors"] = folder_model("connectors", LTX2TextConnectors, "text connectors")
     vdir = component_path(entry, "vocoder")
     assert vdir is not None
-    import json
-
     vcls_name = json.loads((vdir / "config.json").read_text()).get("_class_name", "")
     vcls = LTX2VocoderWithBWE if vcls_name == "LTX2VocoderWithBWE" else LTX2Vocoder
     comps["vocoder"] = folder_model("vocoder", vcls, "vocoder")
