@@ -122,6 +122,14 @@ def stack_env(data_dir: Path, database_url: str, models_file: Path, **extra: Any
     return env
 
 
+def _die_with_parent() -> None:
+    """SIGTERM the server if the test process dies (killed by a timeout, Ctrl-C twice, ...)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def aiprod_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aiprod.cli.main", *args]
 
@@ -153,9 +161,14 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=self.log,
             cwd=tmp,
+            preexec_fn=_die_with_parent,
         )
-        self.admin_key = self._read_admin_key()
-        self._wait_ready()
+        try:
+            self.admin_key = self._read_admin_key()
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave a server (and its workers) running after a failed start
+            raise
 
     def _read_admin_key(self) -> str:
         assert self.proc.stdout is not None
@@ -170,7 +183,6 @@ class Stack:
             if m:
                 self.banner = "".join(banner)
                 return m.group(1)
-        self.stop()
         raise AssertionError(f"no admin key in serve output: {banner!r}\n{self.logs()}")
 
     def _wait_ready(self, timeout: float = 300) -> None:
@@ -211,6 +223,8 @@ class Stack:
         return text if full else text[-6000:]
 
     def stop(self) -> None:
+        if self.log.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -406,8 +406,9 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker subprocesses.")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
-    """Start the API server (and worker subprocesses): applies migrations first, creates an
-    admin key on first start and prints it once.
+    """Start the API server and its worker subprocesses.
+
+    Applies migrations first; on first start creates an admin key and prints it once.
 
     Example: aiprod serve --port 8000 --workers 1
     """
@@ -463,6 +464,11 @@ def serve(
         log_config=None,  # uvicorn's own lines go through aiprod's (JSON) logging too
         timeout_graceful_shutdown=5,
     )
+    # uvicorn restores the previous handlers and re-raises the signal it caught once it has
+    # shut down; with these no-op handlers that re-raise is harmless, so the `finally` below
+    # still stops the workers gracefully (PR_SET_PDEATHSIG remains the backstop).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     try:
         uvicorn.Server(config).run()
     finally:
