@@ -119,10 +119,12 @@ def write_mp4(
     sample_rate: int | None = None,
     crf: int = 18,
     preset: str = "medium",
+    tune: str | None = None,
 ) -> Path:
     """Encode ``frames`` (F, H, W, 3) uint8 RGB as an H.264 yuv420p MP4 at exactly ``fps``.
 
     ``audio`` (channels, samples) float32 in [-1, 1] with ``sample_rate`` is muxed as AAC.
+    ``tune`` is passed to x264 (``fastdecode``: ~1/3 cheaper to decode, slightly larger).
     The file is written to a temp name in the same folder and renamed into place.
     """
     frames = _check_frames(frames)
@@ -145,7 +147,10 @@ def write_mp4(
             stream.height = h
             stream.pix_fmt = "yuv420p"
             stream.time_base = 1 / rate
-            stream.options = {"crf": str(crf), "preset": preset}
+            options = {"crf": str(crf), "preset": preset}
+            if tune:  # e.g. "fastdecode" for training data that is decoded many times
+                options["tune"] = tune
+            stream.options = options
             # Every stream must exist before the first packet is muxed (the header is written then).
             astream = None
             if audio_arr is not None:

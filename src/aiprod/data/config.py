@@ -52,6 +52,9 @@ class NormalizeConfig(_Strict):
     short_side: int = Field(256, ge=16)
     crf: int = Field(18, ge=0, le=51)
     preset: str = "veryfast"
+    #: x264 tune; "fastdecode" makes clips ~1/3 cheaper to decode (they are decoded every
+    #: epoch) for a slightly larger file; "" for none
+    tune: str = "fastdecode"
 
 
 class Condition(_Strict):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiprod.core.errors import AiprodError
+from aiprod.data._fs import atomic_write
 from aiprod.data.manifest import (
     MANIFEST_CSV,
     MANIFEST_PARQUET,
@@ -263,10 +264,7 @@ def _ingest_one(
     if copy:
         path = out_dir / "raw" / f"{digest[:16]}{src.suffix.lower()}"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
     return ClipRecord(
         clip_id=digest[:16],
         path=str(path),
@@ -311,7 +309,14 @@ def ingest(
     existing = load_dataset(out)
     by_id = {r.clip_id: r for r in existing}
     done_urls = {r.source_url for r in existing if r.source == "http" and r.status != REJECTED}
-    todo = [r for r in rows if not (r.is_url and (r.source_url or r.location) in done_urls)]
+    todo: list[SourceRow] = []
+    seen: set[str] = set()
+    for r in rows:
+        # The same location twice in one run would race on one .part file: keep the first.
+        if r.location in seen or (r.is_url and (r.source_url or r.location) in done_urls):
+            continue
+        seen.add(r.location)
+        todo.append(r)
     defaults = {"license": license, "attribution": attribution}
 
     def work(row: SourceRow) -> ClipRecord:

@@ -144,7 +144,7 @@ def normalize_clip(rec: ClipRecord, cfg: NormalizeConfig, out_dir: Path) -> Clip
             frames = decode_resampled(
                 rec.path, fps=cfg.fps, start_s=rec.start_s, end_s=rec.end_s, width=w, height=h
             )
-            write_mp4(dest, frames, cfg.fps, crf=cfg.crf, preset=cfg.preset)
+            write_mp4(dest, frames, cfg.fps, crf=cfg.crf, preset=cfg.preset, tune=cfg.tune or None)
         except (AiprodError, MediaError, ValueError, OSError) as exc:
             msg = exc.message if isinstance(exc, AiprodError) else str(exc)
             return rec.replace(status=REJECTED, reject_reason=f"normalize_failed: {msg}")
