@@ -5,11 +5,12 @@ What is compared (same clips, same parallelism, same settings):
 
 - aiprod: ``aiprod.data.validate.validate`` (probe, packet count, decode of every frame as
   small luma for black/frozen/motion) then ``aiprod.data.normalize.normalize`` (24 fps, short
-  side 256, H.264 yuv420p, preset veryfast, crf 18) over a process pool of ``-j`` workers.
+  side 256, H.264 yuv420p, preset veryfast, tune fastdecode, crf 18) over a process pool of
+  ``-j`` workers.
 - ffmpeg CLI: per clip ``ffprobe`` (streams/format as JSON), ``ffmpeg -f null`` with
   ``blackdetect`` + ``freezedetect`` (full decode, the same black/frozen checks) and
-  ``ffmpeg -vf fps=24,scale=-2:256:flags=area -c:v libx264 -preset veryfast -crf 18
-  -pix_fmt yuv420p``, with ``-j`` clips in flight at once.
+  ``ffmpeg -vf fps=24,scale=-2:256:flags=area -c:v libx264 -preset veryfast -tune fastdecode
+  -crf 18 -pix_fmt yuv420p``, with ``-j`` clips in flight at once.
 
 The loader figures: ms per ``dataset[i]`` (single process, no DataLoader workers) for the
 normalized clips, for 64x64 synthetic clips (the built-in model's training size) and for the
@@ -99,6 +100,7 @@ def _ffmpeg_one(src: Path, dst: Path) -> None:
     subprocess.run(
         ["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(src), "-an",
          "-vf", "fps=24,scale=-2:256:flags=area", "-c:v", "libx264", "-preset", "veryfast",
+         "-tune", "fastdecode",
          "-crf", "18", "-pix_fmt", "yuv420p", str(dst)],
         check=True, capture_output=True,
     )  # fmt: skip
