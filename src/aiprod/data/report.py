@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,22 +88,24 @@ def contact_sheet(
             log.warning("contact sheet: cannot read %s: %s", rec.path, exc)
             continue
         if thumbs:
-            label = f"{rec.clip_id}  {rec.caption}"[:160]
-            rows.append((thumbs, label))
-    text_h, pad = 14, 4
+            rows.append((thumbs, f"{rec.clip_id}  {rec.caption}"[:400]))
+    line_h, pad = 12, 4
     width = max([sum(t.shape[1] for t in th) + pad * (len(th) + 1) for th, _ in rows] + [480])
-    height = 20 + sum(thumb_height + text_h + 2 * pad for _ in rows) + pad
+    # PIL's default font is ~6 px per character: wrap captions to the sheet's width.
+    wrapped = [textwrap.wrap(label, width=max(20, (width - 2 * pad) // 6)) for _, label in rows]
+    height = 20 + sum(thumb_height + line_h * len(w) + 2 * pad for w in wrapped) + pad
     sheet = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 4), title or f"{len(rows)} clips", fill=(240, 240, 240))
     y = 20
-    for thumbs, label in rows:
+    for (thumbs, _), lines in zip(rows, wrapped, strict=True):
         x = pad
         for t in thumbs:
             sheet.paste(Image.fromarray(t), (x, y))
             x += t.shape[1] + pad
-        draw.text((pad, y + thumb_height + 2), label, fill=(220, 220, 220))
-        y += thumb_height + text_h + 2 * pad
+        for k, line in enumerate(lines):
+            draw.text((pad, y + thumb_height + 2 + k * line_h), line, fill=(220, 220, 220))
+        y += thumb_height + line_h * len(lines) + 2 * pad
     out = atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return out
 
