@@ -230,3 +230,27 @@ def test_engine_matches_the_trainers_sampler(
     diff = np.abs(pipe(req).frames.astype(int) - ref.numpy().astype(int))
     # Equal up to the last rounding step (diffusers scales by x/2+0.5, the trainer by (x+1)/2).
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+
+
+def test_model_geometry_is_checked_even_when_the_entry_allows_more(builtin_entry) -> None:  # noqa: ANN001
+    # An entry whose limits are looser than the model (16-pixel sizes, any frame count)
+    # still gets a clear 422-style error, not a diffusers ValueError mid-job.
+    from aiprod.engine import load_pipeline
+
+    loose = builtin_entry.model_copy(
+        update={
+            "path": None,
+            "limits": builtin_entry.limits.model_copy(
+                update={"size_multiple": 16, "frames_multiple": 1}
+            ),
+        }
+    )
+    pipe = load_pipeline(loose, "cpu")
+    for change, field, hint in [
+        ({"width": 48}, "width", "multiple of 32"),
+        ({"num_frames": 12}, "num_frames", r"8\*k\+1"),
+    ]:
+        req = build_request(loose, {"prompt": "x", "seed": 1, **SMALL, **change})
+        with pytest.raises(InvalidRequest, match=hint) as err:
+            pipe(req, should_cancel=lambda: pytest.fail("reached the denoising loop"))
+        assert err.value.field == field

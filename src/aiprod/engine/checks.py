@@ -46,6 +46,29 @@ def check_request(entry: ModelEntry, request: GenerationRequest) -> Image.Image 
     return decode_image(request.image)
 
 
+def check_geometry(
+    model_id: str, request: GenerationRequest, *, size_multiple: int, temporal_ratio: int
+) -> None:
+    """What the model itself needs, whatever the entry's limits say: sizes that are multiples
+    of the pipelines' 32 and frame counts on the VAE's temporal grid."""
+    for name in ("width", "height"):
+        v = getattr(request, name)
+        if v % size_multiple:
+            near = max(size_multiple, round(v / size_multiple) * size_multiple)
+            raise InvalidRequest(
+                f"{name}={v} must be a multiple of {size_multiple} for model '{model_id}' "
+                f"(try {near})",
+                field=name,
+            )
+    if (request.num_frames - 1) % temporal_ratio:
+        k = max(1, round((request.num_frames - 1) / temporal_ratio))
+        raise InvalidRequest(
+            f"num_frames={request.num_frames} must be {temporal_ratio}*k+1 for model "
+            f"'{model_id}' (e.g. {temporal_ratio * k + 1})",
+            field="num_frames",
+        )
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode PNG/JPEG/WebP bytes to an RGB PIL image, or raise InvalidRequest."""
     from PIL import Image, UnidentifiedImageError

@@ -27,7 +27,7 @@ import torch
 
 from aiprod.core.errors import ConfigError, InvalidRequest
 from aiprod.core.registry import ModelEntry
-from aiprod.engine.checks import check_request
+from aiprod.engine.checks import check_geometry, check_request
 from aiprod.engine.common import StepTracker, free_memory, oom_guard, video_to_uint8
 from aiprod.engine.ltxv import half_size
 from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
@@ -152,6 +152,7 @@ class LTX2Engine:
         should_cancel: CancelFn | None = None,
     ) -> Video:
         image = check_request(self.entry, request)
+        check_geometry(self.entry.id, request, size_multiple=32, temporal_ratio=self.temporal_ratio)
         if request.two_stage and self.upsample_pipe is None:
             raise InvalidRequest(
                 f"model '{self.entry.id}' has no latent upsampler, so it cannot run two-stage: "
