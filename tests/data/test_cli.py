@@ -16,6 +16,11 @@ def test_synth_command_writes_a_manifest(tmp_path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert [r.phase for r in read_manifest(tmp_path)] == [1, 2, 3, 4, 5]
+    res = runner.invoke(app, ["synth", str(tmp_path / "p4"), "-n", "2", "-f", "2", "-p", "4"])
+    assert res.exit_code == 0, res.output
+    assert [r.phase for r in read_manifest(tmp_path / "p4")] == [4, 4]
+    res = runner.invoke(app, ["synth", str(tmp_path / "p9"), "-n", "1", "-p", "9"])
+    assert res.exit_code == 1 and "not a curriculum phase" in res.output
 
 
 def test_synth_command_bad_size_is_one_line_error(tmp_path) -> None:

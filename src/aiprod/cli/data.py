@@ -284,6 +284,9 @@ def synth(
     num_frames: Annotated[int, typer.Option("--num-frames", "-f", min=1)] = 16,
     fps: Annotated[float, typer.Option(min=1.0)] = 24.0,
     seed: Annotated[int, typer.Option()] = 0,
+    phase: Annotated[
+        list[int] | None, typer.Option("--phase", "-p", help="Only these phases (repeatable).")
+    ] = None,
 ) -> None:
     """Render procedural captioned clips for curriculum phases 1-5 plus a manifest.
 
@@ -291,9 +294,10 @@ def synth(
     """
     from aiprod.data.synth import PHASES, write_synth_dataset
 
+    phases = tuple(phase) if phase else PHASES
     try:
         with _progress() as progress:
-            task = progress.add_task("rendering", total=n_per_phase * len(PHASES))
+            task = progress.add_task("rendering", total=n_per_phase * len(phases))
             manifest = write_synth_dataset(
                 out_dir,
                 n_per_phase=n_per_phase,
@@ -302,11 +306,12 @@ def synth(
                 num_frames=num_frames,
                 fps=fps,
                 seed=seed,
+                phases=phases,
                 on_progress=lambda done, _total: progress.update(task, completed=done),
             )
     except (AiprodError, ValueError) as err:
         raise _fail(err) from err
-    console.print(f"wrote {n_per_phase * len(PHASES)} clips; manifest: {manifest}")
+    console.print(f"wrote {n_per_phase * len(phases)} clips; manifest: {manifest}")
 
 
 if __name__ == "__main__":
