@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -29,7 +30,7 @@ def moving(
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """good, slow, fps15, p200, truncated, not_video, black, frozen, two_scenes."""
+    """good, slow, fps15, p200, truncated (two kinds), not_video, black, frozen, two_scenes."""
     d = tmp_path_factory.mktemp("videos")
     out: dict[str, Path] = {}
     out["good"] = write_mp4(d / "good.mp4", moving(), 24)
@@ -38,6 +39,22 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = out["good"].read_bytes()
     out["truncated"] = d / "truncated.mp4"
     out["truncated"].write_bytes(data[: len(data) // 2])
+    # The same cut on an MP4 whose index (moov) comes last: FFmpeg cannot open it at all.
+    tail_index = d / "tail_index_full.mp4"
+    with av.open(str(tail_index), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        for i, f in enumerate(moving(frames=24)):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            for pkt in s.encode(vf):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    data2 = tail_index.read_bytes()
+    tail_index.unlink()
+    out["truncated_tail_index"] = d / "truncated_tail_index.mp4"
+    out["truncated_tail_index"].write_bytes(data2[: len(data2) * 2 // 3])
     out["not_video"] = d / "not_video.mp4"
     out["not_video"].write_bytes(b"this is a text file, not a video\n" * 50)
     out["black"] = write_mp4(d / "black.mp4", np.zeros((36, H, W, 3), np.uint8), 24)

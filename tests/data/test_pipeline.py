@@ -44,6 +44,7 @@ def test_each_video_lands_where_it_should(videos, tmp_path) -> None:
         "fps15": "fps_too_low",
         "p200": "resolution_too_low",
         "truncated": "truncated",
+        "truncated_tail_index": "truncated",
         "not_video": "not_a_video",
         "black": "black",
         "frozen": "frozen",

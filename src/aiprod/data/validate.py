@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,45 @@ def analyze(path: str | Path, *, max_seconds: float = 0.0) -> Analysis:
     )
 
 
+def mp4_cut_short(path: str | Path) -> str | None:
+    """Why an MP4/MOV that FFmpeg cannot open looks cut short, or None if it does not.
+
+    Walks the top-level boxes: a file that starts like an MP4 (``ftyp``) but whose last box
+    runs past the end of the file, or that has media data (``mdat``) but no index (``moov``,
+    written last unless "faststart"), was most likely truncated in a copy or download.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 8 or head[4:8] != b"ftyp":
+                return None
+            fh.seek(0)
+            pos, boxes = 0, []
+            while pos + 8 <= size:
+                fh.seek(pos)
+                hdr = fh.read(16)
+                box_len, kind = int.from_bytes(hdr[:4], "big"), hdr[4:8]
+                if box_len == 1 and len(hdr) >= 16:
+                    box_len = int.from_bytes(hdr[8:16], "big")
+                elif box_len == 0:
+                    box_len = size - pos  # "to the end of the file"
+                if box_len < 8:
+                    return f"broken MP4 box at byte {pos}"
+                boxes.append(kind)
+                if pos + box_len > size:
+                    return (
+                        f"MP4 box {kind.decode('latin-1')!r} runs {pos + box_len - size} bytes "
+                        "past the end of the file (cut short in a copy or download?)"
+                    )
+                pos += box_len
+    except OSError:
+        return None
+    if b"mdat" in boxes and b"moov" not in boxes:
+        return "MP4 has media data but no index (moov): cut short before it was written?"
+    return None
+
+
 def _facts(rec: ClipRecord, info: MediaInfo) -> ClipRecord:
     return rec.replace(
         fps=round(info.fps, 4),
@@ -115,9 +155,9 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
         info = probe(rec.path)
     except MediaError as exc:
         checks["probe"] = "failed"
-        return rec.replace(
-            status=REJECTED, reject_reason=f"not_a_video: {exc.message}", checks=checks
-        )
+        cut = mp4_cut_short(rec.path)
+        reason = f"truncated: {cut}" if cut else f"not_a_video: {exc.message}"
+        return rec.replace(status=REJECTED, reject_reason=reason, checks=checks)
     rec = _facts(rec, info)
     checks["probe"] = "ok"
     if cfg.allowed_codecs and info.codec not in cfg.allowed_codecs:
