@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from aiprod.core.errors import AiprodError
+
+if TYPE_CHECKING:
+    from aiprod.data.manifest import ClipRecord
+
+Progressed = Callable[[int, int], None]
 
 app = typer.Typer(
     name="data",
@@ -53,7 +59,7 @@ WorkersOpt = Annotated[
 DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder (holds manifest.parquet).")]
 
 
-def _load(dataset: Path) -> list:  # list[ClipRecord]
+def _load(dataset: Path) -> list[ClipRecord]:
     from aiprod.data.manifest import read_manifest
 
     return read_manifest(dataset)
@@ -68,12 +74,13 @@ def _table(title: str, rows: dict[str, object]) -> None:
     Console().print(t)
 
 
-def _staged(name: str, dataset: Path, fn, records: list) -> list:  # noqa: ANN001
+def _staged(
+    name: str, fn: Callable[[Progressed], list[ClipRecord]], records: list[ClipRecord]
+) -> list[ClipRecord]:
+    """Run one stage over ``records`` with a progress bar; ``fn(on_progress)`` does the work."""
     with _progress() as progress:
         task = progress.add_task(name, total=max(1, len(records)))
-        return fn(
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total)
-        )
+        return fn(lambda done, total: progress.update(task, completed=done, total=total))
 
 
 @app.command()
@@ -156,7 +163,7 @@ def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt 
         cfg = load_config(config)
         recs = _load(dataset)
         recs = _staged(
-            "validating", dataset,
+            "validating",
             lambda on_progress: run(recs, cfg.validate_, workers=workers, on_progress=on_progress),
             recs,
         )  # fmt: skip
@@ -182,7 +189,7 @@ def split(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = N
         recs = _load(dataset)
         before = len(recs)
         recs = _staged(
-            "splitting", dataset,
+            "splitting",
             lambda on_progress: run(recs, cfg.split, workers=workers, on_progress=on_progress),
             recs,
         )  # fmt: skip
@@ -206,7 +213,7 @@ def normalize(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt
         cfg = load_config(config)
         recs = _load(dataset)
         recs = _staged(
-            "normalizing", dataset,
+            "normalizing",
             lambda on_progress: run(
                 recs, cfg.normalize, dataset, workers=workers, on_progress=on_progress
             ),
