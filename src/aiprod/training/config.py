@@ -88,6 +88,7 @@ class PhaseConfig(_Strict):
     # vae phases: extra loss weight on pixels far from their frame's median colour (the
     # subjects), so small objects are not drowned by the background; 0 = plain mean
     fg_weight: float = Field(default=0.0, ge=0)
+    l1_weight: float = Field(default=0.5, ge=0, description="vae phases: loss = mse + this * L1")
 
     @model_validator(mode="after")
     def _check(self) -> PhaseConfig:

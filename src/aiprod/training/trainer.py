@@ -387,7 +387,7 @@ class Trainer:
         mse = (err.pow(2) * w).mean() / w.mean()
         l1 = (err.abs() * w).mean() / w.mean()
         kl = dist.kl().mean() / dist.mean[0].numel()
-        loss = mse + 0.5 * l1 + run.cfg.kl_weight * kl
+        loss = mse + run.cfg.l1_weight * l1 + run.cfg.kl_weight * kl
         return loss, {
             "shape": tuple(x.shape),
             "latent_shape": tuple(z.shape),
