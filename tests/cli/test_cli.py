@@ -75,6 +75,13 @@ def test_errors_are_one_line_and_non_zero(env: dict[str, str]) -> None:
     bad = runner.invoke(app, ["db", "upgrade"], env={**env, "AIPROD_DATABASE_URL": "nosuchdb://x"})
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "AIPROD_DATABASE_URL" in bad.stderr or "unsupported database" in bad.stderr
+    down = runner.invoke(
+        app,
+        ["db", "upgrade"],
+        env={**env, "AIPROD_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"},
+    )
+    assert down.exit_code == 1 and len(down.stderr.strip().splitlines()) == 1
+    assert "database error" in down.stderr and "AIPROD_DATABASE_URL" in down.stderr
     res = runner.invoke(app, ["keys", "create", "--name", " "], env=env)
     assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
     weak = runner.invoke(

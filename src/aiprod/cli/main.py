@@ -102,6 +102,7 @@ def one_line_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
+        from sqlalchemy.exc import SQLAlchemyError
 
         try:
             return fn(*args, **kwargs)
@@ -113,6 +114,11 @@ def one_line_errors(fn: F) -> F:
             raise fail(f"setting AIPROD_{loc.upper()}: {first['msg']}", 2) from None
         except OSError as exc:
             raise fail(str(exc)) from None
+        except SQLAlchemyError as exc:  # database unreachable, wrong credentials, ...
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise fail(
+                f"database error: {first} (check AIPROD_DATABASE_URL and that the server is up)"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
