@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiprod.core.errors import AiprodError
@@ -66,6 +67,18 @@ def install_error_handlers(app: FastAPI) -> None:
             codes.get(exc.status_code, "http_error"),
             str(exc.detail),
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database is unreachable or overloaded (e.g. SQLite busy past its timeout):
+        # a temporary condition, not a bug in the request.
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return error_response(
+            503,
+            "unavailable",
+            "the database is temporarily unavailable; retry in a few seconds",
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)
