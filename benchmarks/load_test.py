@@ -478,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-log", type=Path, help="own server: keep its log here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = ap.parse_args(argv)
+    # SIGTERM (e.g. `timeout`) unwinds normally, so the server and workers it started stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.url and not args.api_key:
         ap.error("--url needs --api-key (or AIPROD_API_KEY)")
     if args.url and not args.url.startswith("http://"):
