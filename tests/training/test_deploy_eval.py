@@ -41,6 +41,8 @@ def test_eval_writes_json_html_png(run_dir: Path, tmp_path: Path) -> None:
     )
     data = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert data["metrics"]["fvd_extractor"] == "pixel-stats-v1"
+    assert set(data["metrics"]["autoencoder_ceiling"]) >= {"color_accuracy", "count_accuracy"}
+    assert data["metrics"]["reference_scorer_ceiling"]["color_accuracy"] == 1.0
     for k in (
         "color_accuracy",
         "shape_accuracy",
