@@ -60,3 +60,22 @@ def test_fingerprint_ignores_logging_but_not_training(tmp_path: Path) -> None:
 def test_lora_refuses_vae_phase(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode=lora"):
         TrainConfig.model_validate(tiny_config(tmp_path, mode="lora"))
+
+
+def test_phase_lr_warmup_then_cosine_to_floor() -> None:
+    from aiprod.training.config import PhaseConfig
+    from aiprod.training.trainer import PhaseLR
+
+    phase = PhaseConfig.model_validate(
+        {
+            "name": "p",
+            "data": {"synth": {"phase": 1, "count": 1}},
+            "steps": 110,
+            "buckets": [[32, 32, 9]],
+            "lr": {"peak": 1.0, "warmup_steps": 10, "schedule": "cosine", "min_ratio": 0.1},
+        }
+    )
+    lr = PhaseLR(phase, 110)
+    assert lr.lr(0) == pytest.approx(0.1) and lr.lr(9) == pytest.approx(1.0)
+    assert lr.lr(10) == pytest.approx(1.0) and lr.lr(60) == pytest.approx(0.55)
+    assert lr.lr(110) == pytest.approx(0.1)
