@@ -217,9 +217,10 @@ def _raise_for(response: httpx.Response) -> None:
 class Client:
     """Synchronous client. ``api_key`` defaults to ``$AIPROD_API_KEY``.
 
-    ``max_retries`` covers 429 answers (waiting ``Retry-After``) and, for GETs, connection
-    errors; a POST that may have reached the server is never repeated unless it carries an
-    ``Idempotency-Key`` (``generate`` sends one unless told not to).
+    ``max_retries`` covers 429 answers (waiting ``Retry-After``) and, for GETs and idempotent
+    POSTs, 503 answers and connection errors; a POST that may have reached the server is never
+    repeated unless it carries an ``Idempotency-Key`` (``generate`` sends one unless told not
+    to).
     """
 
     def __init__(
@@ -268,7 +269,8 @@ class Client:
                 attempt += 1
                 time.sleep(min(0.5 * 2**attempt, 5.0))
                 continue
-            if response.status_code == 429 and attempt < self.max_retries:
+            retryable = response.status_code == 429 or (response.status_code == 503 and safe)
+            if retryable and attempt < self.max_retries:
                 attempt += 1
                 retry = response.headers.get("Retry-After", "1")
                 try:

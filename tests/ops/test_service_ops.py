@@ -20,6 +20,7 @@ from aiprod.client import (
     NotFoundError,
     PermissionDenied,
     RateLimitError,
+    ServiceUnavailable,
     ValidationError,
 )
 from aiprod.core.media import read_video
@@ -211,6 +212,10 @@ def test_readyz_follows_database_and_workers(tmp_path):
                     assert code == 503 and body["checks"]["database"].startswith("error")
                     assert any("database unreachable" in r for r in body["reasons"])
                     assert value(scrape(c), "aiprod_database_up") == 0
+                    with Client(stack.url, api_key="aiprod_sk_any", max_retries=0) as client:
+                        with pytest.raises(ServiceUnavailable) as down:
+                            client.models()
+                        assert down.value.response.headers["retry-after"]
                 finally:
                     with admin.connect() as conn:
                         conn.execute(text(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true'))
