@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from aiprod.core.settings import Settings
+from aiprod.db.models import RateLimitWindow
+from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.service.app import create_app
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.security import generate_key, hash_key, webhook_secret
@@ -27,14 +29,24 @@ def test_unreachable_database_is_a_503_not_a_500(tmp_path: Path) -> None:
         assert c.get("/healthz").status_code == 200
 
 
-def test_rate_limiter_fixed_window() -> None:
+def test_rate_limiter_fixed_window_in_the_database(db_url: str) -> None:
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
     rl = RateLimiter(window_seconds=60)
-    states = [rl.hit("k", 2, now=120.0 + i) for i in range(3)]
+
+    def hit(key: str, now: float):  # type: ignore[no-untyped-def]
+        with session_scope(sessions) as s:
+            return rl.hit(s, key, 2, now=now)
+
+    states = [hit("k", 120.0 + i) for i in range(3)]
     assert [s.allowed for s in states] == [True, True, False]
     assert [s.remaining for s in states] == [1, 0, 0]
     assert states[-1].reset_seconds == 58
-    assert rl.hit("other", 2, now=122.0).allowed  # per key
-    assert rl.hit("k", 2, now=180.0).allowed  # next window
+    assert hit("other", 122.0).allowed  # per key
+    assert hit("k", 180.0).allowed  # next window
+    with session_scope(sessions) as s:  # the old window was dropped
+        assert s.query(RateLimitWindow).filter_by(api_key_id="k").count() == 1
+    engine.dispose()
 
 
 def test_keys_are_random_and_only_hashed() -> None:

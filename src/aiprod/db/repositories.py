@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from aiprod.db.models import (
     CostLog,
     Job,
     ModelTiming,
+    RateLimitWindow,
     ServiceState,
     WebhookDelivery,
     Worker,
@@ -487,3 +488,30 @@ class WorkerRepository:
 
     def all(self) -> Sequence[Worker]:
         return self.s.execute(select(Worker).order_by(Worker.started_at)).scalars().all()
+
+
+class RateLimitRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def hit(self, api_key_id: str, window_start: int) -> int:
+        """Count one request in the key's window (atomic upsert); returns the window's count."""
+        dialect = self.s.get_bind().dialect.name
+        table = RateLimitWindow.__table__
+        ins = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+        stmt = (
+            ins.values(api_key_id=api_key_id, window_start=window_start, hits=1)
+            .on_conflict_do_update(
+                index_elements=["api_key_id", "window_start"], set_={"hits": table.c.hits + 1}
+            )
+            .returning(table.c.hits)
+        )
+        hits = int(self.s.execute(stmt).scalar_one())
+        if hits == 1:  # first request of a new window: forget the key's older windows
+            self.s.execute(
+                delete(RateLimitWindow).where(
+                    RateLimitWindow.api_key_id == api_key_id,
+                    RateLimitWindow.window_start < window_start,
+                )
+            )
+        return hits

@@ -57,7 +57,7 @@ def get_api_key(request: Request, state: StateDep) -> AuthedKey:
         if row is None or not row.active:
             raise Unauthorized("invalid or revoked API key")
         limit = row.rate_limit_per_minute or state.settings.rate_limit_per_minute
-        rate = state.limiter.hit(row.id, limit)
+        rate = state.limiter.hit(session, row.id, limit)
         request.state.api_key_id = row.id
         request.state.rate = rate
         repo.touch(row.id)
