@@ -207,6 +207,7 @@ def test_compose_config_is_valid_and_complete(tmp_path):
     assert api_env["AIPROD_DATABASE_URL"].startswith("postgresql+psycopg://")
     prom_mounts = [v["source"] for v in services["prometheus"]["volumes"]]
     assert str(ROOT / "deploy" / "prometheus.yml") in prom_mounts
+    assert str(ROOT / "deploy" / "alerts.yml") in prom_mounts
 
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     job = prom["scrape_configs"][0]

@@ -199,3 +199,28 @@ def test_unreachable_database_gives_database_up_zero(tmp_path):
         sessions=broken, storage_root=tmp_path / "out", worker_live_seconds=60, min_free_bytes=0
     )
     assert not report.ready and report.checks["database"].startswith("error")
+
+
+def test_alert_rules_use_metrics_the_app_exposes(factory, tmp_path):
+    """deploy/alerts.yml must not reference a series name that /metrics never produces."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    with factory.begin() as s:
+        s.add(Worker(id="w", hostname="h", pid=1, device="cuda", status="idle"))
+        publish_gpu_stats(s, "w", [GpuStat(0, "GPU", 1, 2, 3.0, 4.0)])
+        s.add(_job(1, "succeeded", started_at=datetime.now(UTC), completed_at=datetime.now(UTC)))
+    m = ServiceMetrics(session_factory=factory, storage_path=tmp_path)
+    m.observe_request(method="GET", route="/api/v1/jobs/{job_id}", status=200, seconds=0.01)
+    exposed = {name for name, _ in _series(m)}
+
+    rules = yaml.safe_load((root / "deploy" / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert len(rules) >= 8
+    prom = yaml.safe_load((root / "deploy" / "prometheus.yml").read_text())
+    assert prom["rule_files"] == ["alerts.yml"]
+    for rule in rules:
+        assert rule["alert"] and rule["annotations"]["summary"]
+        for name in re.findall(r"\baiprod_[a-z_]+", rule["expr"]):
+            assert name in exposed, f"{rule['alert']}: {name} is not exposed"
