@@ -224,3 +224,50 @@ def test_alert_rules_use_metrics_the_app_exposes(factory, tmp_path):
         assert rule["alert"] and rule["annotations"]["summary"]
         for name in re.findall(r"\baiprod_[a-z_]+", rule["expr"]):
             assert name in exposed, f"{rule['alert']}: {name} is not exposed"
+
+
+def test_scrapes_and_probes_do_not_wait_for_the_sqlite_write_lock(tmp_path):
+    """A writer holding SQLite's lock (a worker mid-transaction) must not stall /metrics."""
+    import sqlite3
+    import time
+
+    from aiprod.service.observability import _read_sessions
+
+    db = tmp_path / "lock.db"
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    engine = make_engine(url)
+    reads = _read_sessions(engine, make_sessionmaker(engine))
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute(
+        "INSERT INTO service_state (key, value, updated_at) VALUES ('x', 'y', '2026-01-01')"
+    )
+    try:
+        t0 = time.monotonic()
+        x = _series(ServiceMetrics(session_factory=reads))
+        report = check_readiness(
+            sessions=reads, storage_root=tmp_path / "out", worker_live_seconds=60, min_free_bytes=0
+        )
+        assert time.monotonic() - t0 < 5  # the app's own engine would wait up to 30 s here
+        assert x[("aiprod_database_up", ())] == 1
+        assert report.checks["database"] == "ok" and report.checks["migrations"] == "ok"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        engine.dispose()
+
+
+def test_readiness_of_a_database_never_migrated(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    report = check_readiness(
+        sessions=make_sessionmaker(engine),
+        storage_root=tmp_path / "out",
+        worker_live_seconds=60,
+        min_free_bytes=0,
+    )
+    engine.dispose()
+    assert not report.ready
+    assert report.checks["database"] == "ok" and report.checks["migrations"] == "not applied"
+    assert report.checks["workers"] == "unknown"
+    assert any("aiprod db upgrade" in r for r in report.reasons)

@@ -98,6 +98,10 @@ def check_readiness(
                     f"database is at migration {current or 'none'}, the code needs {head}: "
                     "run `aiprod db upgrade`",
                 )
+            if current is None:
+                # Never migrated: there is no workers table to ask.
+                r.checks["workers"] = "unknown"
+                return _check_storage(r, storage_root, min_free_bytes)
             live = _live_workers(session, worker_live_seconds)
             r.checks["workers"] = live
             r.details["workers"] = {"live": live, "window_seconds": worker_live_seconds}
@@ -124,6 +128,15 @@ def check_readiness(
         )
         r.checks.setdefault("migrations", "unknown")
         r.checks.setdefault("workers", "unknown")
+
+    return _check_storage(r, storage_root, min_free_bytes)
+
+
+def _check_storage(r: Readiness, storage_root: Path, min_free_bytes: int) -> Readiness:
+    def fail(check: str, value: Any, reason: str) -> None:
+        r.checks[check] = value
+        r.reasons.append(reason)
+        r.ready = False
 
     # Storage: a real write, then free space.
     r.details["storage"] = {"path": str(storage_root)}

@@ -28,6 +28,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -111,6 +113,32 @@ class ObservabilityMiddleware:
             request_id_var.reset(token)
 
 
+def _read_sessions(engine: Engine, sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for scrapes and readiness probes, which only read.
+
+    aiprod's SQLite engine opens every transaction with BEGIN IMMEDIATE (the database's one
+    write lock); a scrape's aggregate queries must not hold that lock against the workers and
+    the API. A second engine on the same file without that hook reads from WAL snapshots
+    without taking it (``query_only`` makes sure it never writes). PostgreSQL: the app's own.
+    """
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return sessions
+    if engine.url.database == ":memory:":
+        return sessions
+    reader = create_engine(
+        engine.url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=2,
+        max_overflow=8,
+    )
+
+    @event.listens_for(reader, "connect")
+    def _read_only(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA query_only=ON")
+
+    return sessionmaker(reader, expire_on_commit=False)
+
+
 def _include_first(app: FastAPI, router: APIRouter) -> None:
     """Include ``router`` ahead of the routes already there, so its paths take precedence.
 
@@ -165,8 +193,9 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     opts = ObservabilitySettings()
     live_seconds = opts.worker_live_seconds or 2.0 * float(st.settings.lease_seconds)
     storage_root = st.storage.root
+    reads = _read_sessions(st.engine, st.sessions)
     metrics = ServiceMetrics(
-        session_factory=st.sessions,
+        session_factory=reads,
         storage_path=storage_root,
         worker_live_seconds=live_seconds,
     )
@@ -188,7 +217,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     @router.get("/readyz", summary=READYZ_SUMMARY, description=READYZ_DESCRIPTION)
     def readiness() -> JSONResponse:
         report = check_readiness(
-            sessions=st.sessions,
+            sessions=reads,
             storage_root=storage_root,
             worker_live_seconds=live_seconds,
             min_free_bytes=int(opts.min_free_disk_mb * 2**20),
