@@ -51,18 +51,19 @@ def main() -> int:
     from aiprod.training.trainer import Trainer
 
     base = load_config(args.config)
+    tp = next(p for p in base.phases if p.target == "transformer")
     tmp = Path(tempfile.mkdtemp(prefix="aiprod-bench-"))
-    phase = base.phases[1].model_copy(
+    phase = tp.model_copy(
         update={
             "name": "bench",
-            "data": base.phases[1].data.model_copy(
-                update={"synth": base.phases[1].data.synth.model_copy(update={"count": args.clips})}
+            "data": tp.data.model_copy(
+                update={"synth": tp.data.synth.model_copy(update={"count": args.clips})}
             ),
             "steps": 10**6,
             "batch_size": args.batch_size,
             "buckets": [(args.size, args.size, args.frames)],
             "caption_dropout": 0.0,
-            "lr": base.phases[1].lr.model_copy(update={"warmup_steps": 0, "schedule": "constant"}),
+            "lr": tp.lr.model_copy(update={"warmup_steps": 0, "schedule": "constant"}),
         }
     )
     cfg = base.model_copy(
