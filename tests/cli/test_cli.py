@@ -117,3 +117,18 @@ def test_generate_direct_writes_a_playable_mp4(env: dict[str, str], tmp_path: Pa
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.mp4").exists()
     wrong = runner.invoke(app, ["generate", "x", "-o", str(tmp_path / "y.gif")], env=env)
     assert wrong.exit_code == 1 and ".mp4" in wrong.stderr
+    # image-to-video, and a file that is not an image
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "green.png")
+    i2v = tmp_path / "i2v.mp4"
+    res = runner.invoke(
+        app, ["generate", "grass", "-o", str(i2v), "--image", str(tmp_path / "green.png")], env=env
+    )
+    assert res.exit_code == 0, res.output
+    assert read_video(i2v)[0].shape == (9, 32, 32, 3)
+    (tmp_path / "fake.png").write_bytes(b"not an image")
+    bad_img = runner.invoke(
+        app, ["generate", "x", "-o", str(i2v), "--image", str(tmp_path / "fake.png")], env=env
+    )
+    assert bad_img.exit_code == 1 and "image" in bad_img.stderr
