@@ -216,8 +216,14 @@ class TrainConfig(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the training trajectory (not logging/paths)."""
-        data = self.model_dump(mode="json", exclude={"output_dir", "monitor", "checkpoint"})
+        """Hash of everything that changes the training trajectory (not logging/paths).
+
+        Fields left at their defaults are omitted, so adding a new optional field to the
+        schema does not invalidate the checkpoints of existing runs.
+        """
+        data = self.model_dump(
+            mode="json", exclude={"output_dir", "monitor", "checkpoint"}, exclude_defaults=True
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
