@@ -95,3 +95,14 @@ def test_dry_run_one_batch_per_phase(tmp_path: Path) -> None:
     assert report[1]["batch_shape"][1:] == (8, 5, 4, 4)  # 8x spatial, 2x temporal: 9 -> 5
     assert report[-1]["out_shape"][-2:] == (8, 8)  # 32px latents (4x4) upsampled x2
     assert not (tmp_path / "d" / "checkpoints").exists()
+
+
+def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "bf", precision="bf16", gradient_checkpointing=True)
+    data["phases"] = [data["phases"][0], data["phases"][1]]
+    losses: list[float] = []
+    Trainer(
+        TrainConfig.model_validate(data),
+        on_event=lambda k, d: losses.append(d["loss"]) if k == "log" else None,
+    ).train()
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
