@@ -179,7 +179,15 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-        self.accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision=mp)
+        try:
+            self.accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision=mp)
+        except ValueError:
+            # accelerate keeps one process-wide state; a second trainer in the same
+            # (non-distributed) process with another precision must reset it first.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state()
+            self.accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision=mp)
         self.on_event = on_event or (lambda kind, data: None)
         self.fingerprint = cfg.fingerprint()
         self.noise = torch.Generator().manual_seed(cfg.seed)
