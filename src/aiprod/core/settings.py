@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./aiprod-data")
     database_url: str | None = None  # default: sqlite file in data_dir
     storage_url: str | None = None  # default: data_dir/outputs; s3://bucket/prefix for S3
+    # S3-compatible storage: endpoint for MinIO/R2/etc. (unset: AWS); credentials come from the
+    # standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance role).
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None  # default: AWS_DEFAULT_REGION / AWS config
     models_file: Path | None = None  # default: the models.toml shipped in the package
     secret_key: str | None = None  # default: generated into data_dir/secret_key on first use
     rate_limit_per_minute: int = Field(default=100, ge=1)

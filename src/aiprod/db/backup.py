@@ -423,7 +423,7 @@ def register_db_commands(db_app: typer.Typer) -> None:
 
         def run() -> None:
             from aiprod.db.session import make_engine, make_sessionmaker
-            from aiprod.service.storage import open_storage
+            from aiprod.service.storage import open_storage, output_deleter
 
             settings = _settings()
             if days is None:
@@ -439,7 +439,7 @@ def register_db_commands(db_app: typer.Typer) -> None:
                 result = apply_retention(
                     make_sessionmaker(engine),
                     days=chosen,
-                    delete_output=delete_local_output(open_storage(settings).root),
+                    delete_output=output_deleter(open_storage(settings)),
                 )
             finally:
                 engine.dispose()

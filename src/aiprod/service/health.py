@@ -68,10 +68,11 @@ class Readiness:
 def check_readiness(
     *,
     sessions: sessionmaker[Session],
-    storage_root: Path,
+    storage_root: Path | None,
     worker_live_seconds: float,
     min_free_bytes: int,
     require_worker: bool = True,
+    storage: Any = None,
 ) -> Readiness:
     """Run every readiness check (none raises) and collect the results."""
     r = Readiness(ready=True)
@@ -101,7 +102,7 @@ def check_readiness(
             if current is None:
                 # Never migrated: there is no workers table to ask.
                 r.checks["workers"] = "unknown"
-                return _check_storage(r, storage_root, min_free_bytes)
+                return _check_storage(r, storage_root, min_free_bytes, storage)
             live = _live_workers(session, worker_live_seconds)
             r.checks["workers"] = live
             r.details["workers"] = {"live": live, "window_seconds": worker_live_seconds}
@@ -129,14 +130,26 @@ def check_readiness(
         r.checks.setdefault("migrations", "unknown")
         r.checks.setdefault("workers", "unknown")
 
-    return _check_storage(r, storage_root, min_free_bytes)
+    return _check_storage(r, storage_root, min_free_bytes, storage)
 
 
-def _check_storage(r: Readiness, storage_root: Path, min_free_bytes: int) -> Readiness:
+def _check_storage(
+    r: Readiness, storage_root: Path | None, min_free_bytes: int, storage: Any = None
+) -> Readiness:
     def fail(check: str, value: Any, reason: str) -> None:
         r.checks[check] = value
         r.reasons.append(reason)
         r.ready = False
+
+    if storage_root is None:  # object storage (S3): a real write; no local disk to measure
+        r.details["storage"] = {"url": storage.describe()}
+        r.checks["disk"] = "n/a"
+        try:
+            storage.check_writable()
+            r.checks["storage"] = "ok"
+        except Exception as exc:  # StorageError or an unexpected client failure
+            fail("storage", "not writable", f"output storage is not writable: {exc}")
+        return r
 
     # Storage: a real write, then free space.
     r.details["storage"] = {"path": str(storage_root)}

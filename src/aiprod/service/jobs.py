@@ -33,7 +33,7 @@ from aiprod.db.repositories import (
     WebhookRepository,
     WorkerRepository,
 )
-from aiprod.service.storage import LocalStorage, input_key
+from aiprod.service.storage import Storage, input_key
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_METADATA_BYTES = 8 * 1024
@@ -177,7 +177,7 @@ def create_job(
     priority: int,
     body: GenerateBody,
     registry: Registry,
-    storage: LocalStorage,
+    storage: Storage,
     settings: Settings,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:

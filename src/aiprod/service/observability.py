@@ -34,9 +34,10 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiprod.core.logging import request_id_var
-from aiprod.db.backup import apply_retention, delete_local_output
+from aiprod.db.backup import apply_retention
 from aiprod.service.health import ObservabilitySettings, check_readiness
 from aiprod.service.metrics import ServiceMetrics
+from aiprod.service.storage import output_deleter
 
 http_log = logging.getLogger("aiprod.http")
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     st = state if state is not None else app.state.aiprod
     opts = ObservabilitySettings()
     live_seconds = opts.worker_live_seconds or 2.0 * float(st.settings.lease_seconds)
-    storage_root = st.storage.root
+    storage_root = st.storage.local_root  # None for S3: no local disk to measure
     reads = _read_sessions(st.engine, st.sessions)
     metrics = ServiceMetrics(
         session_factory=reads,
@@ -219,6 +220,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         report = check_readiness(
             sessions=reads,
             storage_root=storage_root,
+            storage=st.storage,
             worker_live_seconds=live_seconds,
             min_free_bytes=int(opts.min_free_disk_mb * 2**20),
             require_worker=opts.ready_requires_worker,
@@ -238,7 +240,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
             lambda: apply_retention(
                 st.sessions,
                 days=float(opts.retention_days),  # type: ignore[arg-type]
-                delete_output=delete_local_output(storage_root),
+                delete_output=output_deleter(st.storage),
             ),
             interval=opts.retention_interval_seconds,
         )

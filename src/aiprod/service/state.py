@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
 from aiprod.service.ratelimit import RateLimiter
-from aiprod.service.storage import LocalStorage
+from aiprod.service.storage import LocalStorage, S3Storage
 
 
 @dataclass
@@ -19,6 +19,6 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     registry: Registry
-    storage: LocalStorage
+    storage: LocalStorage | S3Storage
     limiter: RateLimiter
     secret: str

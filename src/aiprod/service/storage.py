@@ -1,23 +1,59 @@
-"""Where job inputs and output MP4s live. Local disk (default: ``<data_dir>/outputs``).
+"""Where job inputs and output MP4s live: local disk (default: ``<data_dir>/outputs``) or an
+S3-compatible bucket (``AIPROD_STORAGE_URL=s3://bucket/prefix``).
 
 Keys are relative paths (``<job_id>.mp4``, ``inputs/<job_id>.img``) stored in the jobs table, so
-the API and every worker resolve them against the same root. No FastAPI, no torch.
+the API and every worker resolve them against the same root. Both backends implement
+``Storage``; a missing key raises ``FileNotFoundError`` from either. No FastAPI, no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
-from aiprod.core.errors import ConfigError
+from aiprod.core.errors import AiprodError, ConfigError
 from aiprod.core.settings import Settings
+
+CHUNK = 256 * 1024
+
+
+class StorageError(AiprodError):
+    """Object storage failed or refused a request (unreachable, no bucket, access denied)."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+
+class Storage(Protocol):
+    """What the API, the workers and retention need from storage."""
+
+    #: The folder on this machine holding the files, or None for remote (object) storage.
+    local_root: Path | None
+
+    def describe(self) -> str: ...
+    def write_bytes(self, key: str, data: bytes) -> Any: ...
+    def staged_path(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int | None: ...
+    def iter_range(self, key: str, start: int, length: int) -> Iterator[bytes]: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> int | None: ...
+    def check_writable(self) -> None: ...
 
 
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.local_root: Path | None = self.root
+
+    def describe(self) -> str:
+        return str(self.root)
 
     def path(self, key: str) -> Path:
         p = (self.root / key).resolve()
@@ -37,14 +73,176 @@ class LocalStorage:
             tmp.unlink(missing_ok=True)
         return dest
 
+    @contextlib.contextmanager
+    def staged_path(self, key: str) -> Iterator[Path]:
+        """The path to write ``key``'s file at (locally: the final path itself)."""
+        yield self.path(key)
+
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
+
+    def size(self, key: str) -> int | None:
+        p = self.path(key)
+        return p.stat().st_size if p.is_file() else None
+
+    def iter_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        with self.path(key).open("rb") as f:
+            f.seek(start)
+            left = length
+            while left > 0:
+                data = f.read(min(CHUNK, left))
+                if not data:
+                    break
+                left -= len(data)
+                yield data
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def check_writable(self) -> None:
+        """Raise OSError unless a file can be written under the root."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+
+class S3Storage:
+    """Objects ``<prefix><key>`` in one bucket. An object appears complete or not at all (S3
+    PUT and multipart uploads are atomic), so readers never see a half-written MP4."""
+
+    local_root: Path | None = None
+
+    def __init__(self, *, bucket: str, prefix: str, client: Any) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, endpoint_url: str | None = None, region: str | None = None
+    ) -> S3Storage:
+        """``s3://bucket/prefix`` -> storage; credentials from the standard AWS chain."""
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        if not bucket:
+            raise ConfigError(f"AIPROD_STORAGE_URL={url!r} names no bucket: use s3://bucket/prefix")
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigError(
+                "AIPROD_STORAGE_URL=s3://... needs boto3: pip install 'aiprod[s3]'"
+            ) from None
+        # Path-style addressing works with every S3-compatible server (MinIO, R2, Ceph, moto).
+        config = Config(
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            retries={"max_attempts": 5, "mode": "standard"},
+        )
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        return cls(bucket=bucket, prefix=prefix, client=client)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def object_key(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"storage key {key!r} is not a plain relative path")
+        return self.prefix + key
+
+    def _fail(self, exc: Exception, action: str, key: str) -> AiprodError:
+        """Turn a boto error into FileNotFoundError (missing) or a one-line StorageError."""
+        where = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.describe()
+        code = ""
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"{where} does not exist") from exc
+        hint = {
+            "NoSuchBucket": "create the bucket or fix AIPROD_STORAGE_URL",
+            "AccessDenied": "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID",
+            "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY",
+        }.get(code, "check AIPROD_S3_ENDPOINT_URL, the credentials and that the server is up")
+        return StorageError(f"cannot {action} {where} ({code or type(exc).__name__}): {hint}")
+
+    def _call(self, action: str, key: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, action, key) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        self._call("write", key, self.client.put_object, Key=self.object_key(key), Body=data)
+        return self.object_key(key)
+
+    @contextlib.contextmanager
+    def staged_path(self, key: str) -> Iterator[Path]:
+        """A local temp file to write ``key``'s file at; uploaded when the block ends
+        without an error, deleted either way."""
+        fd, name = tempfile.mkstemp(prefix="aiprod-", suffix=Path(key).suffix)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            from boto3.exceptions import S3UploadFailedError
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                self.client.upload_file(str(tmp), self.bucket, self.object_key(key))
+            except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+                raise self._fail(exc, "upload", key) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_bytes(self, key: str) -> bytes:
+        obj = self._call("read", key, self.client.get_object, Key=self.object_key(key))
+        data: bytes = obj["Body"].read()
+        return data
+
+    def size(self, key: str) -> int | None:
+        try:
+            head = self._call("stat", key, self.client.head_object, Key=self.object_key(key))
+        except FileNotFoundError:
+            return None
+        return int(head["ContentLength"])
+
+    def iter_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        if length <= 0:
+            return
+        obj = self._call(
+            "read",
+            key,
+            self.client.get_object,
+            Key=self.object_key(key),
+            Range=f"bytes={start}-{start + length - 1}",
+        )
+        body = obj["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def delete(self, key: str) -> int:
+        """Delete the object; returns its size in bytes (0 if it was already gone)."""
+        size = self.size(key) or 0
+        self._call("delete", key, self.client.delete_object, Key=self.object_key(key))
+        return size
+
+    def check_writable(self) -> None:
+        """Raise StorageError unless an object can be written and deleted under the prefix."""
+        key = f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        self.write_bytes(key, b"ok")
+        self._call("delete", key, self.client.delete_object, Key=self.object_key(key))
 
 
 def output_key(job_id: str) -> str:
@@ -55,12 +253,20 @@ def input_key(job_id: str) -> str:
     return f"inputs/{job_id}.img"
 
 
-def open_storage(settings: Settings) -> LocalStorage:
+def output_deleter(storage: Storage) -> Callable[[str], int]:
+    """A retention ``delete_output`` for ``storage``: removes one output, returns bytes freed."""
+    if isinstance(storage, LocalStorage):
+        from aiprod.db.backup import delete_local_output
+
+        return delete_local_output(storage.root)
+    return lambda key: storage.delete(key) or 0
+
+
+def open_storage(settings: Settings) -> LocalStorage | S3Storage:
     url = settings.resolved_storage_url
     if url.startswith("s3://"):
-        raise ConfigError(
-            "AIPROD_STORAGE_URL=s3://... is not supported by this build yet; "
-            "use a local folder (or a mounted bucket) path"
+        return S3Storage.from_url(
+            url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
         )
     if url.startswith("file://"):
         url = url[len("file://") :]

@@ -36,7 +36,7 @@ from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepo
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.service.jobs import on_terminal
 from aiprod.service.metrics import report_gpu_stats
-from aiprod.service.storage import LocalStorage, open_storage, output_key
+from aiprod.service.storage import Storage, open_storage, output_key
 from aiprod.service.webhooks import WebhookDispatcher
 
 log = logging.getLogger("aiprod.worker")
@@ -72,7 +72,7 @@ class Worker:
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.registry: Registry = load_registry(settings.models_file)
-        self.storage: LocalStorage = open_storage(settings)
+        self.storage: Storage = open_storage(settings)
         self.secret = settings.resolved_secret_key()
         self.pipelines: dict[str, Any] = {}
         self.stop_event = threading.Event()
@@ -290,15 +290,17 @@ class Worker:
             from aiprod.core.media import write_mp4
 
             key = output_key(job.id)
-            path = write_mp4(
-                self.storage.path(key),
-                video.frames,
-                video.fps,
-                audio=video.audio,
-                sample_rate=video.audio_sample_rate,
-            )
-            seconds = time.perf_counter() - t0
-            data = path.read_bytes()
+            # S3: written to a local temp file, then uploaded (the object appears whole).
+            with self.storage.staged_path(key) as staged:
+                path = write_mp4(
+                    staged,
+                    video.frames,
+                    video.fps,
+                    audio=video.audio,
+                    sample_rate=video.audio_sample_rate,
+                )
+                seconds = time.perf_counter() - t0
+                data = path.read_bytes()
             self._succeed(job, entry, key, data, seconds)
         except GenerationCanceled:
             self._canceled(job, cur, time.perf_counter() - t0)

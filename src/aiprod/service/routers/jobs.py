@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -123,19 +121,6 @@ def cancel(
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-CHUNK = 256 * 1024
-
-
-def _iter_file(path: Path, start: int, length: int) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        f.seek(start)
-        left = length
-        while left > 0:
-            data = f.read(min(CHUNK, left))
-            if not data:
-                break
-            left -= len(data)
-            yield data
 
 
 @router.get(
@@ -159,10 +144,10 @@ def download(
             f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
             code="not_ready",
         )
-    path = state.storage.path(job.output_path)
-    if not path.is_file():
+    storage, out_key = state.storage, job.output_path
+    size = storage.size(out_key)  # local file or S3 object; streamed either way
+    if size is None:
         raise NotFound(f"the output of job {job.id} is no longer in storage")
-    size = path.stat().st_size
     etag = f'"{job.output_sha256 or job.id}"'
     headers = {
         "ETag": etag,
@@ -197,13 +182,15 @@ def download(
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers["Content-Length"] = str(length)
         return StreamingResponse(
-            _iter_file(path, start, length),
+            storage.iter_range(out_key, start, length),
             status_code=206,
             media_type="video/mp4",
             headers=headers,
         )
     headers["Content-Length"] = str(size)
-    return StreamingResponse(_iter_file(path, 0, size), media_type="video/mp4", headers=headers)
+    return StreamingResponse(
+        storage.iter_range(out_key, 0, size), media_type="video/mp4", headers=headers
+    )
 
 
 @router.get("/models", summary="Models this server can run")
