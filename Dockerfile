@@ -36,8 +36,8 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 aiprod \
     && mkdir -p /data && chown aiprod:aiprod /data
 COPY --from=wheel /wheels /wheels
-# The base dependencies only (no [engine] extra): the API process never imports torch.
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# The base dependencies (+ boto3 for S3 storage), no [engine] extra: the API never imports torch.
+RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[s3]" && rm -rf /wheels
 COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER aiprod
 WORKDIR /data
@@ -71,7 +71,7 @@ ENV PATH=/opt/venv/bin:$PATH
 # resolves a different build (the engine extra brings nvidia-ml-py for the GPU stats).
 RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}"
 COPY --from=wheel /wheels /wheels
-RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[engine]" && rm -rf /wheels
+RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[engine,s3]" && rm -rf /wheels
 COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER aiprod
 WORKDIR /data
