@@ -145,6 +145,9 @@ def test_missing_bucket_is_a_clear_error(s3_endpoint: str) -> None:
         st.check_writable()
     assert "NoSuchBucket" in exc.value.message and "create the bucket" in exc.value.message
     assert exc.value.status_code == 503
+    down = S3Storage.from_url("s3://b/p", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StorageError, match="EndpointConnectionError.*AIPROD_S3_ENDPOINT_URL"):
+        down.read_bytes("x.mp4")
 
 
 def test_open_storage_reads_settings(s3_endpoint: str) -> None:

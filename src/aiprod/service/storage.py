@@ -140,6 +140,7 @@ class S3Storage:
         config = Config(
             s3={"addressing_style": "path"} if endpoint_url else {},
             retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,  # an unreachable endpoint fails /readyz in seconds, not minutes
         )
         client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         return cls(bucket=bucket, prefix=prefix, client=client)
@@ -165,6 +166,7 @@ class S3Storage:
         hint = {
             "NoSuchBucket": "create the bucket or fix AIPROD_STORAGE_URL",
             "AccessDenied": "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            "403": "check the credentials and their permissions on the bucket and prefix",
             "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID",
             "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY",
         }.get(code, "check AIPROD_S3_ENDPOINT_URL, the credentials and that the server is up")
