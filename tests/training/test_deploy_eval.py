@@ -96,3 +96,12 @@ def test_load_checkpoint_roundtrip(run_dir: Path) -> None:
     comp, cfg, meta = load_checkpoint(run_dir)
     assert cfg.name == "tiny" and meta["step"] > 0
     assert comp.upsampler is not None
+
+
+def test_register_into_new_models_file_uses_small_defaults(run_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "new" / "models.toml"
+    register(run_dir, model_id="fresh", models_file=models)
+    entry = load_registry(models).get("fresh")
+    assert load_registry(models).default == "fresh"
+    assert (entry.defaults.width, entry.defaults.num_frames) == (128, 25)
+    assert entry.defaults.two_stage is True  # the tiny run trained an upsampler

@@ -150,7 +150,25 @@ def register(
     except ValueError:
         rel = str(folder.resolve())
     step = info.get("step") or info.get("steps")
-    entry: dict[str, Any] = copy.deepcopy(template) if template else {}
+    # Without an existing entry to copy limits/defaults from, use what a small built-in
+    # architecture model was trained for (the ModelEntry defaults are LTX-sized).
+    entry: dict[str, Any] = (
+        copy.deepcopy(template)
+        if template
+        else {
+            "price_per_gpu_second": 0.0005,
+            "limits": {"max_width": 512, "max_height": 512, "max_frames": 121, "max_steps": 50},
+            "defaults": {
+                "width": 128,
+                "height": 128,
+                "num_frames": 25,
+                "fps": 24,
+                "num_inference_steps": 8,
+                "guidance_scale": 3.0,
+                "two_stage": comp.upsampler is not None,
+            },
+        }
+    )
     entry.update(
         {
             "id": model_id,
