@@ -29,7 +29,7 @@ from aiprod.service.storage import (
     open_storage,
     output_deleter,
 )
-from tests.service.harness import Stack, free_port, wait_job
+from tests.service.harness import Stack, aiprod_cmd, free_port, wait_job
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -176,6 +176,28 @@ def test_without_boto3_local_works_and_s3_names_the_extra(tmp_path: Path) -> Non
     assert (
         out.stdout
         == "ConfigError: AIPROD_STORAGE_URL=s3://... needs boto3: pip install 'aiprod[s3]'"
+    )
+    # and `aiprod serve` says so in one line (brackets intact, not eaten as rich markup)
+    fake = tmp_path / "fake"
+    (fake / "boto3").mkdir(parents=True)
+    (fake / "boto3" / "__init__.py").write_text("raise ImportError('No module named boto3')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(fake),
+        "AIPROD_DATA_DIR": str(tmp_path / "data"),
+        "AIPROD_STORAGE_URL": "s3://b/p",
+    }
+    res = subprocess.run(
+        aiprod_cmd("serve", "--no-worker", "--port", str(free_port())),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: AIPROD_STORAGE_URL=s3://... needs boto3: pip install 'aiprod[s3]'"
     )
 
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 from typer.core import TyperGroup
 
@@ -92,7 +93,8 @@ register_db_commands(db_app)  # db backup | restore | retention (aiprod.db.backu
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # escape: messages quote things like `pip install 'aiprod[s3]'` that are not rich markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
