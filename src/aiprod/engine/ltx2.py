@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiprod.core.errors import ConfigError, InvalidRequest
+from aiprod.core.errors import ConfigError
 from aiprod.core.registry import ModelEntry
-from aiprod.engine.checks import check_geometry, check_request
-from aiprod.engine.common import StepTracker, free_memory, oom_guard, video_to_uint8
-from aiprod.engine.ltxv import half_size
+from aiprod.engine.common import StepTracker, free_memory, video_to_uint8
+from aiprod.engine.ltxv import check_ltx_request, half_size, ltx_oom_guard
 from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
 
 log = logging.getLogger(__name__)
@@ -151,27 +150,20 @@ class LTX2Engine:
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> Video:
-        image = check_request(self.entry, request)
-        check_geometry(self.entry.id, request, size_multiple=32, temporal_ratio=self.temporal_ratio)
-        if request.two_stage and self.upsample_pipe is None:
-            raise InvalidRequest(
-                f"model '{self.entry.id}' has no latent upsampler, so it cannot run two-stage: "
-                "send two_stage=false (or add components.upsampler to its models.toml entry)",
-                field="two_stage",
-            )
+        image = check_ltx_request(
+            self.entry,
+            request,
+            temporal_ratio=self.temporal_ratio,
+            has_upsampler=self.upsample_pipe is not None,
+        )
         stages = self.plan(request)
         tracker = StepTracker(
             [(s.steps, self._cost(s, request.num_frames)) for s in stages],
             on_progress=on_progress,
             should_cancel=should_cancel,
         )
-        what = f"{request.width}x{request.height}x{request.num_frames} on '{self.entry.id}'"
-        hint = (
-            "lower width/height/num_frames, or enable options.vae_tiling / options.cpu_offload "
-            "for this model in models.toml"
-        )
         tracker.check_cancel()
-        with torch.inference_mode(), oom_guard(what, hint=hint):
+        with torch.inference_mode(), ltx_oom_guard(self.entry.id, request):
             try:
                 return self._run(request, stages, image, tracker)
             finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,31 @@ def refine_schedule(steps: int, strength: float) -> int:
 def half_size(size: int) -> int:
     """Stage-1 size: half, rounded up to the pipelines' multiple of 32."""
     return max(SIZE_MULTIPLE, math.ceil(size / 2 / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def check_ltx_request(
+    entry: ModelEntry, request: GenerationRequest, *, temporal_ratio: int, has_upsampler: bool
+) -> Any:
+    """The checks every LTX engine runs before tensor work; returns the decoded image, if any."""
+    image = check_request(entry, request)
+    check_geometry(entry.id, request, size_multiple=SIZE_MULTIPLE, temporal_ratio=temporal_ratio)
+    if request.two_stage and not has_upsampler:
+        raise InvalidRequest(
+            f"model '{entry.id}' has no latent upsampler, so it cannot run two-stage: "
+            "send two_stage=false (or add components.upsampler to its models.toml entry)",
+            field="two_stage",
+        )
+    return image
+
+
+def ltx_oom_guard(model_id: str, request: GenerationRequest) -> AbstractContextManager[None]:
+    """``oom_guard`` naming the request's size and the entry options that lower memory."""
+    what = f"{request.width}x{request.height}x{request.num_frames} on '{model_id}'"
+    hint = (
+        "lower width/height/num_frames, or enable options.vae_tiling / options.cpu_offload "
+        "for this model in models.toml"
+    )
+    return oom_guard(what, hint=hint)
 
 
 def partial_scheduler(config: Any, strength: float) -> Any:
@@ -179,27 +205,20 @@ class LTXVideoEngine:
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> Video:
-        image = check_request(self.entry, request)
-        check_geometry(self.entry.id, request, size_multiple=32, temporal_ratio=self.temporal_ratio)
-        if request.two_stage and self.upsample_pipe is None:
-            raise InvalidRequest(
-                f"model '{self.entry.id}' has no latent upsampler, so it cannot run two-stage: "
-                "send two_stage=false (or add components.upsampler to its models.toml entry)",
-                field="two_stage",
-            )
+        image = check_ltx_request(
+            self.entry,
+            request,
+            temporal_ratio=self.temporal_ratio,
+            has_upsampler=self.upsample_pipe is not None,
+        )
         stages = self.plan(request)
         tracker = StepTracker(
             [(s.steps, self._tokens(s, request.num_frames)) for s in stages],
             on_progress=on_progress,
             should_cancel=should_cancel,
         )
-        what = f"{request.width}x{request.height}x{request.num_frames} on '{self.entry.id}'"
-        hint = (
-            "lower width/height/num_frames, or enable options.vae_tiling / options.cpu_offload "
-            "for this model in models.toml"
-        )
         tracker.check_cancel()
-        with torch.inference_mode(), oom_guard(what, hint=hint):
+        with torch.inference_mode(), ltx_oom_guard(self.entry.id, request):
             frames, info = self._run(request, stages, image, tracker)
         return Video(frames=frames, fps=request.fps, info=info)
 
