@@ -117,6 +117,56 @@ def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
         pipe.transformer.compile(dynamic=False)
 
 
+def load_folder_model(
+    entry: ModelEntry, name: str, cls: Any, *, what: str, dtype: torch.dtype
+) -> Any:
+    """``cls.from_pretrained`` on the entry's ``name`` folder, failing as ``load_or_fail``."""
+    path = component_path(entry, name)
+    return load_or_fail(
+        entry, what, lambda: cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    )
+
+
+def load_text_and_upsampler(
+    entry: ModelEntry,
+    comps: dict[str, Any],
+    *,
+    text_encoder_cls: Any,
+    upsampler_cls: Any,
+    dtype: torch.dtype,
+) -> None:
+    """Add text_encoder, tokenizer, scheduler and (if present) latent_upsampler to ``comps``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import AutoTokenizer
+
+    te = component_path(entry, "text_encoder")
+    assert te is not None
+    comps["text_encoder"] = load_or_fail(
+        entry,
+        "text encoder",
+        lambda: text_encoder_cls.from_pretrained(te, dtype=dtype, local_files_only=True).eval(),
+    )
+    tok = component_path(entry, "tokenizer")
+    comps["tokenizer"] = load_or_fail(
+        entry, "tokenizer", lambda: AutoTokenizer.from_pretrained(tok, local_files_only=True)
+    )
+    sdir = component_path(entry, "scheduler", required=False)
+    comps["scheduler"] = (
+        FlowMatchEulerDiscreteScheduler.from_pretrained(sdir, local_files_only=True)
+        if sdir is not None
+        else FlowMatchEulerDiscreteScheduler()
+    )
+    up = component_path(entry, "latent_upsampler", required=False)
+    if up is not None:
+        if (up / "latent_upsampler").is_dir():
+            up = up / "latent_upsampler"
+        comps["latent_upsampler"] = load_or_fail(
+            entry,
+            "latent upsampler",
+            lambda: upsampler_cls.from_pretrained(up, torch_dtype=dtype, local_files_only=True),
+        )
+
+
 # -- LTX-Video / builtin ----------------------------------------------------------------------
 def load_ltxv(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Pipeline:
     if entry.family == "builtin" and (entry.path is None or not entry.path.exists()):
@@ -200,13 +250,9 @@ def build_ltxv_engine(
 
 
 def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXVideoTransformer3DModel,
-    )
+    from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
 
     root = check_model_path(entry)
     single = root.is_file()
@@ -228,13 +274,8 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
             ),
         )
         if entry.components.vae is not None:
-            vdir = component_path(entry, "vae")
-            comps["vae"] = load_or_fail(
-                entry,
-                "VAE",
-                lambda: AutoencoderKLLTXVideo.from_pretrained(
-                    vdir, torch_dtype=dtype, local_files_only=True
-                ),
+            comps["vae"] = load_folder_model(
+                entry, "vae", AutoencoderKLLTXVideo, what="VAE", dtype=dtype
             )
         else:
             comps["vae"] = load_or_fail(
@@ -246,46 +287,17 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
         tdir = component_path(entry, "transformer")
         assert tdir is not None
         check_family(entry, tdir, "ltxv")
-        comps["transformer"] = load_or_fail(
-            entry,
-            "transformer",
-            lambda: LTXVideoTransformer3DModel.from_pretrained(
-                tdir, torch_dtype=dtype, local_files_only=True
-            ),
+        comps["transformer"] = load_folder_model(
+            entry, "transformer", LTXVideoTransformer3DModel, what="transformer", dtype=dtype
         )
-        vdir = component_path(entry, "vae")
-        comps["vae"] = load_or_fail(
-            entry,
-            "VAE",
-            lambda: AutoencoderKLLTXVideo.from_pretrained(
-                vdir, torch_dtype=dtype, local_files_only=True
-            ),
+        comps["vae"] = load_folder_model(
+            entry, "vae", AutoencoderKLLTXVideo, what="VAE", dtype=dtype
         )
-    te = component_path(entry, "text_encoder")
-    comps["text_encoder"] = load_or_fail(
+    load_text_and_upsampler(
         entry,
-        "text encoder",
-        lambda: T5EncoderModel.from_pretrained(te, dtype=dtype, local_files_only=True).eval(),
+        comps,
+        text_encoder_cls=T5EncoderModel,
+        upsampler_cls=LTXLatentUpsamplerModel,
+        dtype=dtype,
     )
-    tok = component_path(entry, "tokenizer")
-    comps["tokenizer"] = load_or_fail(
-        entry, "tokenizer", lambda: AutoTokenizer.from_pretrained(tok, local_files_only=True)
-    )
-    sdir = component_path(entry, "scheduler", required=False)
-    comps["scheduler"] = (
-        FlowMatchEulerDiscreteScheduler.from_pretrained(sdir, local_files_only=True)
-        if sdir is not None
-        else FlowMatchEulerDiscreteScheduler()
-    )
-    up = component_path(entry, "latent_upsampler", required=False)
-    if up is not None:
-        if (up / "latent_upsampler").is_dir():
-            up = up / "latent_upsampler"
-        comps["latent_upsampler"] = load_or_fail(
-            entry,
-            "latent upsampler",
-            lambda: LTXLatentUpsamplerModel.from_pretrained(
-                up, torch_dtype=dtype, local_files_only=True
-            ),
-        )
     return comps

@@ -356,22 +356,26 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
-        FlowMatchEulerDiscreteScheduler,
         LTX2VideoTransformer3DModel,
     )
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
-    from transformers import AutoTokenizer
 
-    from aiprod.engine.loader import check_family, check_model_path, component_path, load_or_fail
+    from aiprod.engine.loader import (
+        check_family,
+        check_model_path,
+        component_path,
+        load_folder_model,
+        load_or_fail,
+        load_text_and_upsampler,
+    )
 
     root = check_model_path(entry)
     local = {"torch_dtype": dtype, "local_files_only": True}
     comps: dict[str, Any] = {}
 
     def folder_model(name: str, cls: Any, what: str) -> Any:
-        path = component_path(entry, name)
-        return load_or_fail(entry, what, lambda: cls.from_pretrained(path, **local))
+        return load_folder_model(entry, name, cls, what=what, dtype=dtype)
 
     if root.is_file():
         config = entry.components.config
@@ -416,29 +420,11 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     comps["vocoder"] = folder_model("vocoder", vcls, "vocoder")
     te = component_path(entry, "text_encoder")
     assert te is not None
-    te_cls = _text_encoder_class(te)
-    comps["text_encoder"] = load_or_fail(
+    load_text_and_upsampler(
         entry,
-        "text encoder",
-        lambda: te_cls.from_pretrained(te, dtype=dtype, local_files_only=True).eval(),
+        comps,
+        text_encoder_cls=_text_encoder_class(te),
+        upsampler_cls=LTX2LatentUpsamplerModel,
+        dtype=dtype,
     )
-    tok = component_path(entry, "tokenizer")
-    comps["tokenizer"] = load_or_fail(
-        entry, "tokenizer", lambda: AutoTokenizer.from_pretrained(tok, local_files_only=True)
-    )
-    sdir = component_path(entry, "scheduler", required=False)
-    comps["scheduler"] = (
-        FlowMatchEulerDiscreteScheduler.from_pretrained(sdir, local_files_only=True)
-        if sdir is not None
-        else FlowMatchEulerDiscreteScheduler()
-    )
-    up = component_path(entry, "latent_upsampler", required=False)
-    if up is not None:
-        if (up / "latent_upsampler").is_dir():
-            up = up / "latent_upsampler"
-        comps["latent_upsampler"] = load_or_fail(
-            entry,
-            "latent upsampler",
-            lambda: LTX2LatentUpsamplerModel.from_pretrained(up, **local),
-        )
     return comps
