@@ -22,7 +22,7 @@ from aiprod.core.errors import AiprodError
 from aiprod.data.config import NormalizeConfig
 from aiprod.data.ingest import sha256_file
 from aiprod.data.manifest import ACCEPTED, REJECTED, ClipRecord
-from aiprod.data.parallel import run_parallel
+from aiprod.data.parallel import run_parallel_where
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +188,12 @@ def normalize(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[ClipRecord]:
     """Normalize every accepted clip in parallel; rejected rows pass through unchanged."""
-    todo = [i for i, r in enumerate(records) if r.status == ACCEPTED]
-    results = run_parallel(
+    out, results = run_parallel_where(
         functools.partial(normalize_clip, cfg=cfg, out_dir=Path(out_dir)),
-        [records[i] for i in todo],
+        records,
+        lambda r: r.status == ACCEPTED,
         workers=workers,
         on_progress=on_progress,
     )
-    out = list(records)
-    for i, rec in zip(todo, results, strict=True):
-        out[i] = rec
-    log.info("normalized %d clips into %s", len(todo), Path(out_dir) / "clips")
+    log.info("normalized %d clips into %s", len(results), Path(out_dir) / "clips")
     return out

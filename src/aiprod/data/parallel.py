@@ -43,3 +43,23 @@ def run_parallel(
             if on_progress is not None:
                 on_progress(done, n)
     return results  # type: ignore[return-value]
+
+
+def run_parallel_where(
+    fn: Callable[[T], T],
+    items: Sequence[T],
+    select: Callable[[T], bool],
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[T], list[T]]:
+    """``run_parallel`` on the items ``select`` picks; the others pass through unchanged.
+
+    Returns every item in input order (picked ones replaced by their result) and the results.
+    """
+    todo = [i for i, x in enumerate(items) if select(x)]
+    results = run_parallel(fn, [items[i] for i in todo], workers=workers, on_progress=on_progress)
+    out = list(items)
+    for i, res in zip(todo, results, strict=True):
+        out[i] = res
+    return out, results

@@ -20,7 +20,7 @@ import numpy as np
 from aiprod.core.media import MediaError, MediaInfo, probe
 from aiprod.data.config import ValidateConfig
 from aiprod.data.manifest import ACCEPTED, REJECTED, ClipRecord
-from aiprod.data.parallel import run_parallel
+from aiprod.data.parallel import run_parallel_where
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +230,13 @@ def validate(
     Scenes cut by ``split`` and not yet normalized (``start_s`` set) keep their source's
     result: they are checked again once ``normalize`` has made them files of their own.
     """
-    todo = [i for i, r in enumerate(records) if r.status != REJECTED and r.start_s is None]
-    results = run_parallel(
+    out, results = run_parallel_where(
         functools.partial(validate_clip, cfg=cfg),
-        [records[i] for i in todo],
+        records,
+        lambda r: r.status != REJECTED and r.start_s is None,
         workers=workers,
         on_progress=on_progress,
     )
-    out = list(records)
-    for i, rec in zip(todo, results, strict=True):
-        out[i] = rec
     n_rej = sum(1 for r in results if r.status == REJECTED)
     log.info(
         "validated %d clips: %d accepted, %d rejected", len(results), len(results) - n_rej, n_rej
