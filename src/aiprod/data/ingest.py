@@ -13,6 +13,7 @@ when the list gives one. Every source row may carry ``license``, ``source_url``,
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import os
@@ -202,6 +203,9 @@ def _ingest_one(
         "tags": list(row.tags),
     }
     if row.is_url:
+        record = functools.partial(
+            ClipRecord, source="http", source_url=row.source_url or row.location, **meta
+        )
         suffix = Path(row.location.split("?", 1)[0]).suffix.lower() or ".mp4"
         tmp_dest = out_dir / "raw" / f"url-{_url_key(row.location)}{suffix}"
         try:
@@ -214,14 +218,11 @@ def _ingest_one(
                     expected_sha256=row.sha256,
                 )
         except IngestError as exc:
-            return ClipRecord(
+            return record(
                 clip_id=f"url-{_url_key(row.location)}",
                 path=str(tmp_dest),
                 status=REJECTED,
                 reject_reason=f"download_failed: {exc.message}",
-                source="http",
-                source_url=row.source_url or row.location,
-                **meta,  # type: ignore[arg-type]
             )
         digest = sha256_file(tmp_dest)
         final = out_dir / "raw" / f"{digest[:16]}{suffix}"
@@ -229,50 +230,34 @@ def _ingest_one(
             tmp_dest.unlink()
         else:
             os.replace(tmp_dest, final)
-        return ClipRecord(
-            clip_id=digest[:16],
-            path=str(final),
-            sha256=digest,
-            source="http",
-            source_url=row.source_url or row.location,
-            **meta,  # type: ignore[arg-type]
-        )
+        return record(clip_id=digest[:16], path=str(final), sha256=digest)
+    record = functools.partial(ClipRecord, source="local", **meta)
     src = Path(row.location)
     if not src.is_file():
-        return ClipRecord(
+        return record(
             clip_id=f"missing-{_url_key(str(src))}",
             path=str(src),
             status=REJECTED,
             reject_reason=f"missing: {src} does not exist",
-            source="local",
             source_url=row.source_url or src.as_uri(),
-            **meta,  # type: ignore[arg-type]
         )
+    source_url = row.source_url or src.resolve().as_uri()
     digest = sha256_file(src)
     if row.sha256 and row.sha256 != digest:
-        return ClipRecord(
+        return record(
             clip_id=digest[:16],
             path=str(src),
             sha256=digest,
             status=REJECTED,
             reject_reason=f"checksum_mismatch: expected {row.sha256[:12]}..., got {digest[:12]}...",
-            source="local",
-            source_url=row.source_url or src.resolve().as_uri(),
-            **meta,  # type: ignore[arg-type]
+            source_url=source_url,
         )
     path = src.resolve()
     if copy:
         path = out_dir / "raw" / f"{digest[:16]}{src.suffix.lower()}"
         if not path.exists():
             atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
-    return ClipRecord(
-        clip_id=digest[:16],
-        path=str(path),
-        sha256=digest,
-        source="local",
-        source_url=row.source_url or src.resolve().as_uri(),
-        **meta,  # type: ignore[arg-type]
-    )
+    return record(clip_id=digest[:16], path=str(path), sha256=digest, source_url=source_url)
 
 
 def load_dataset(out_dir: str | Path) -> list[ClipRecord]:
