@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from aiprod.core.errors import AiprodError
 
 if TYPE_CHECKING:
+    from aiprod.data.config import DataConfig
     from aiprod.data.manifest import ClipRecord
 
 Progressed = Callable[[int, int], None]
@@ -74,13 +75,34 @@ def _table(title: str, rows: dict[str, object]) -> None:
     Console().print(t)
 
 
-def _staged(
-    name: str, fn: Callable[[Progressed], list[ClipRecord]], records: list[ClipRecord]
-) -> list[ClipRecord]:
-    """Run one stage over ``records`` with a progress bar; ``fn(on_progress)`` does the work."""
-    with _progress() as progress:
-        task = progress.add_task(name, total=max(1, len(records)))
-        return fn(lambda done, total: progress.update(task, completed=done, total=total))
+def _stage(
+    name: str,
+    *,
+    dataset: Path,
+    config: Path | None,
+    run: Callable[[DataConfig, list[ClipRecord], Progressed], list[ClipRecord]],
+) -> tuple[list[ClipRecord], list[ClipRecord]]:
+    """Load the config and manifest, run one stage with a progress bar, write the manifest.
+
+    ``run(cfg, records, on_progress)`` does the work; returns the rows before and after it.
+    """
+    from aiprod.data.config import load_config
+    from aiprod.data.manifest import write_manifest
+
+    try:
+        cfg = load_config(config)
+        before = _load(dataset)
+        with _progress() as progress:
+            task = progress.add_task(name, total=max(1, len(before)))
+            after = run(
+                cfg,
+                before,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        write_manifest(after, dataset)
+    except AiprodError as err:
+        raise _fail(err) from err
+    return before, after
 
 
 @app.command()
@@ -154,22 +176,17 @@ def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt 
 
     Example: aiprod data validate ./ds --config configs/data.yaml
     """
-    from aiprod.data.config import load_config
-    from aiprod.data.manifest import write_manifest
     from aiprod.data.report import summary
     from aiprod.data.validate import validate as run
 
-    try:
-        cfg = load_config(config)
-        recs = _load(dataset)
-        recs = _staged(
-            "validating",
-            lambda on_progress: run(recs, cfg.validate_, workers=workers, on_progress=on_progress),
-            recs,
-        )  # fmt: skip
-        write_manifest(recs, dataset)
-    except AiprodError as err:
-        raise _fail(err) from err
+    _, recs = _stage(
+        "validating",
+        dataset=dataset,
+        config=config,
+        run=lambda cfg, rows, on_progress: run(
+            rows, cfg.validate_, workers=workers, on_progress=on_progress
+        ),
+    )
     info = summary(recs)
     _table("validate", {k: info[k] for k in ("accepted", "rejected", "rejected_reasons")})
 
@@ -180,23 +197,17 @@ def split(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = N
 
     Example: aiprod data split ./ds
     """
-    from aiprod.data.config import load_config
-    from aiprod.data.manifest import write_manifest
     from aiprod.data.split import split as run
 
-    try:
-        cfg = load_config(config)
-        recs = _load(dataset)
-        before = len(recs)
-        recs = _staged(
-            "splitting",
-            lambda on_progress: run(recs, cfg.split, workers=workers, on_progress=on_progress),
-            recs,
-        )  # fmt: skip
-        write_manifest(recs, dataset)
-    except AiprodError as err:
-        raise _fail(err) from err
-    _table("split", {"rows before": before, "rows after": len(recs)})
+    before, after = _stage(
+        "splitting",
+        dataset=dataset,
+        config=config,
+        run=lambda cfg, rows, on_progress: run(
+            rows, cfg.split, workers=workers, on_progress=on_progress
+        ),
+    )
+    _table("split", {"rows before": len(before), "rows after": len(after)})
 
 
 @app.command()
@@ -205,23 +216,16 @@ def normalize(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt
 
     Example: aiprod data normalize ./ds -j 8
     """
-    from aiprod.data.config import load_config
-    from aiprod.data.manifest import write_manifest
     from aiprod.data.normalize import normalize as run
 
-    try:
-        cfg = load_config(config)
-        recs = _load(dataset)
-        recs = _staged(
-            "normalizing",
-            lambda on_progress: run(
-                recs, cfg.normalize, dataset, workers=workers, on_progress=on_progress
-            ),
-            recs,
-        )  # fmt: skip
-        write_manifest(recs, dataset)
-    except AiprodError as err:
-        raise _fail(err) from err
+    _, recs = _stage(
+        "normalizing",
+        dataset=dataset,
+        config=config,
+        run=lambda cfg, rows, on_progress: run(
+            rows, cfg.normalize, dataset, workers=workers, on_progress=on_progress
+        ),
+    )
     _table("normalize", {"clips": sum(r.status == "accepted" for r in recs)})
 
 
