@@ -73,32 +73,29 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-MODELS_TOML = """
-[[models]]
-id = "tiny-ltxv"
-family = "ltxv"
-path = "ltxv"
-dtype = "bfloat16"
-[models.defaults]
+# The tiny models' request defaults (one [models.defaults] table; an entry may add keys).
+DEFAULTS_TOML = """[models.defaults]
 width = 64
 height = 32
 num_frames = 9
 fps = 12
 num_inference_steps = 2
-guidance_scale = 3.0
+"""
+
+MODELS_TOML = f"""
+[[models]]
+id = "tiny-ltxv"
+family = "ltxv"
+path = "ltxv"
+dtype = "bfloat16"
+{DEFAULTS_TOML}guidance_scale = 3.0
 two_stage = true
 
 [[models]]
 id = "tiny-ltx2"
 family = "ltx2"
 path = "ltx2"
-[models.defaults]
-width = 64
-height = 32
-num_frames = 9
-fps = 12
-num_inference_steps = 2
-guidance_scale = 3.0
+{DEFAULTS_TOML}guidance_scale = 3.0
 two_stage = true
 
 [[models]]
@@ -107,13 +104,7 @@ family = "ltx2"
 path = "ltx2"
 [models.components]
 distilled_lora = "lora/pytorch_lora_weights.safetensors"
-[models.defaults]
-width = 64
-height = 32
-num_frames = 9
-fps = 12
-num_inference_steps = 2
-two_stage = true
+{DEFAULTS_TOML}two_stage = true
 
 [[models]]
 id = "tiny-ltx2-nolora"
@@ -121,13 +112,7 @@ family = "ltx2"
 path = "ltx2"
 [models.options]
 distilled = true
-[models.defaults]
-width = 64
-height = 32
-num_frames = 9
-fps = 12
-num_inference_steps = 2
-two_stage = true
+{DEFAULTS_TOML}two_stage = true
 """
 
 

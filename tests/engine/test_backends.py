@@ -13,7 +13,7 @@ from aiprod.core.media import probe, read_video
 from aiprod.core.registry import Registry
 from aiprod.engine import build_request, generate_to_file
 
-from .conftest import png_bytes
+from .conftest import DEFAULTS_TOML, png_bytes, write_models_toml
 
 FAMILIES = ["tiny-ltxv", "tiny-ltx2"]
 
@@ -95,15 +95,30 @@ def test_ltx2_distilled_lora_only_in_refinement(registry: Registry, pipes: dict)
     assert not np.array_equal(a2.frames, b2.frames)
 
 
+def _single_file_registry(
+    tmp_path: Path, original: dict, *, family: str, folder: Path, components: str = ""
+) -> Registry:
+    """Save ``original`` as one checkpoint file; entry "m" loads it with ``folder``'s configs."""
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / f"{family}-tiny.safetensors"
+    save_file(original, str(ckpt))
+    return write_models_toml(
+        tmp_path / "models.toml",
+        f'[[models]]\nid = "m"\nfamily = "{family}"\npath = "{ckpt}"\n'
+        f'[models.components]\nconfig = "{folder}"\nvae = "{folder / "vae"}"\n{components}'
+        f"{DEFAULTS_TOML}guidance_scale = 3.0\n",
+        default="m",
+    )
+
+
 def test_ltxv_single_file_checkpoint(
     registry: Registry, pipes: dict, model_dir: Path, tmp_path: Path
 ) -> None:
     """An original-format transformer checkpoint + a local config folder loads the same model."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from aiprod.engine import load_pipeline
-
-    from .conftest import write_models_toml
 
     folder = model_dir / "ltxv"
     state = {}
@@ -117,16 +132,7 @@ def test_ltxv_single_file_checkpoint(
         for new, old in renames.items():
             key = key.replace(new, old)
         original[f"model.diffusion_model.{key}"] = value
-    ckpt = tmp_path / "ltxv-tiny.safetensors"
-    save_file(original, str(ckpt))
-    reg = write_models_toml(
-        tmp_path / "models.toml",
-        f'[[models]]\nid = "m"\nfamily = "ltxv"\npath = "{ckpt}"\n'
-        f'[models.components]\nconfig = "{folder}"\nvae = "{folder / "vae"}"\n'
-        "[models.defaults]\nwidth = 64\nheight = 32\nnum_frames = 9\nfps = 12\n"
-        "num_inference_steps = 2\nguidance_scale = 3.0\n",
-        default="m",
-    )
+    reg = _single_file_registry(tmp_path, original, family="ltxv", folder=folder)
     single = load_pipeline(reg.get("m"), "cpu")
     params = {"prompt": "a lighthouse", "seed": 3, "two_stage": False}
     a = single(build_request(reg.get("m"), params)).frames
@@ -153,11 +159,9 @@ def test_ltx2_single_file_checkpoint(
     registry: Registry, pipes: dict, model_dir: Path, tmp_path: Path
 ) -> None:
     """An original-format LTX-2 transformer file + a local config folder: the same model."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from aiprod.engine import load_pipeline
-
-    from .conftest import write_models_toml
 
     folder = model_dir / "ltx2"
     original = {}
@@ -172,16 +176,12 @@ def test_ltx2_single_file_checkpoint(
                 if key.startswith(new):
                     key = old + key[len(new) :]
             original[f"model.diffusion_model.{key}"] = value
-    ckpt = tmp_path / "ltx2-tiny.safetensors"
-    save_file(original, str(ckpt))
-    reg = write_models_toml(
-        tmp_path / "models.toml",
-        f'[[models]]\nid = "m"\nfamily = "ltx2"\npath = "{ckpt}"\n'
-        f'[models.components]\nconfig = "{folder}"\nvae = "{folder / "vae"}"\n'
-        f'audio_vae = "{folder / "audio_vae"}"\n'
-        "[models.defaults]\nwidth = 64\nheight = 32\nnum_frames = 9\nfps = 12\n"
-        "num_inference_steps = 2\nguidance_scale = 3.0\n",
-        default="m",
+    reg = _single_file_registry(
+        tmp_path,
+        original,
+        family="ltx2",
+        folder=folder,
+        components=f'audio_vae = "{folder / "audio_vae"}"\n',
     )
     single = load_pipeline(reg.get("m"), "cpu")
     ref = pipes["tiny-ltx2"]
