@@ -20,6 +20,13 @@ def _entry(tmp_path: Path, body: str) -> Registry:
     return write_models_toml(tmp_path / "models.toml", body, default="m")
 
 
+def _copy_without(tmp_path: Path, model_dir: Path, component: str) -> Registry:
+    """Entry "m" on a copy of the tiny LTX-Video folder with one component folder removed."""
+    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / component)
+    return _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
+
+
 def _load_error(registry: Registry) -> str:
     with pytest.raises(ConfigError) as err:
         load_pipeline(registry.get("m"), "cpu")
@@ -41,10 +48,7 @@ def test_no_path(tmp_path: Path) -> None:
 
 
 def test_missing_component(tmp_path: Path, model_dir: Path) -> None:
-    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
-    shutil.rmtree(tmp_path / "copy" / "vae")
-    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
-    msg = _load_error(reg)
+    msg = _load_error(_copy_without(tmp_path, model_dir, "vae"))
     assert "no vae found" in msg and "components.vae" in msg
 
 
@@ -69,10 +73,9 @@ def test_corrupt_weights(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_two_stage_default_without_upsampler(tmp_path: Path, model_dir: Path) -> None:
-    shutil.copytree(model_dir / "ltxv", tmp_path / "copy")
-    shutil.rmtree(tmp_path / "copy" / "latent_upsampler")
-    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\npath = "copy"\n')
-    assert "no latent upsampler" in _load_error(reg)
+    assert "no latent upsampler" in _load_error(
+        _copy_without(tmp_path, model_dir, "latent_upsampler")
+    )
 
 
 @pytest.mark.parametrize(
