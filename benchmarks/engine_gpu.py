@@ -482,6 +482,26 @@ def measure(
     return result
 
 
+def bench_requests(args: argparse.Namespace, preset: Preset) -> list[GenerationRequest]:
+    """One two-stage request per ``--size``; both runners get the same ones."""
+    requests = []
+    for size in args.size:
+        w, h = (int(x) for x in size.lower().split("x"))
+        req = GenerationRequest(
+            prompt=PROMPT,
+            width=w,
+            height=h,
+            num_frames=args.frames,
+            fps=24,
+            seed=0,
+            num_inference_steps=preset.stage1_steps,
+            guidance_scale=preset.guidance_scale,
+            two_stage=True,
+        )
+        requests.append(req)
+    return requests
+
+
 def bench_family(family: str, args: argparse.Namespace, device: torch.device) -> list[Result]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:
@@ -494,21 +514,10 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
         comps["vae"].enable_tiling()
     preset = preset_for(family, args.preset, args.tiny)
     results: list[Result] = []
-    for size in args.size:
-        w, h = (int(x) for x in size.lower().split("x"))
-        req = GenerationRequest(
-            prompt=PROMPT,
-            width=w,
-            height=h,
-            num_frames=args.frames,
-            fps=24,
-            seed=0,
-            num_inference_steps=preset.stage1_steps,
-            guidance_scale=preset.guidance_scale,
-            two_stage=True,
-        )
+    requests = bench_requests(args, preset)
+    for req in requests:
         plain = run_plain_ltx2 if family == "ltx2" else run_plain_ltxv
-        r = Result(family, "diffusers", w, h, args.frames, preset.name)
+        r = Result(family, "diffusers", req.width, req.height, args.frames, preset.name)
         fn = functools.partial(plain, comps, req, preset, device)
         results.append(measure(fn, r, warmup=args.warmup, device=device))
         gc.collect()
@@ -518,20 +527,8 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
     # runs after every plain diffusers measurement of this family.
     entry = engine_entry(family, preset, args)
     pipe = pipeline_from_components(entry, comps, str(device))
-    for size in args.size:
-        w, h = (int(x) for x in size.lower().split("x"))
-        req = GenerationRequest(
-            prompt=PROMPT,
-            width=w,
-            height=h,
-            num_frames=args.frames,
-            fps=24,
-            seed=0,
-            num_inference_steps=preset.stage1_steps,
-            guidance_scale=preset.guidance_scale,
-            two_stage=True,
-        )
-        r = Result(family, "aiprod", w, h, args.frames, preset.name)
+    for req in requests:
+        r = Result(family, "aiprod", req.width, req.height, args.frames, preset.name)
         r.notes = {
             "compile": args.compile,
             "attention_backend": args.attention_backend,
