@@ -40,6 +40,35 @@ def tiny_t5_encoder(*, d_model: int = 32, seed: int = 0) -> Any:
     return T5EncoderModel(config).eval()
 
 
+def _tiny_video_vae(cls: Any, *, latent_channels: int, scaling: tuple[bool, ...], **kw: Any) -> Any:
+    """A tiny LTX-style video VAE: one block of 8 channels per entry of ``scaling`` (which
+    blocks halve F/H/W), one layer each, no patching, causal encoder, whole-video coding."""
+    n = len(scaling)
+    vae = cls(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(8,) * n,
+        decoder_block_out_channels=(8,) * n,
+        layers_per_block=(1,) * (n + 1),
+        decoder_layers_per_block=(1,) * (n + 1),
+        spatio_temporal_scaling=scaling,
+        decoder_spatio_temporal_scaling=scaling,
+        decoder_inject_noise=(False,) * (n + 1),
+        upsample_residual=(False,) * n,
+        upsample_factor=(1,) * n,
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+        **kw,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    return vae
+
+
 def tiny_ltxv_components(*, seed: int = 0, text_dim: int = 32) -> dict[str, Any]:
     """A complete tiny LTX-Video model (8x spatial, 8x temporal VAE) plus an x2 latent upsampler.
 
@@ -66,27 +95,9 @@ def tiny_ltxv_components(*, seed: int = 0, text_dim: int = 32) -> dict[str, Any]
             caption_channels=text_dim,
         )
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKLLTXVideo(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=8,
-            block_out_channels=(8, 8, 8, 8),
-            decoder_block_out_channels=(8, 8, 8, 8),
-            layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1, 1),
-            spatio_temporal_scaling=(True, True, True, False),
-            decoder_spatio_temporal_scaling=(True, True, True, False),
-            decoder_inject_noise=(False, False, False, False, False),
-            upsample_residual=(False, False, False, False),
-            upsample_factor=(1, 1, 1, 1),
-            timestep_conditioning=False,
-            patch_size=1,
-            patch_size_t=1,
-            encoder_causal=True,
-            decoder_causal=False,
+        vae = _tiny_video_vae(
+            AutoencoderKLLTXVideo, latent_channels=8, scaling=(True, True, True, False)
         )
-        vae.use_framewise_encoding = False
-        vae.use_framewise_decoding = False
         torch.manual_seed(seed + 2)
         upsampler = LTXLatentUpsamplerModel(
             in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3
@@ -188,29 +199,13 @@ def tiny_ltx2_components(*, seed: int = 0) -> dict[str, Any]:
             rope_type="split",
         )
         torch.manual_seed(seed + 3)
-        vae = AutoencoderKLLTX2Video(
-            in_channels=3,
-            out_channels=3,
+        vae = _tiny_video_vae(
+            AutoencoderKLLTX2Video,
             latent_channels=4,
-            block_out_channels=(8, 8, 8),
-            decoder_block_out_channels=(8, 8, 8),
-            layers_per_block=(1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1),
-            spatio_temporal_scaling=(True, True, True),
-            decoder_spatio_temporal_scaling=(True, True, True),
-            decoder_inject_noise=(False, False, False, False),
+            scaling=(True, True, True),
             downsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
             upsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
-            upsample_residual=(False, False, False),
-            upsample_factor=(1, 1, 1),
-            timestep_conditioning=False,
-            patch_size=1,
-            patch_size_t=1,
-            encoder_causal=True,
-            decoder_causal=False,
         )
-        vae.use_framewise_encoding = False
-        vae.use_framewise_decoding = False
         torch.manual_seed(seed + 4)
         audio_vae = AutoencoderKLLTX2Audio(
             base_channels=4,
