@@ -74,6 +74,19 @@ def check_model_path(entry: ModelEntry) -> Path:
     return entry.path
 
 
+def single_file_config(entry: ModelEntry, root: Path, *, family: str, configs: str) -> Path:
+    """The local config folder a single-file checkpoint needs (``components.config``), with
+    its transformer config checked against ``family``; ``configs`` says what it must hold."""
+    config = entry.components.config
+    if config is None or not config.is_dir():
+        raise ConfigError(
+            f"model '{entry.id}': {root} is a single-file checkpoint; set components.config "
+            f"to a local diffusers-format config folder ({configs})"
+        )
+    check_family(entry, config / "transformer", family)
+    return config
+
+
 def check_family(entry: ModelEntry, transformer_dir: Path, expected: str) -> None:
     """Refuse a folder whose transformer belongs to another family, naming the right one."""
     cfg = transformer_dir / "config.json"
@@ -105,13 +118,7 @@ def check_model_files(entry: ModelEntry) -> None:
         return  # no trained weights yet: the tiny random built-in model needs no files
     root = check_model_path(entry)
     if root.is_file():
-        config = entry.components.config
-        if config is None or not config.is_dir():
-            raise ConfigError(
-                f"model '{entry.id}': {root} is a single-file checkpoint; set components.config "
-                "to a local diffusers-format config folder (transformer/, vae/ configs)"
-            )
-        check_family(entry, config / "transformer", entry.family)
+        single_file_config(entry, root, family=entry.family, configs="transformer/, vae/ configs")
         needed = NOT_IN_SINGLE_FILE[entry.family]
     else:
         transformer = component_path(entry, "transformer")

@@ -20,6 +20,7 @@ from aiprod.engine.files import (  # noqa: F401 - re-exported for the backends
     check_model_files,
     check_model_path,
     component_path,
+    single_file_config,
 )
 from aiprod.engine.types import Pipeline
 
@@ -258,13 +259,9 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     single = root.is_file()
     comps: dict[str, Any] = {}
     if single:
-        config = entry.components.config
-        if config is None or not config.is_dir():
-            raise ConfigError(
-                f"model '{entry.id}': {root} is a single-file checkpoint; set components.config "
-                "to a local diffusers-format config folder (with transformer/ and vae/ configs)"
-            )
-        check_family(entry, config / "transformer", "ltxv")
+        config = single_file_config(
+            entry, root, family="ltxv", configs="with transformer/ and vae/ configs"
+        )
         kw = {"config": str(config), "local_files_only": True, "torch_dtype": dtype}
         comps["transformer"] = load_or_fail(
             entry,

@@ -368,6 +368,7 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
         load_folder_model,
         load_or_fail,
         load_text_and_upsampler,
+        single_file_config,
     )
 
     root = check_model_path(entry)
@@ -378,13 +379,9 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
         return load_folder_model(entry, name, cls, what=what, dtype=dtype)
 
     if root.is_file():
-        config = entry.components.config
-        if config is None or not config.is_dir():
-            raise ConfigError(
-                f"model '{entry.id}': {root} is a single-file checkpoint; set components.config "
-                "to a local diffusers-format config folder (transformer/, vae/, audio_vae/ configs)"
-            )
-        check_family(entry, config / "transformer", "ltx2")
+        config = single_file_config(
+            entry, root, family="ltx2", configs="transformer/, vae/, audio_vae/ configs"
+        )
         single = {"config": str(config), **local}
         comps["transformer"] = load_or_fail(
             entry,
