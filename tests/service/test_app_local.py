@@ -35,8 +35,7 @@ def test_rate_limiter_fixed_window_in_the_database(db_url: str) -> None:
     rl = RateLimiter(window_seconds=60)
 
     def hit(key: str, now: float):  # type: ignore[no-untyped-def]
-        with session_scope(sessions) as s:
-            return rl.hit(s, key, 2, now=now)
+        return rl.hit(sessions, key, 2, now=now)
 
     states = [hit("k", 120.0 + i) for i in range(3)]
     assert [s.allowed for s in states] == [True, True, False]
@@ -46,6 +45,54 @@ def test_rate_limiter_fixed_window_in_the_database(db_url: str) -> None:
     assert hit("k", 180.0).allowed  # next window
     with session_scope(sessions) as s:  # the old window was dropped
         assert s.query(RateLimitWindow).filter_by(api_key_id="k").count() == 1
+    engine.dispose()
+
+
+def _db_hits(sessions, key: str) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(sessions) as s:
+        return sum(w.hits for w in s.query(RateLimitWindow).filter_by(api_key_id=key))
+
+
+def test_rate_limiter_batches_writes_and_replicas_share_the_budget(db_url: str) -> None:
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    a, b = RateLimiter(window_seconds=60), RateLimiter(window_seconds=60)  # two API replicas
+    # Far from the limit: the first hit of the window is written, the next ones only once a
+    # second; the answers still count every request.
+    states = [a.hit(sessions, "k", 1000, now=120.0 + i * 0.01) for i in range(50)]
+    assert [s.remaining for s in states] == [1000 - i for i in range(1, 51)]
+    assert _db_hits(sessions, "k") == 1
+    a.hit(sessions, "k", 1000, now=121.5)  # a second later: the batch is added
+    assert _db_hits(sessions, "k") == 51
+    # The other replica sees the shared count at its first sync.
+    assert b.hit(sessions, "k", 1000, now=121.6).remaining == 1000 - 52
+    for i in range(900 - 52):
+        b.hit(sessions, "k", 1000, now=122.0 + i * 0.001)
+    assert _db_hits(sessions, "k") == 653  # b's once-a-second sync at 122.6; the rest pending
+    # Near the limit (within 10%) every request is counted in the database, so the replicas
+    # stop together at the shared limit.
+    decisions = [
+        (a if i % 2 else b).hit(sessions, "k", 1000, now=123.0 + i * 0.001) for i in range(110)
+    ]
+    assert [d.allowed for d in decisions] == [True] * 100 + [False] * 10
+    assert _db_hits(sessions, "k") == 1010
+    engine.dispose()
+
+
+def test_read_sessions_take_no_write_lock_on_sqlite(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from aiprod.db.migrate import upgrade
+    from aiprod.db.session import make_read_sessionmaker
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    writes, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
+    with session_scope(writes) as w:  # holds the write lock (BEGIN IMMEDIATE) until it ends
+        w.execute(text("UPDATE api_keys SET active = active"))
+        with session_scope(reads) as r:  # a deferred BEGIN: reads the snapshot at once
+            assert r.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
     engine.dispose()
 
 

@@ -494,20 +494,25 @@ class RateLimitRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def hit(self, api_key_id: str, window_start: int) -> int:
-        """Count one request in the key's window (atomic upsert); returns the window's count."""
+    def hit(
+        self, api_key_id: str, window_start: int, *, count: int = 1, forget_older: bool = False
+    ) -> int:
+        """Add ``count`` requests to the key's window (atomic upsert); returns the window's count.
+
+        The first count of a window (or ``forget_older``) deletes the key's older windows.
+        """
         dialect = self.s.get_bind().dialect.name
         table = RateLimitWindow.__table__
         ins = (postgresql if dialect == "postgresql" else sqlite).insert(table)
         stmt = (
-            ins.values(api_key_id=api_key_id, window_start=window_start, hits=1)
+            ins.values(api_key_id=api_key_id, window_start=window_start, hits=count)
             .on_conflict_do_update(
-                index_elements=["api_key_id", "window_start"], set_={"hits": table.c.hits + 1}
+                index_elements=["api_key_id", "window_start"], set_={"hits": table.c.hits + count}
             )
             .returning(table.c.hits)
         )
         hits = int(self.s.execute(stmt).scalar_one())
-        if hits == 1:  # first request of a new window: forget the key's older windows
+        if hits == count or forget_older:  # a new window: forget the key's older windows
             self.s.execute(
                 delete(RateLimitWindow).where(
                     RateLimitWindow.api_key_id == api_key_id,

@@ -1,9 +1,13 @@
 """Engines and sessions for SQLite and PostgreSQL.
 
-SQLite: WAL mode, a generous busy timeout, foreign keys on, and every transaction opened with
-``BEGIN IMMEDIATE`` so it holds the write lock from its first statement. That makes the queue's
-claim atomic across processes and avoids the "database is locked" errors that a read transaction
-upgrading to a write gets in WAL mode.
+SQLite: WAL mode, a generous busy timeout, foreign keys on, and every transaction that may write
+opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its first statement. That makes
+the queue's claim atomic across processes and avoids the "database is locked" errors that a read
+transaction upgrading to a write gets in WAL mode. Sessions from ``make_read_sessionmaker`` open
+a deferred ``BEGIN`` instead: they read a WAL snapshot without taking the write lock, so the API's
+status polls neither wait for nor block the workers and the writing requests (with every request
+taking the one lock, 200 polling clients collapsed into "database is locked"; see
+docs/performance.md). On PostgreSQL both kinds are ordinary sessions.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from aiprod.core.errors import ConfigError
 # Connections beyond POOL_SIZE are closed when returned, so idle processes keep only a few.
 POOL_SIZE = 10
 POOL_OVERFLOW = 40
+# Execution option marking a read-only unit of work (see make_read_sessionmaker).
+READ_ONLY_OPTION = "aiprod_read_only"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -73,11 +79,23 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for units of work that only read (SQLite: a deferred BEGIN, no write lock).
+
+    Writing in one is a bug: on SQLite it would upgrade to a write lock mid-transaction and can
+    fail with "database is locked" when another writer committed since its snapshot.
+    """
+    return sessionmaker(
+        engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+    )
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 import aiprod
 from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
-from aiprod.db.session import make_engine, make_sessionmaker
+from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
 from aiprod.service.observability import install_observability
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage=open_storage(settings),
         limiter=RateLimiter(),
         secret=settings.resolved_secret_key(),
+        read_sessions=make_read_sessionmaker(engine),
     )
 
     @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -32,6 +33,19 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def get_read_session(state: StateDep) -> Iterator[Session]:
+    """A session for handlers that only read (on SQLite it takes no write lock)."""
+    with session_scope(state.read_sessions or state.sessions) as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+# ``last_used_at`` is for people ("is this key still used?"): a minute's precision is plenty,
+# and writing it on every request made every request a write transaction.
+TOUCH_EVERY_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class AuthedKey:
     id: str
@@ -42,7 +56,9 @@ class AuthedKey:
 
 def get_api_key(request: Request, state: StateDep) -> AuthedKey:
     """Bearer key -> its row (401 if missing/unknown/revoked); counts it against the rate limit
-    and records last-used. Runs in its own short transaction, before the handler's."""
+    and records last-used. The key is read on every request (a revoked key is refused at once)
+    in a short read transaction before the handler's; the rate limit and ``last_used_at`` write
+    only when due (see RateLimiter, TOUCH_EVERY_SECONDS)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -51,17 +67,21 @@ def get_api_key(request: Request, state: StateDep) -> AuthedKey:
             f"missing API key: send the header 'Authorization: Bearer {KEY_PREFIX}...' "
             "(create one with `aiprod keys create --name NAME`)"
         )
-    with session_scope(state.sessions) as session:
-        repo = ApiKeyRepository(session)
-        row = repo.by_hash(hash_key(token, state.secret))
+    with session_scope(state.read_sessions or state.sessions) as session:
+        row = ApiKeyRepository(session).by_hash(hash_key(token, state.secret))
         if row is None or not row.active:
             raise Unauthorized("invalid or revoked API key")
         limit = row.rate_limit_per_minute or state.settings.rate_limit_per_minute
-        rate = state.limiter.hit(session, row.id, limit)
-        request.state.api_key_id = row.id
-        request.state.rate = rate
-        repo.touch(row.id)
         authed = AuthedKey(id=row.id, name=row.name, scope=row.scope, priority=row.priority)
+    rate = state.limiter.hit(state.sessions, authed.id, limit)
+    request.state.api_key_id = authed.id
+    request.state.rate = rate
+    now = time.monotonic()
+    last = state.key_touched.get(authed.id)
+    if last is None or now - last >= TOUCH_EVERY_SECONDS:
+        state.key_touched[authed.id] = now
+        with session_scope(state.sessions) as session:
+            ApiKeyRepository(session).touch(authed.id)
     if not rate.allowed:
         raise RateLimited(
             f"rate limit of {limit} requests per minute exceeded; "

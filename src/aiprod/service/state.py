@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,3 +22,7 @@ class AppState:
     storage: LocalStorage | S3Storage
     limiter: RateLimiter
     secret: str
+    # Read-only sessions (SQLite: deferred BEGIN, no write lock); None: use ``sessions``.
+    read_sessions: sessionmaker[Session] | None = None
+    # key id -> time.monotonic() of its last ``last_used_at`` write (written at most once a minute)
+    key_touched: dict[str, float] = field(default_factory=dict)

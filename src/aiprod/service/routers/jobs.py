@@ -13,7 +13,7 @@ from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
 from aiprod.db.models import JOB_STATUSES
 from aiprod.db.repositories import JobRepository
 from aiprod.service import jobs as svc
-from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep
+from aiprod.service.deps import ApiKeyDep, ReadSessionDep, SessionDep, StateDep
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -69,7 +69,7 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
 def list_jobs(
     request: Request,
     key: ApiKeyDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     state: StateDep,
     status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
     created_after: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
@@ -103,7 +103,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", summary="A job object")
 def get_job(
-    job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
+    job_id: str, request: Request, key: ApiKeyDep, session: ReadSessionDep, state: StateDep
 ) -> dict[str, Any]:
     job = JobRepository(session).get_owned(job_id, key.id)
     return svc.render_job(session, job, base_url=_base(request), settings=state.settings)
