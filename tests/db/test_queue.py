@@ -237,3 +237,27 @@ def test_concurrent_upgrades_on_a_fresh_database(backend: str, tmp_path) -> None
         for t in threads:
             t.join()
         assert results == [head_revision()] * 4
+
+
+def test_queue_snapshot_positions_match_queue_position(sessions) -> None:  # type: ignore[no-untyped-def]
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with session_scope(sessions) as s:
+        a, b, c = _key(s, "a"), _key(s, "b"), _key(s, "c")
+        ids = [_job(s, a, at=t0 + timedelta(seconds=i)).id for i in range(4)]
+        ids += [_job(s, b, at=t0 + timedelta(seconds=2 + i)).id for i in range(3)]
+        ids += [_job(s, c, at=t0 + timedelta(seconds=1), priority=p).id for p in (0, 5, 5)]
+        ids.append(_job(s, b, at=t0 + timedelta(seconds=3)).id)  # same created_at as another
+    with session_scope(sessions) as s:  # a round-robin state where some keys were served
+        queue.claim(s, worker_id="w", lease_seconds=30)
+    with session_scope(sessions) as s:
+        queue.claim(s, worker_id="w", lease_seconds=30)
+    with session_scope(sessions) as s:
+        snapshot = queue.QueueSnapshot.take(s)
+        jobs = [JobRepository(s).get(i) for i in ids]
+        queued = [j for j in jobs if j is not None and j.status == "queued"]
+        assert len(queued) == len(ids) - 2
+        for job in queued:
+            assert snapshot.position(job.id) == queue.queue_position(s, job), job.id
+        claimed = [j for j in jobs if j is not None and j.status != "queued"]
+        assert [snapshot.position(j.id) for j in claimed] == [None, None]
+        assert sorted(snapshot.position(j.id) for j in queued) == list(range(len(queued)))

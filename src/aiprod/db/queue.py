@@ -14,6 +14,8 @@ whose job was reaped and handed to another can never overwrite the new owner's r
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -222,3 +224,53 @@ def queue_position(session: Session, job: Job) -> int:
         before = (last or never, oldest) < mine
         ahead += min(count, turn if before else turn - 1)
     return int(higher + ahead)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queued jobs' ordering keys, read in one query, answering ``queue_position`` for any of
+    them without more queries (the API's status calls share one for a second instead of running
+    three counting queries each)."""
+
+    jobs: dict[str, tuple[int, str, datetime]]  # job id -> (priority, api key id, created_at)
+    per_priority: dict[int, int]  # priority -> queued jobs
+    # (priority, api key id) -> that key's queued (created_at, job id), oldest first
+    per_key: dict[tuple[int, str], list[tuple[datetime, str]]]
+    last_claimed: dict[str, datetime | None]  # api key id -> its last claim
+
+    @classmethod
+    def take(cls, session: Session) -> QueueSnapshot:
+        rows = session.execute(
+            select(Job.id, Job.priority, Job.api_key_id, Job.created_at, ApiKey.last_claimed_at)
+            .join(ApiKey, ApiKey.id == Job.api_key_id)
+            .where(Job.status == "queued")
+        ).all()
+        per_key: dict[tuple[int, str], list[tuple[datetime, str]]] = {}
+        for job_id, priority, key_id, created_at, _last in rows:
+            per_key.setdefault((priority, key_id), []).append((created_at, job_id))
+        for entries in per_key.values():
+            entries.sort()
+        return cls(
+            jobs={r[0]: (r[1], r[2], r[3]) for r in rows},
+            per_priority=dict(Counter(r[1] for r in rows)),
+            per_key=per_key,
+            last_claimed={r[2]: r[4] for r in rows},
+        )
+
+    def position(self, job_id: str) -> int | None:
+        """``queue_position`` as of the snapshot; None if the job was not queued then."""
+        if job_id not in self.jobs:
+            return None
+        priority, key_id, created_at = self.jobs[job_id]
+        higher = sum(n for p, n in self.per_priority.items() if p > priority)
+        older_mine = bisect.bisect_left(self.per_key[(priority, key_id)], (created_at, job_id))
+        turn = older_mine + 1  # as in queue_position
+        never = datetime.min.replace(tzinfo=UTC)
+        mine = (self.last_claimed[key_id] or never, self.per_key[(priority, key_id)][0][0])
+        ahead = older_mine
+        for (p, other), entries in self.per_key.items():
+            if p != priority or other == key_id:
+                continue
+            before = (self.last_claimed[other] or never, entries[0][0]) < mine
+            ahead += min(len(entries), turn if before else turn - 1)
+        return higher + ahead

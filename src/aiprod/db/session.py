@@ -47,9 +47,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if parsed.database and parsed.database != ":memory:":
-            # See POOL_SIZE / POOL_OVERFLOW: a smaller pool deadlocks the API under load.
-            kwargs.setdefault("pool_size", POOL_SIZE)
-            kwargs.setdefault("max_overflow", POOL_OVERFLOW)
+            # See POOL_SIZE / POOL_OVERFLOW: a smaller pool deadlocks the API under load. A file's
+            # connections cost no server: keep them all open rather than closing and reopening
+            # (with its PRAGMAs) every connection beyond POOL_SIZE under load.
+            kwargs.setdefault("pool_size", POOL_SIZE + POOL_OVERFLOW)
+            kwargs.setdefault("max_overflow", 0)
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )

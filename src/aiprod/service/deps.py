@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import Forbidden, RateLimited, Unauthorized
 from aiprod.db.repositories import ApiKeyRepository
@@ -24,22 +28,57 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
+# A request's session holds its pool connection from the handler's first query until the
+# dependency's exit commits it. Sync exits run on anyio's shared thread pool (40 threads), where
+# requests blocked on an exhausted connection pool can hold every thread: then no exit runs, no
+# connection comes back, and all of them time out after 30 s (seen at 200 clients in
+# benchmarks/load_test.py). So the commit / rollback / close run on threads of their own.
+_END_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aiprod-session-end")
+
+
+def _finish(session: Session, *, ok: bool) -> None:
+    try:
+        if ok:
+            session.commit()
+        else:
+            session.rollback()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@asynccontextmanager
+async def _session(factory: sessionmaker[Session]) -> AsyncIterator[Session]:
+    session = factory()  # connects lazily, on the handler's thread
+    loop = asyncio.get_running_loop()
+    try:
+        yield session
+    except BaseException:
+        await loop.run_in_executor(_END_POOL, partial(_finish, session, ok=False))
+        raise
+    await loop.run_in_executor(_END_POOL, partial(_finish, session, ok=True))
+
+
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
     """One session per request, committed once after the handler returns."""
-    with session_scope(state.sessions) as session:
+    async with _session(state.sessions) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_read_session(state: StateDep) -> Iterator[Session]:
-    """A session for handlers that only read (on SQLite it takes no write lock)."""
-    with session_scope(state.read_sessions or state.sessions) as session:
-        yield session
+def read_session(state: AppState) -> AbstractContextManager[Session]:
+    """A unit of work that only reads (on SQLite: no write lock), for a handler to open and end
+    itself: a session from SessionDep keeps its connection until the dependency's exit, across
+    the thread-pool hop that validates the response, and with 200 clients polling, requests
+    holding every connection while waiting for a thread, and threads waiting for a connection,
+    deadlocked until the pool's 30 s timeout. Ended inside the handler, a read holds its
+    connection only while it runs."""
+    return session_scope(state.read_sessions or state.sessions)
 
-
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 # ``last_used_at`` is for people ("is this key still used?"): a minute's precision is plenty,
 # and writing it on every request made every request a write transaction.

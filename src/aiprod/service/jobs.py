@@ -10,7 +10,10 @@ import binascii
 import hashlib
 import io
 import json
+import math
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -309,16 +312,49 @@ def job_to_dict(
     }
 
 
+class QueueView:
+    """The queue as status calls see it: one snapshot (and live-worker count) shared for
+    ``ttl`` seconds instead of four queries per queued job's status (the profile's largest
+    database cost at 200 polling clients). A position is at most ``ttl`` seconds old."""
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._taken = -math.inf
+        self._snapshot: queue.QueueSnapshot | None = None
+        self._workers = 0
+
+    def get(self, session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
+        with self._lock:
+            if self._snapshot is not None and time.monotonic() - self._taken < self.ttl:
+                return self._snapshot, self._workers
+        snapshot = queue.QueueSnapshot.take(session)
+        workers = len(WorkerRepository(session).alive(settings.lease_seconds * 2))
+        with self._lock:
+            self._snapshot, self._workers, self._taken = snapshot, workers, time.monotonic()
+        return snapshot, workers
+
+
 def render_job(
-    session: Session, job: Job, *, base_url: str | None, settings: Settings
+    session: Session,
+    job: Job,
+    *,
+    base_url: str | None,
+    settings: Settings,
+    queue_view: QueueView | None = None,
 ) -> dict[str, Any]:
-    """job_to_dict plus the live queue position and ETA."""
+    """job_to_dict plus the queue position and ETA (live, or from ``queue_view``)."""
     position = None
     eta = None
     per_job = job.estimated_seconds
     if job.status == "queued":
-        position = queue.queue_position(session, job)
-        workers = max(1, len(WorkerRepository(session).alive(settings.lease_seconds * 2)))
+        if queue_view is not None:
+            snapshot, alive = queue_view.get(session, settings)
+            position = snapshot.position(job.id)
+        if queue_view is None or position is None:  # not queued yet when the view was taken
+            position = queue.queue_position(session, job)
+            alive = len(WorkerRepository(session).alive(settings.lease_seconds * 2))
+        workers = max(1, alive)
         if per_job is not None:
             eta = (position // workers + 1) * per_job
     elif job.status == "running" and per_job is not None:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
+from aiprod.service.jobs import QueueView
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.storage import LocalStorage, S3Storage
 
@@ -26,3 +27,4 @@ class AppState:
     read_sessions: sessionmaker[Session] | None = None
     # key id -> time.monotonic() of its last ``last_used_at`` write (written at most once a minute)
     key_touched: dict[str, float] = field(default_factory=dict)
+    queue_view: QueueView = field(default_factory=QueueView)  # status calls' queue positions

@@ -13,7 +13,7 @@ from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
 from aiprod.db.models import JOB_STATUSES
 from aiprod.db.repositories import JobRepository
 from aiprod.service import jobs as svc
-from aiprod.service.deps import ApiKeyDep, ReadSessionDep, SessionDep, StateDep
+from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep, read_session
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -69,7 +69,6 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
 def list_jobs(
     request: Request,
     key: ApiKeyDep,
-    session: ReadSessionDep,
     state: StateDep,
     status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
     created_after: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
@@ -84,29 +83,38 @@ def list_jobs(
             raise InvalidRequest(
                 f"status '{s}' is not one of {', '.join(JOB_STATUSES)}", field="status"
             )
-    page = JobRepository(session).list_owned(
-        key.id,
-        statuses=statuses,
-        created_after=_parse_time(created_after, "created_after"),
-        created_before=_parse_time(created_before, "created_before"),
-        limit=limit,
-        cursor=cursor,
-    )
+    after = _parse_time(created_after, "created_after")
+    before = _parse_time(created_before, "created_before")
     base = _base(request)
-    return {
-        "data": [
-            svc.render_job(session, j, base_url=base, settings=state.settings) for j in page.items
-        ],
-        "next_cursor": page.next_cursor,
-    }
+    with read_session(state) as session:  # ends here, not after the response (see read_session)
+        page = JobRepository(session).list_owned(
+            key.id,
+            statuses=statuses,
+            created_after=after,
+            created_before=before,
+            limit=limit,
+            cursor=cursor,
+        )
+        data = [
+            svc.render_job(
+                session, j, base_url=base, settings=state.settings, queue_view=state.queue_view
+            )
+            for j in page.items
+        ]
+    return {"data": data, "next_cursor": page.next_cursor}
 
 
 @router.get("/jobs/{job_id}", summary="A job object")
-def get_job(
-    job_id: str, request: Request, key: ApiKeyDep, session: ReadSessionDep, state: StateDep
-) -> dict[str, Any]:
-    job = JobRepository(session).get_owned(job_id, key.id)
-    return svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+def get_job(job_id: str, request: Request, key: ApiKeyDep, state: StateDep) -> dict[str, Any]:
+    with read_session(state) as session:  # ends here, not after the response (see read_session)
+        job = JobRepository(session).get_owned(job_id, key.id)
+        return svc.render_job(
+            session,
+            job,
+            base_url=_base(request),
+            settings=state.settings,
+            queue_view=state.queue_view,
+        )
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
