@@ -3,8 +3,8 @@
 ``create_app`` calls ``install_observability(app)`` once, after its routers are in place:
 
 - ``GET /metrics``: Prometheus exposition from the app's own registry (``service/metrics.py``).
-- ``GET /readyz``: the detailed readiness report of ``service/health.py`` (routed ahead of a
-  simpler ``/readyz`` registered before it); ``/healthz`` is left as it is.
+- ``GET /readyz``: the detailed readiness report of ``service/health.py`` (``/healthz``, plain
+  liveness, lives in ``service/routers/health.py``).
 - An outermost ASGI middleware: a request id (the caller's ``X-Request-ID`` when it looks sane,
   else a new one) echoed in the response and attached to every log line of the request; one
   structured log line per request (request id, key id, method, route template, status,
@@ -30,7 +30,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiprod.core.logging import request_id_var
@@ -140,45 +139,12 @@ def _read_sessions(engine: Engine, sessions: sessionmaker[Session]) -> sessionma
     return sessionmaker(reader, expire_on_commit=False)
 
 
-def _include_first(app: FastAPI, router: APIRouter) -> None:
-    """Include ``router`` ahead of the routes already there, so its paths take precedence.
-
-    Routers included earlier are shared module objects (other apps in the process use them),
-    so they are left untouched: ours just matches first.
-    """
-    before = len(app.router.routes)
-    app.include_router(router)
-    added: list[BaseRoute] = app.router.routes[before:]
-    del app.router.routes[before:]
-    app.router.routes[:0] = added
-    mark = getattr(app.router, "_mark_routes_changed", None)
-    if callable(mark):
-        mark()
-
-
 READYZ_SUMMARY = "Readiness: database, migrations, workers, storage, disk"
 READYZ_DESCRIPTION = (
     "200 when every check passes, 503 otherwise; the body always has `checks`, one sentence "
     "per failing check in `reasons`, and `details` (migration revisions, live workers, the "
     "GPUs they report, storage path, free disk)."
 )
-
-
-def _document_readyz(app: FastAPI) -> None:
-    """Make the OpenAPI entry of /readyz describe the route that actually answers it."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            op = schema.get("paths", {}).get("/readyz", {}).get("get")
-            if op is not None:
-                op["summary"] = READYZ_SUMMARY
-                op["description"] = READYZ_DESCRIPTION
-                op["responses"].setdefault("503", {"description": "Not ready (see reasons)"})
-        return app.openapi_schema  # type: ignore[return-value]
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetrics:
@@ -215,7 +181,12 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         body, content_type = metrics.render()
         return Response(content=body, media_type=content_type)
 
-    @router.get("/readyz", summary=READYZ_SUMMARY, description=READYZ_DESCRIPTION)
+    @router.get(
+        "/readyz",
+        summary=READYZ_SUMMARY,
+        description=READYZ_DESCRIPTION,
+        responses={503: {"description": "Not ready (see reasons)"}},
+    )
     def readiness() -> JSONResponse:
         report = check_readiness(
             sessions=reads,
@@ -227,8 +198,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         )
         return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 
-    _include_first(app, router)  # replaces the app's basic /readyz
-    _document_readyz(app)
+    app.include_router(router)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=opts.log_requests)
     # Our per-request line replaces the plain access log lines.
     logging.getLogger("aiprod.access").disabled = opts.log_requests
