@@ -6,14 +6,14 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
 from aiprod.db.models import JOB_STATUSES
 from aiprod.db.repositories import JobRepository
 from aiprod.service import jobs as svc
-from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep, read_session
+from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep, read_session, write_slot
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -22,7 +22,12 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-@router.post("/generate", status_code=202, summary="Create a generation job")
+@router.post(
+    "/generate",
+    status_code=202,
+    summary="Create a generation job",
+    dependencies=[Depends(write_slot, scope="function")],
+)
 def generate(
     body: svc.GenerateBody,
     request: Request,
@@ -117,7 +122,11 @@ def get_job(job_id: str, request: Request, key: ApiKeyDep, state: StateDep) -> d
         )
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a queued or running job",
+    dependencies=[Depends(write_slot, scope="function")],
+)
 def cancel(
     job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
