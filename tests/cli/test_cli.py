@@ -28,6 +28,10 @@ COMMANDS = [
     ["db", "upgrade"],
     ["models"],
     ["models", "list"],
+    ["models", "register"],
+    ["data"],
+    ["train"],
+    ["eval"],
 ]
 
 

@@ -105,3 +105,21 @@ def test_register_into_new_models_file_uses_small_defaults(run_dir: Path, tmp_pa
     assert load_registry(models).default == "fresh"
     assert (entry.defaults.width, entry.defaults.num_frames) == (128, 25)
     assert entry.defaults.two_stage is True  # the tiny run trained an upsampler
+
+
+def test_cli_models_register_then_models_list(run_dir: Path, tmp_path: Path) -> None:
+    """`aiprod models register` (the top-level CLI) installs the run; `models list` shows it."""
+    from typer.testing import CliRunner
+
+    from aiprod.cli.main import app
+
+    models = tmp_path / "models.toml"
+    env = {"AIPROD_MODELS_FILE": str(models), "AIPROD_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "register", str(run_dir), "--id", "cli-model"], env=env)
+    assert res.exit_code == 0, res.output
+    assert load_registry(models).get("cli-model").family == "builtin"
+    listing = runner.invoke(app, ["models", "list"], env=env, terminal_width=200)
+    assert listing.exit_code == 0 and "cli-model" in listing.stdout
+    bad = runner.invoke(app, ["models", "register", str(tmp_path / "nope"), "--id", "x"], env=env)
+    assert bad.exit_code != 0 and len(bad.stderr.strip().splitlines()) == 1

@@ -20,7 +20,8 @@ Progressed = Callable[[int, int], None]
 
 app = typer.Typer(
     name="data",
-    help="Data pipeline: ingest, probe, validate, split, normalize, organize, report, synth.",
+    help="Data pipeline: ingest, probe, validate, split, normalize, organize, report, synth.\n\n"
+    "Example: aiprod data synth ./synth -n 16 --width 64 --height 64 -f 17",
     no_args_is_help=True,
 )
 console = Console(stderr=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -36,10 +37,12 @@ out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Sub-apps owned by other modules: name -> (module, help). Imported only when invoked.
-LAZY_SUBAPPS = {
-    "data": ("aiprod.cli.data", "Ingest, check and prepare training videos."),
-    "train": ("aiprod.cli.train", "Train and evaluate models."),
+# Commands owned by other modules: name -> (module, command inside that module's typer `app`,
+# or None for the whole app as a group). Imported only when invoked or listed in --help.
+LAZY_SUBAPPS: dict[str, tuple[str, str | None]] = {
+    "data": ("aiprod.cli.data", None),
+    "train": ("aiprod.cli.train", "train"),
+    "eval": ("aiprod.cli.train", "eval"),
 }
 
 
@@ -57,14 +60,14 @@ class LazyGroup(TyperGroup):
         cmd = super().get_command(ctx, cmd_name)
         if cmd is not None or cmd_name not in LAZY_SUBAPPS:
             return cmd
-        module_name, help_text = LAZY_SUBAPPS[cmd_name]
+        module_name, inner = LAZY_SUBAPPS[cmd_name]
         if importlib.util.find_spec(module_name) is None:
             return None
         module = importlib.import_module(module_name)
         sub = typer.main.get_command(module.app)
+        if inner is not None:
+            sub = sub.commands[inner]  # type: ignore[attr-defined]
         sub.name = cmd_name
-        if not sub.help:
-            sub.help = help_text
         return sub
 
 
@@ -305,6 +308,39 @@ def models_list() -> None:
             str(m.limits.max_frames),
         )
     _table_console().print(table)
+
+
+@models_app.command("register")
+@one_line_errors
+def models_register(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="a run folder (its best), a step-N checkpoint or a model folder")
+    ],
+    model_id: Annotated[str, typer.Option("--id", help="registry id the API will serve it as")],
+    version: Annotated[
+        str | None, typer.Option(help="model_version recorded on jobs (default: from the run)")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="shown by GET /models")] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="make it the server's default model")
+    ] = False,
+) -> None:
+    """Install a trained checkpoint as a model folder and add it to the registry.
+
+    Example: aiprod models register runs/builtin --id builtin-v2 --default
+    """
+    from aiprod.cli.train import register_model
+
+    entry = register_model(
+        checkpoint,
+        model_id,
+        models_file=_settings().models_file,
+        version=version,
+        description=description,
+        make_default=default,
+    )
+    out.print(json.dumps(entry, indent=2, default=str), highlight=False)
+    out.print("restart the workers (or `aiprod serve`) to serve it")
 
 
 # ---------------------------------------------------------------------------------- worker

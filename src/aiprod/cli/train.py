@@ -2,10 +2,10 @@
 
 Examples::
 
-    aiprod train train configs/builtin.yaml --dry-run
-    aiprod train train configs/builtin.yaml            # then --resume after an interruption
-    aiprod train eval runs/builtin --out runs/builtin/eval
-    aiprod models register runs/builtin --id builtin   # (wired by aiprod.cli.main)
+    aiprod train configs/builtin.yaml --dry-run
+    aiprod train configs/builtin.yaml            # then --resume after an interruption
+    aiprod eval runs/builtin --out runs/builtin/eval
+    aiprod models register runs/builtin --id builtin   # (in aiprod.cli.main)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.table import Table
 from aiprod.core.errors import AiprodError
 
 app = typer.Typer(
-    help="Train and evaluate models.\n\nExample: aiprod train train configs/builtin.yaml --dry-run",
+    help="Train and evaluate models.\n\nExample: aiprod train configs/builtin.yaml --dry-run",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -69,7 +69,7 @@ def train_cmd(
 ) -> None:
     """Train a model through its curriculum phases.
 
-    Example: aiprod train train configs/builtin.yaml --resume
+    Example: aiprod train configs/builtin.yaml --resume
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from aiprod.training.config import load_config
@@ -130,7 +130,7 @@ def eval_cmd(
 ) -> None:
     """Score a checkpoint on held-out synthetic prompts (JSON + HTML + PNG).
 
-    Example: aiprod train eval runs/builtin --num-prompts 200 --out runs/builtin/eval
+    Example: aiprod eval runs/builtin --num-prompts 200 --out runs/builtin/eval
     """
     from rich.progress import Progress
 
