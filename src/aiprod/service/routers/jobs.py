@@ -149,13 +149,13 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 def download(
     job_id: str,
     key: ApiKeyDep,
-    session: SessionDep,
     state: StateDep,
     range_: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """The MP4 of a succeeded job (409 otherwise). Supports `Range` (206) and `ETag`."""
-    job = JobRepository(session).get_owned(job_id, key.id)
+    with read_session(state) as session:  # a read: no SQLite write lock, ended before streaming
+        job = JobRepository(session).get_owned(job_id, key.id)
     if job.status != "succeeded" or not job.output_path:
         raise Conflict(
             f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
