@@ -236,6 +236,20 @@ class StepClock:
         self.times.append(time.perf_counter())
         return {}
 
+    def breakdown(
+        self, *, t0: float, t1: float, t2: float, t3: float, stage1_steps: int
+    ) -> dict[str, float]:
+        """Per-stage seconds of a two-stage run: start, stage-1 end, upsample end, decoded."""
+        return {
+            "stage1_s": t1 - t0,
+            "upsample_s": t2 - t1,
+            "stage2_s": self.times[-1] - t2,
+            "decode_s": t3 - self.times[-1],
+            "total_s": t3 - t0,
+            "steps": len(self.times),
+            "stage1_steps": stage1_steps,
+        }
+
 
 @dataclass
 class Preset:
@@ -314,15 +328,7 @@ def run_plain_ltxv(
     )
     sync()
     t3 = time.perf_counter()
-    return {
-        "stage1_s": t1 - t0,
-        "upsample_s": t2 - t1,
-        "stage2_s": clock.times[-1] - t2,
-        "decode_s": t3 - clock.times[-1],
-        "total_s": t3 - t0,
-        "steps": len(clock.times),
-        "stage1_steps": n1,
-    }
+    return clock.breakdown(t0=t0, t1=t1, t2=t2, t3=t3, stage1_steps=n1)
 
 
 def run_plain_ltx2(
@@ -408,15 +414,7 @@ def run_plain_ltx2(
     pipe.scheduler = base
     if has_lora:
         pipe.disable_lora()
-    return {
-        "stage1_s": t1 - t0,
-        "upsample_s": t2 - t1,
-        "stage2_s": clock.times[-1] - t2,
-        "decode_s": t3 - clock.times[-1],
-        "total_s": t3 - t0,
-        "steps": len(clock.times),
-        "stage1_steps": n1,
-    }
+    return clock.breakdown(t0=t0, t1=t1, t2=t2, t3=t3, stage1_steps=n1)
 
 
 def engine_entry(family: str, preset: Preset, args: argparse.Namespace) -> ModelEntry:
