@@ -8,6 +8,8 @@ on one line and exits non-zero. Anything else reaching the top is a bug.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class AiprodError(Exception):
     """Base class for expected errors: ``message`` is shown to the user verbatim."""
@@ -75,6 +77,13 @@ class ConfigError(AiprodError):
 
     status_code = 500
     code = "config_error"
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, source: str) -> ConfigError:
+        """One line for a pydantic error in a config file: ``SOURCE: field.path: message``."""
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        return cls(f"{source}: {loc}: {first['msg']}")
 
 
 class GenerationCanceled(AiprodError):

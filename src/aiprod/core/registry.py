@@ -329,9 +329,7 @@ def load_registry(path: Path | None = None) -> Registry:
     try:
         reg = Registry.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {loc}: {first['msg']}") from exc
+        raise ConfigError.from_validation(exc, str(path)) from exc
     base = path.resolve().parent
     return reg.model_copy(
         update={"models": [m.resolve_paths(base) for m in reg.models], "source": path}

@@ -182,9 +182,7 @@ def load_config(path: str | Path | None = None) -> DataConfig:
     try:
         cfg = DataConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"data config {p}: {where}: {first['msg']}") from exc
+        raise ConfigError.from_validation(exc, f"data config {p}") from exc
     if cfg.organize.overrides_file is not None and not cfg.organize.overrides_file.is_absolute():
         cfg = cfg.model_copy(
             update={

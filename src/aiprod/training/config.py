@@ -241,7 +241,5 @@ def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfi
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {loc}: {first['msg']}") from exc
+        raise ConfigError.from_validation(exc, str(path)) from exc
     return cfg
