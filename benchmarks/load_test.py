@@ -1,8 +1,8 @@
 """Load test: N concurrent clients submitting jobs and polling their status on a real server.
 
-By default it starts its own server on a free loopback port (``aiprod serve`` with a fresh data
-dir, SQLite, ``--workers W`` real worker processes running the built-in model at its smallest
-size) and runs three phases, 5, 50 and 200 concurrent clients. Each client loops for the
+By default it starts its own server on a free loopback port (``aiprod serve --api-processes
+2`` with a fresh data dir, SQLite, ``--workers W`` real worker processes running the built-in
+model at its smallest size) and runs three phases, 5, 50 and 200 concurrent clients. Each client loops for the
 phase's duration: submit a job, poll ``GET /api/v1/jobs/{id}`` every ``--poll-interval``
 seconds until the job ends, submit the next. The queue stays full, so the workers are busy the
 whole time and the status latencies are measured under that load.
@@ -344,6 +344,7 @@ def local_server(  # type: ignore[no-untyped-def]
     log_path: Path,
     database_url: str | None = None,
     worker_nice: int = 0,
+    api_processes: int = 1,
 ):
     """Start ``aiprod serve`` on a free loopback port; yield (base_url, api_key).
 
@@ -377,6 +378,7 @@ def local_server(  # type: ignore[no-untyped-def]
     log = log_path.open("w")
     serve_workers = 0 if worker_nice > 0 else workers
     cmd = [*_aiprod(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--api-processes", str(api_processes)]
     proc = subprocess.Popen(
         [*cmd, "--workers", str(serve_workers)],
         env=env,
@@ -465,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (own server)")
     ap.add_argument(
+        "--api-processes",
+        type=int,
+        default=2,
+        help="own server: API processes (`aiprod serve --api-processes`; 2 = one per core here)",
+    )
+    ap.add_argument(
         "--worker-nice",
         type=int,
         default=0,
@@ -519,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_path=log_path,
                 database_url=args.database_url,
                 worker_nice=args.worker_nice,
+                api_processes=args.api_processes,
             ) as (url, key):
                 results = phases(url, key)
     print(_table(results))
@@ -527,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "server": args.url
-        or f"own (aiprod serve --workers {args.workers}, "
+        or f"own (aiprod serve --workers {args.workers} --api-processes {args.api_processes}, "
         f"{'PostgreSQL' if (args.database_url or '').startswith('postgres') else 'SQLite'})",
         "worker_nice": args.worker_nice,
         "poll_interval_s": args.poll_interval,

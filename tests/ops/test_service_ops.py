@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -148,6 +149,37 @@ class ApiOnlyStack(Stack):
                     return False
 
             wait_for(up, timeout, 0.1, "the API to answer /healthz")
+
+
+def test_several_api_processes_share_the_port_and_the_metrics(tmp_path):
+    """`serve --api-processes 2`: both processes answer on one port, /metrics (from whichever
+    process answers the scrape) counts every process's requests, SIGTERM stops them all."""
+    stack = ApiOnlyStack(
+        tmp_path, f"sqlite:///{tmp_path / 'aiprod.db'}", workers=0, api_processes=2
+    )
+    try:
+        with stack.client(stack.admin_key) as c:
+            # Until both processes serve, a scrape may miss the other's start-time series.
+            wait_for(lambda: len(_start_times(scrape(c))) == 2, 60, 0.1, "two live API processes")
+            for _ in range(40):
+                assert c.get("/api/v1/models").status_code == 200
+            models = dict(method="GET", route="/api/v1/models", status="200")
+            for _ in range(6):  # each scrape may land on either process: all agree
+                assert value(scrape(c), "aiprod_http_requests_total", **models) == 40
+            pids = {int(p) for p in _start_times(scrape(c))}
+    finally:
+        stack.stop()
+    assert stack.proc.returncode is not None
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"API process {pid} outlived serve"
+
+
+def _start_times(series: Series) -> list[str]:
+    return [
+        dict(labels)["pid"]
+        for (name, labels), _ in series.items()
+        if name == "aiprod_process_start_time_seconds"
+    ]
 
 
 def _start_worker(stack: Stack, n: int) -> subprocess.Popen:

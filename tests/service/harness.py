@@ -143,6 +143,7 @@ class Stack:
         database_url: str,
         *,
         workers: int = 1,
+        api_processes: int = 1,
         models_toml: str = MODELS_TOML,
         **settings: Any,
     ) -> None:
@@ -156,7 +157,15 @@ class Stack:
         self.env = stack_env(self.data_dir, database_url, self.models_file, **settings)
         self.log = (tmp / "serve.log").open("wb")
         self.proc = subprocess.Popen(
-            aiprod_cmd("serve", "--port", str(self.port), "--workers", str(workers)),
+            aiprod_cmd(
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--api-processes",
+                str(api_processes),
+            ),
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=self.log,

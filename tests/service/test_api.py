@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -205,8 +206,13 @@ def test_auth_scopes_and_ownership(stack: Stack, client_key: str, other_key: str
     listing = stack.cli("keys", "list").stdout
     assert "temp" in listing and key not in listing
     stack.cli("keys", "revoke", _key_id(stack, "temp"))
+    revoked_at = time.monotonic()
     with stack.client(key) as t:
-        assert t.get("/api/v1/models").status_code == 401
+        # refused within api_key_cache_seconds (1 s) of the revocation, never later
+        while (code := t.get("/api/v1/models").status_code) == 200:
+            assert time.monotonic() - revoked_at < 1.5, "revoked key still accepted after 1.5 s"
+            time.sleep(0.05)
+        assert code == 401
 
 
 def test_rate_limit_429_with_retry_after(stack: Stack) -> None:

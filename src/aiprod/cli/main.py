@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,6 +449,14 @@ def serve(
         bool, typer.Option("--no-worker", help="API only; run `aiprod worker` elsewhere.")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker subprocesses.")] = 1,
+    api_processes: Annotated[
+        int,
+        typer.Option(
+            "--api-processes",
+            min=1,
+            help="API server processes sharing the port (one per CPU core is a good start).",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Start the API server and its worker subprocesses.
@@ -475,7 +484,6 @@ def serve(
         if not ApiKeyRepository(s).has_admin():
             _, admin_key = create_key(s, secret=secret, name="admin", admin=True)
     engine.dispose()
-    fastapi_app = create_app(settings)
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
@@ -499,8 +507,18 @@ def serve(
         env.setdefault("AIPROD_DATA_DIR", str(settings.resolved_data_dir))
         supervisor = Supervisor(n, env)
         supervisor.start()
+    if api_processes > 1:
+        # The processes are spawned: they read their settings, log level and the shared
+        # Prometheus directory (so /metrics counts every process's requests) from the env.
+        os.environ["AIPROD_LOG_LEVEL"] = log_level.upper()
+        metrics_dir = settings.resolved_data_dir / "metrics-multiproc"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     config = uvicorn.Config(
-        fastapi_app,
+        create_app(settings) if api_processes == 1 else "aiprod.service.app:create_app_for_process",
+        factory=api_processes > 1,
+        workers=api_processes,
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -514,7 +532,12 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        uvicorn.Server(config).run()
+        if api_processes == 1:
+            uvicorn.Server(config).run()
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         if supervisor is not None:
             supervisor.shutdown()

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     models_file: Path | None = None  # default: the models.toml shipped in the package
     secret_key: str | None = None  # default: generated into data_dir/secret_key on first use
     rate_limit_per_minute: int = Field(default=100, ge=1)
+    # How long an API process trusts a key's row before reading it again: a revoked key is
+    # refused within this many seconds (0 = read it on every request).
+    api_key_cache_seconds: float = Field(default=1.0, ge=0)
     device: str | None = None  # worker device; default cuda if available else cpu
 
     # Service and queue (see docs/api.md). Short intervals are for tests; defaults suit production.

@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         engine.dispose()
+        metrics = getattr(app.state, "metrics", None)
+        if metrics is not None:
+            metrics.process_exited()
 
     app = FastAPI(
         title="aiprod",
@@ -62,3 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     install_observability(app, state)  # /metrics, detailed /readyz, request logs (ops)
     return app
+
+
+def create_app_for_process() -> FastAPI:
+    """App factory for each process of ``aiprod serve --api-processes N`` (uvicorn workers):
+    a spawned process starts without aiprod's logging, so it sets that up first."""
+    from aiprod.core.logging import configure_logging
+
+    configure_logging()
+    return create_app()

@@ -13,6 +13,7 @@ from typing import Annotated
 from weakref import WeakKeyDictionary
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import Forbidden, RateLimited, Unauthorized
@@ -102,6 +103,8 @@ def read_session(state: AppState) -> AbstractContextManager[Session]:
 # ``last_used_at`` is for people ("is this key still used?"): a minute's precision is plenty,
 # and writing it on every request made every request a write transaction.
 TOUCH_EVERY_SECONDS = 60.0
+# Keys an API process keeps in its cache at most (beyond that it starts over).
+KEY_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -112,11 +115,31 @@ class AuthedKey:
     priority: int
 
 
-def get_api_key(request: Request, state: StateDep) -> AuthedKey:
+def _load_key(state: AppState, key_hash: str) -> tuple[AuthedKey, int]:
+    """The key's row (read-only transaction) -> (key, its rate limit); 401 if unknown/revoked."""
+    with session_scope(state.read_sessions or state.sessions) as session:
+        row = ApiKeyRepository(session).by_hash(key_hash)
+        if row is None or not row.active:
+            raise Unauthorized("invalid or revoked API key")
+        limit = row.rate_limit_per_minute or state.settings.rate_limit_per_minute
+        return AuthedKey(id=row.id, name=row.name, scope=row.scope, priority=row.priority), limit
+
+
+def _touch(state: AppState, key_id: str) -> None:
+    with session_scope(state.sessions) as session:
+        ApiKeyRepository(session).touch(key_id)
+
+
+async def get_api_key(request: Request, state: StateDep) -> AuthedKey:
     """Bearer key -> its row (401 if missing/unknown/revoked); counts it against the rate limit
-    and records last-used. The key is read on every request (a revoked key is refused at once)
-    in a short read transaction before the handler's; the rate limit and ``last_used_at`` write
-    only when due (see RateLimiter, TOUCH_EVERY_SECONDS)."""
+    and records last-used.
+
+    Async, so a request whose key, rate limit and ``last_used_at`` need no database work this
+    time costs no thread hop: an API process keeps a key's row for
+    ``api_key_cache_seconds`` (1 s by default; a revoked key is refused within that time,
+    unknown keys are never cached), counts the rate limit locally between its syncs (see
+    RateLimiter) and writes ``last_used_at`` at most once a minute. Database work runs on the
+    thread pool."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -125,21 +148,26 @@ def get_api_key(request: Request, state: StateDep) -> AuthedKey:
             f"missing API key: send the header 'Authorization: Bearer {KEY_PREFIX}...' "
             "(create one with `aiprod keys create --name NAME`)"
         )
-    with session_scope(state.read_sessions or state.sessions) as session:
-        row = ApiKeyRepository(session).by_hash(hash_key(token, state.secret))
-        if row is None or not row.active:
-            raise Unauthorized("invalid or revoked API key")
-        limit = row.rate_limit_per_minute or state.settings.rate_limit_per_minute
-        authed = AuthedKey(id=row.id, name=row.name, scope=row.scope, priority=row.priority)
-    rate = state.limiter.hit(state.sessions, authed.id, limit)
+    key_hash = hash_key(token, state.secret)
+    now = time.monotonic()
+    cached = state.key_cache.get(key_hash)
+    if cached is not None and now - cached[2] < state.settings.api_key_cache_seconds:
+        authed, limit = cached[0], cached[1]
+    else:
+        authed, limit = await run_in_threadpool(_load_key, state, key_hash)
+        if state.settings.api_key_cache_seconds > 0:
+            if len(state.key_cache) >= KEY_CACHE_SIZE:
+                state.key_cache.clear()
+            state.key_cache[key_hash] = (authed, limit, now)
+    rate = state.limiter.hit_local(authed.id, limit)
+    if rate is None:
+        rate = await run_in_threadpool(state.limiter.hit, state.sessions, authed.id, limit)
     request.state.api_key_id = authed.id
     request.state.rate = rate
-    now = time.monotonic()
     last = state.key_touched.get(authed.id)
     if last is None or now - last >= TOUCH_EVERY_SECONDS:
         state.key_touched[authed.id] = now
-        with session_scope(state.sessions) as session:
-            ApiKeyRepository(session).touch(authed.id)
+        await run_in_threadpool(_touch, state, authed.id)
     if not rate.allowed:
         raise RateLimited(
             f"rate limit of {limit} requests per minute exceeded; "
@@ -151,7 +179,7 @@ def get_api_key(request: Request, state: StateDep) -> AuthedKey:
 ApiKeyDep = Annotated[AuthedKey, Depends(get_api_key)]
 
 
-def require_admin(key: ApiKeyDep) -> AuthedKey:
+async def require_admin(key: ApiKeyDep) -> AuthedKey:
     if key.scope != "admin":
         raise Forbidden("this route needs an admin key (`aiprod keys create --name NAME --admin`)")
     return key

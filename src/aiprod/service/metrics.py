@@ -450,6 +450,10 @@ class ServiceMetrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # `aiprod serve --api-processes N` sets PROMETHEUS_MULTIPROC_DIR for its processes:
+        # then the counters live in files there and a scrape of any process sums them all.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._collectors: list[Collector] = []
         self.requests = Counter(
             "aiprod_http_requests",
             "HTTP requests by method, route template and status",
@@ -464,27 +468,34 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "aiprod_http_requests_in_flight", "Requests being handled now", registry=self.registry
+            "aiprod_http_requests_in_flight",
+            "Requests being handled now",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.info = Gauge(
             "aiprod_build_info",
             "aiprod version of this API process",
             ["version"],
             registry=self.registry,
+            multiprocess_mode="max",
         )
         self.info.labels(version=_version).set(1)
         self.started = Gauge(
             "aiprod_process_start_time_seconds",
             "When this API process started (unix time)",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.started.set(time.time())
         if session_factory is not None:
-            self.registry.register(
+            self._collectors.append(
                 DatabaseCollector(session_factory, worker_live_seconds=worker_live_seconds)
             )
         if storage_path is not None:
-            self.registry.register(DiskCollector(storage_path))
+            self._collectors.append(DiskCollector(storage_path))
+        for c in self._collectors:
+            self.registry.register(c)
 
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request (``route`` must be the template, not the raw path)."""
@@ -493,4 +504,19 @@ class ServiceMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        for c in self._collectors:
+            merged.register(c)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges from the shared files (multiprocess mode)."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(os.getpid(), self.multiprocess_dir)

@@ -53,20 +53,8 @@ class RateLimiter:
         """Count one request for ``key``; writes to the database only when a sync is due."""
         now = time.time() if now is None else now
         start = int(math.floor(now / self.window) * self.window)
-        margin = max(1, limit // 10)
         with self._lock:
-            w = self._keys.get(key)
-            new_window = w is None or w.start != start
-            if w is None or new_window:
-                w = self._keys[key] = _KeyWindow(start=start)
-            w.pending += 1
-            hits = w.counted + w.pending
-            due = (
-                new_window
-                or limit - hits < margin
-                or now - w.synced_at >= self.sync_seconds
-                or now < w.synced_at  # clock went back
-            )
+            w, new_window, hits, due = self._count(key, limit, start, now)
             add = w.pending if due else 0
             if due:
                 w.pending = 0
@@ -81,6 +69,43 @@ class RateLimiter:
                     w.counted = max(w.counted, total)
                     total = w.counted
                 hits = total
+        return self._state(limit, hits, start, now)
+
+    def hit_local(self, key: str, limit: int, now: float | None = None) -> RateState | None:
+        """Count one request without touching the database, or return None (nothing counted)
+        when a database sync is due: then call :meth:`hit` (from a thread: it does I/O)."""
+        now = time.time() if now is None else now
+        start = int(math.floor(now / self.window) * self.window)
+        with self._lock:
+            w = self._keys.get(key)
+            if w is None or w.start != start:
+                return None
+            hits = w.counted + w.pending + 1
+            if self._due(w, limit, hits, now):
+                return None
+            w.pending += 1
+        return self._state(limit, hits, start, now)
+
+    def _count(
+        self, key: str, limit: int, start: int, now: float
+    ) -> tuple[_KeyWindow, bool, int, bool]:
+        """Under the lock: add one pending request; -> (window, new window?, hits, sync due?)."""
+        w = self._keys.get(key)
+        new_window = w is None or w.start != start
+        if w is None or new_window:
+            w = self._keys[key] = _KeyWindow(start=start)
+        w.pending += 1
+        hits = w.counted + w.pending
+        return w, new_window, hits, new_window or self._due(w, limit, hits, now)
+
+    def _due(self, w: _KeyWindow, limit: int, hits: int, now: float) -> bool:
+        return (
+            limit - hits < max(1, limit // 10)
+            or now - w.synced_at >= self.sync_seconds
+            or now < w.synced_at  # clock went back
+        )
+
+    def _state(self, limit: int, hits: int, start: int, now: float) -> RateState:
         reset = max(1, math.ceil(start + self.window - now))
         return RateState(
             limit=limit, remaining=max(0, limit - hits), reset_seconds=reset, allowed=hits <= limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,4 +28,6 @@ class AppState:
     read_sessions: sessionmaker[Session] | None = None
     # key id -> time.monotonic() of its last ``last_used_at`` write (written at most once a minute)
     key_touched: dict[str, float] = field(default_factory=dict)
+    # key hash -> (key, its rate limit, time.monotonic() when read); see api_key_cache_seconds
+    key_cache: dict[str, tuple[Any, int, float]] = field(default_factory=dict)
     queue_view: QueueView = field(default_factory=QueueView)  # status calls' queue positions
