@@ -23,7 +23,8 @@ from aiprod.service.security import KEY_PREFIX, hash_key
 from aiprod.service.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain-def dependency on the thread pool, a hop per request for this
     return request.app.state.aiprod
 
 
