@@ -17,7 +17,7 @@ from aiprod.engine.types import GenerationRequest
 
 from .conftest import png_bytes
 
-SMALL = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2}
+SMALL = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2, "two_stage": False}
 
 
 def _req(entry, **kw) -> GenerationRequest:  # noqa: ANN001
@@ -157,7 +157,13 @@ def test_builtin_loads_the_same_model_from_a_folder(
     from aiprod.engine.tiny import save_components, tiny_ltxv_components
 
     folder = save_components(tiny_ltxv_components(seed=BUILTIN_SEED), tmp_path / "builtin")
-    pipe = load_pipeline(builtin_entry.model_copy(update={"path": folder}), "cpu")
+    entry = builtin_entry.model_copy(
+        update={
+            "path": folder,
+            "options": builtin_entry.options.model_copy(update={"refine_steps": 2}),
+        }
+    )
+    pipe = load_pipeline(entry, "cpu")
     req = _req(builtin_entry)
     assert np.array_equal(pipe(req).frames, builtin_pipe(req).frames)
 
@@ -196,7 +202,13 @@ def test_engine_matches_the_trainers_sampler(
     components.save_folder(
         components.build_builtin(config.BuiltinArch(), vocab=words, seed=0), folder
     )
-    pipe = load_pipeline(builtin_entry.model_copy(update={"path": folder}), "cpu")
+    entry = builtin_entry.model_copy(
+        update={
+            "path": folder,
+            "options": builtin_entry.options.model_copy(update={"refine_steps": 2}),
+        }
+    )
+    pipe = load_pipeline(entry, "cpu")
     ref = sample.generate(
         components.load_folder(folder),
         ["a red ball bouncing"],
@@ -213,9 +225,7 @@ def test_engine_matches_the_trainers_sampler(
     )[0]  # (3, F, H, W) in [-1, 1]
     ref = ((ref.permute(1, 2, 3, 0) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
     req = build_request(
-        builtin_entry.model_copy(
-            update={"options": builtin_entry.options.model_copy(update={"refine_steps": 2})}
-        ),
+        entry,
         {
             "prompt": "a red ball bouncing",
             "width": 64,
