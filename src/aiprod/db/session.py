@@ -28,9 +28,10 @@ from aiprod.core.errors import ConfigError
 # with fewer connections than threads, 40 requests waiting for a connection can block every
 # exit, and all of them time out after 30 s (seen in benchmarks/load_test.py at 200 clients).
 # Connections beyond POOL_SIZE are closed when returned. On PostgreSQL each new connection is a
-# new server process: with 10 kept, 200 polling clients made the API open and close
-# connections all the time (status p99 200-360 ms at 200 clients); 30 kept are reused. The
-# pool only grows to what a process uses at once, so a worker still holds one or two.
+# new server process: with 10 kept, bursts of 200 polling clients kept opening and closing
+# connections; 30 are kept for reuse (the load test's 200-client tail did not measurably move
+# either way, see docs/performance.md). The pool only grows to what a process uses at once,
+# so a worker still holds one or two.
 POOL_SIZE = 30
 POOL_OVERFLOW = 20
 # Execution option marking a read-only unit of work (see make_read_sessionmaker).

@@ -52,9 +52,15 @@ class RateLimiter:
     ) -> RateState:
         """Count one request for ``key``; writes to the database only when a sync is due."""
         now = time.time() if now is None else now
-        start = int(math.floor(now / self.window) * self.window)
+        start = self._window_start(now)
         with self._lock:
-            w, new_window, hits, due = self._count(key, limit, start, now)
+            w = self._keys.get(key)
+            new_window = w is None or w.start != start
+            if w is None or new_window:
+                w = self._keys[key] = _KeyWindow(start=start)
+            w.pending += 1
+            hits = w.counted + w.pending
+            due = new_window or self._due(w, limit, hits, now)
             add = w.pending if due else 0
             if due:
                 w.pending = 0
@@ -75,7 +81,7 @@ class RateLimiter:
         """Count one request without touching the database, or return None (nothing counted)
         when a database sync is due: then call :meth:`hit` (from a thread: it does I/O)."""
         now = time.time() if now is None else now
-        start = int(math.floor(now / self.window) * self.window)
+        start = self._window_start(now)
         with self._lock:
             w = self._keys.get(key)
             if w is None or w.start != start:
@@ -86,17 +92,8 @@ class RateLimiter:
             w.pending += 1
         return self._state(limit, hits, start, now)
 
-    def _count(
-        self, key: str, limit: int, start: int, now: float
-    ) -> tuple[_KeyWindow, bool, int, bool]:
-        """Under the lock: add one pending request; -> (window, new window?, hits, sync due?)."""
-        w = self._keys.get(key)
-        new_window = w is None or w.start != start
-        if w is None or new_window:
-            w = self._keys[key] = _KeyWindow(start=start)
-        w.pending += 1
-        hits = w.counted + w.pending
-        return w, new_window, hits, new_window or self._due(w, limit, hits, now)
+    def _window_start(self, now: float) -> int:
+        return int(math.floor(now / self.window) * self.window)
 
     def _due(self, w: _KeyWindow, limit: int, hits: int, now: float) -> bool:
         return (
