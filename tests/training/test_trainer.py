@@ -106,3 +106,50 @@ def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path: Path) -> None:
         on_event=lambda k, d: losses.append(d["loss"]) if k == "log" else None,
     ).train()
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def _ema_config(out: Path, ema_decay: float | None) -> TrainConfig:
+    data = tiny_config(out)
+    p1 = {**data["phases"][1], "steps": 3, "ema_decay": ema_decay}
+    data["phases"] = [data["phases"][0], p1]
+    return TrainConfig.model_validate(data)
+
+
+def test_ema_phase_ends_with_the_average_and_resumes_exactly(tmp_path: Path) -> None:
+    from diffusers.training_utils import EMAModel
+
+    from aiprod.training.deploy import load_checkpoint
+
+    # The same run without EMA gives the raw weights after each p1 step (EMA draws no RNG):
+    # the vae phase takes 2 steps, so p1's step n is global step 2 + n.
+    raw = []
+    for n in (1, 2, 3):
+        Trainer(_ema_config(tmp_path / f"raw{n}", None)).train(stop_after=2 + n)
+        raw.append(_weights(tmp_path / f"raw{n}"))
+    w1, w2, w3 = raw
+    decay = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.5).get_decay
+    d2, d3 = decay(2), decay(3)  # step 1 copies the weights (decay 0)
+    assert 0 < d2 < 1 and 0 < d3 < 1
+
+    Trainer(_ema_config(tmp_path / "ema", 0.5)).train()
+    we = _weights(tmp_path / "ema")
+    tr = [k for k in we if k.startswith("transformer.")]
+    assert tr and any(not torch.equal(w2[k], w3[k]) for k in tr)
+    e2 = {k: d2 * w1[k] + (1 - d2) * w2[k] for k in tr}
+    for k in tr:
+        torch.testing.assert_close(we[k], d3 * e2[k] + (1 - d3) * w3[k], rtol=0, atol=1e-6)
+    assert all(torch.equal(we[k], w3[k]) for k in we if k.startswith("vae."))
+
+    # Stopped inside the EMA phase, then resumed: bit-exact with the unbroken run.
+    cfg = _ema_config(tmp_path / "cut", 0.5)
+    Trainer(cfg).train(stop_after=4)
+    mid = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[-1]
+    # The mid-phase checkpoint holds the raw weights (for resume) but evaluates the average.
+    assert all(torch.equal(_weights(tmp_path / "cut")[k], w2[k]) for k in tr)
+    comp, _, _ = load_checkpoint(mid)
+    for k, v in comp.transformer.state_dict().items():
+        torch.testing.assert_close(v, e2[f"transformer.{k}"], rtol=0, atol=1e-6)
+    Trainer(cfg).train(resume=True)
+    wc = _weights(tmp_path / "cut")
+    for k in we:
+        assert torch.equal(we[k], wc[k]), k

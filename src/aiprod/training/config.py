@@ -81,6 +81,10 @@ class PhaseConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     caption_dropout: float = Field(default=0.1, ge=0, le=1, description="for guidance")
+    # exponential moving average of the trained weights (diffusers' EMAModel, warm-up
+    # min(decay, (1 + n) / (10 + n))): held-out loss and validation videos use the average,
+    # and the phase ends with it (so later phases and the export start from it)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)

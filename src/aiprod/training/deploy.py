@@ -58,12 +58,33 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
             raise ConfigError(f"{path}: has upsampler weights but the model has no upsampler")
         else:
             comp.modules()[name].load_state_dict(sd)
+    ema = ckpt.load_state(path).get("ema")
+    if ema is not None:
+        _use_ema(comp, cfg, meta, ema, path)
     if cfg.mode == "lora":
         merge_lora(comp.transformer)
     for m in comp.modules().values():
         m.eval().requires_grad_(False)
     meta["checkpoint"] = str(path)
     return comp, cfg, meta
+
+
+def _use_ema(
+    comp: Components, cfg: TrainConfig, meta: dict[str, Any], ema: dict[str, Any], path: Path
+) -> None:
+    """A checkpoint taken inside a phase with ``ema_decay`` holds the trained weights (to resume
+    exactly) and their average (state.pt): the average is the model to evaluate and serve."""
+    from diffusers.training_utils import EMAModel
+
+    target = cfg.phases[meta["phase_index"]].target
+    module = {"transformer": comp.transformer, "vae": comp.vae, "upsampler": comp.upsampler}[target]
+    assert module is not None
+    params = [p for p in module.parameters() if p.requires_grad or cfg.mode == "full"]
+    if len(ema["shadow_params"]) != len(params):
+        raise ConfigError(f"{path}: its EMA weights do not fit the {target} of its config")
+    average = EMAModel(params)
+    average.load_state_dict(ema)
+    average.copy_to(params)
 
 
 def load_any(path: Path) -> tuple[Components, dict[str, Any]]:

@@ -5,18 +5,21 @@ once per phase and cached on disk under ``output_dir/cache``), a fresh optimizer
 phase's target, a learning-rate schedule and a :class:`BucketBatcher`. Every source of
 randomness in a step comes from one ``torch.Generator`` (noise levels, noise, caption
 dropout) whose state is checkpointed with the global RNGs, so ``resume=True`` continues
-bit-for-bit (on CPU) from the latest checkpoint.
+bit-for-bit (on CPU) from the latest checkpoint. A phase with ``ema_decay`` also keeps an
+exponential moving average of its weights (checkpointed too), evaluates with it and ends
+with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,7 @@ class PhaseRun:
     schedule: PhaseLR
     batcher: BucketBatcher
     total_steps: int
+    ema: Any | None = None  # diffusers EMAModel over ``params`` when the phase asks for one
 
 
 def _vocab_from_configs(cfg: TrainConfig) -> set[str]:
@@ -338,9 +342,36 @@ class Trainer:
         if phase.target == "transformer" and self._uncond is None:
             e, m = encode_prompts(self.comp, [""], self.device)
             self._uncond = (e[0].cpu(), m[0].cpu())
+        ema = None
+        if phase.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            ema = EMAModel(params, decay=phase.ema_decay)
         return PhaseRun(
-            index, phase, data, module, params, optimizer, PhaseLR(phase, total), batcher, total
+            index,
+            phase,
+            data,
+            module,
+            params,
+            optimizer,
+            PhaseLR(phase, total),
+            batcher,
+            total,
+            ema,
         )
+
+    @contextlib.contextmanager
+    def _averaged(self, run: PhaseRun | None) -> Iterator[None]:
+        """The EMA weights in place of the trained ones for the block (no-op without EMA)."""
+        if run is None or run.ema is None:
+            yield
+            return
+        run.ema.store(run.params)
+        run.ema.copy_to(run.params)
+        try:
+            yield
+        finally:
+            run.ema.restore(run.params)
 
     # ------------------------------------------------------------------ steps
 
@@ -424,6 +455,8 @@ class Trainer:
         if run.cfg.grad_clip is not None:
             self.accelerator.clip_grad_norm_(run.params, run.cfg.grad_clip)
         run.optimizer.step()
+        if run.ema is not None:
+            run.ema.step(run.params)
         run.schedule.step_count += 1
         extra["lr"] = lr
         extra["batch"] = len(idx)
@@ -556,6 +589,7 @@ class Trainer:
             "optimizer": run.optimizer.state_dict() if run else None,
             "schedule": run.schedule.state_dict() if run else None,
             "batcher": run.batcher.state_dict() if run else None,
+            "ema": run.ema.state_dict() if run and run.ema else None,
             "rng": ckpt.capture_rng(self.noise),
         }
         phase = self.cfg.phases[min(self.state.phase_index, len(self.cfg.phases) - 1)]
@@ -634,6 +668,8 @@ class Trainer:
                     run.optimizer.load_state_dict(pending["optimizer"])
                     run.schedule.load_state_dict(pending["schedule"])
                     run.batcher.load_state_dict(pending["batcher"])
+                    if run.ema is not None and pending.get("ema") is not None:
+                        run.ema.load_state_dict(pending["ema"])
                 ckpt.restore_rng(pending["rng"], self.noise)
                 pending = None
             self._t_last, self._samples_since = time.perf_counter(), 0
@@ -649,6 +685,8 @@ class Trainer:
                         if self.state.step % self.cfg.checkpoint.every:
                             self.save(run, heldout=None)
                         return self._stopped(t0)
+            if run.ema is not None:
+                run.ema.copy_to(run.params)
             if run.cfg.target == "vae":
                 self._fit_latent_stats(run)
             self.state.phase_index = index + 1
@@ -686,16 +724,19 @@ class Trainer:
         step, mon = self.state.step, self.cfg.monitor
         heldout = None
         if run.cfg.target == "transformer" and step % mon.heldout_every == 0:
-            heldout = self.heldout_loss()
+            with self._averaged(run):
+                heldout = self.heldout_loss()
             if heldout and self.writer is not None:
                 for k, v in heldout.items():
                     self.writer.add_scalar(f"heldout/{k}", v, step)
             self.on_event("heldout", {"step": step, **(heldout or {})})
         if mon.video_every and run.cfg.target == "transformer" and step % mon.video_every == 0:
-            self._validation_videos(run)
+            with self._averaged(run):
+                self._validation_videos(run)
         if step % self.cfg.checkpoint.every == 0 and self.state.phase_step < run.total_steps:
             if heldout is None and run.cfg.target == "transformer":
-                heldout = self.heldout_loss()
+                with self._averaged(run):
+                    heldout = self.heldout_loss()
             self.save(run, heldout=heldout)
 
     @torch.no_grad()
