@@ -77,8 +77,7 @@ def _use_ema(
     from diffusers.training_utils import EMAModel
 
     target = cfg.phases[meta["phase_index"]].target
-    module = {"transformer": comp.transformer, "vae": comp.vae, "upsampler": comp.upsampler}[target]
-    assert module is not None
+    module = comp.modules()[target]
     params = [p for p in module.parameters() if p.requires_grad or cfg.mode == "full"]
     if len(ema["shadow_params"]) != len(params):
         raise ConfigError(f"{path}: its EMA weights do not fit the {target} of its config")
