@@ -145,7 +145,8 @@ def test_ema_phase_ends_with_the_average_and_resumes_exactly(tmp_path: Path) -> 
     Trainer(cfg).train(stop_after=4)
     mid = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[-1]
     # The mid-phase checkpoint holds the raw weights (for resume) but evaluates the average.
-    assert all(torch.equal(_weights(tmp_path / "cut")[k], w2[k]) for k in tr)
+    wm = _weights(tmp_path / "cut")
+    assert all(torch.equal(wm[k], w2[k]) for k in tr)
     comp, _, _ = load_checkpoint(mid)
     for k, v in comp.transformer.state_dict().items():
         torch.testing.assert_close(v, e2[f"transformer.{k}"], rtol=0, atol=1e-6)

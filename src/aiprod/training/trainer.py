@@ -515,9 +515,14 @@ class Trainer:
             self._heldout = (key, data)
         return self._heldout[1]
 
+    def heldout_loss(self, run: PhaseRun | None = None) -> dict[str, float] | None:
+        """Flow loss on held-out clips at fixed noise levels with fixed noise (with ``run``'s
+        EMA weights when it keeps an average)."""
+        with self._averaged(run):
+            return self._heldout_loss()
+
     @torch.no_grad()
-    def heldout_loss(self) -> dict[str, float] | None:
-        """Flow loss on held-out clips at fixed noise levels with fixed noise."""
+    def _heldout_loss(self) -> dict[str, float] | None:
         data = self._heldout_data()
         if data is None or not data.latents:
             return None
@@ -558,15 +563,16 @@ class Trainer:
             return
         w, h, f = run.cfg.buckets[0]
         modes = {name: m.training for name, m in self.comp.modules().items()}
-        video = generate(
-            self.comp,
-            prompts,
-            width=w,
-            height=h,
-            num_frames=f,
-            steps=self.cfg.monitor.video_steps,
-            seed=0,
-        )
+        with self._averaged(run):
+            video = generate(
+                self.comp,
+                prompts,
+                width=w,
+                height=h,
+                num_frames=f,
+                steps=self.cfg.monitor.video_steps,
+                seed=0,
+            )
         for name, m in self.comp.modules().items():
             m.train(modes[name])
         path = save_video_grid(video, self.out / "samples" / f"step-{self.state.step:08d}", fps=24)
@@ -724,19 +730,16 @@ class Trainer:
         step, mon = self.state.step, self.cfg.monitor
         heldout = None
         if run.cfg.target == "transformer" and step % mon.heldout_every == 0:
-            with self._averaged(run):
-                heldout = self.heldout_loss()
+            heldout = self.heldout_loss(run)
             if heldout and self.writer is not None:
                 for k, v in heldout.items():
                     self.writer.add_scalar(f"heldout/{k}", v, step)
             self.on_event("heldout", {"step": step, **(heldout or {})})
         if mon.video_every and run.cfg.target == "transformer" and step % mon.video_every == 0:
-            with self._averaged(run):
-                self._validation_videos(run)
+            self._validation_videos(run)
         if step % self.cfg.checkpoint.every == 0 and self.state.phase_step < run.total_steps:
             if heldout is None and run.cfg.target == "transformer":
-                with self._averaged(run):
-                    heldout = self.heldout_loss()
+                heldout = self.heldout_loss(run)
             self.save(run, heldout=heldout)
 
     @torch.no_grad()
