@@ -176,14 +176,16 @@ def test_out_of_memory_fails_the_job_and_the_next_job_runs(builtin_entry, builti
     assert builtin_pipe(_req(builtin_entry)).frames.shape == (9, 32, 32, 3)
 
 
-@pytest.mark.parametrize("two_stage", [False, True])
+@pytest.mark.parametrize(("two_stage", "shift"), [(False, 1.0), (True, 1.0), (False, 2.5)])
 def test_engine_matches_the_trainers_sampler(
     builtin_entry,  # noqa: ANN001
     tmp_path_factory: pytest.TempPathFactory,
     two_stage: bool,
+    shift: float,
 ) -> None:
     """A model saved by aiprod's trainer generates, through the engine, exactly the frames the
-    trainer's own sampler (used for its evals) produces: same coordinates, schedule, CFG."""
+    trainer's own sampler (used for its evals) produces: same coordinates, schedule (with the
+    model's scheduler shift), CFG."""
     import torch
 
     sample = pytest.importorskip("aiprod.training.sample")
@@ -193,9 +195,9 @@ def test_engine_matches_the_trainers_sampler(
 
     folder = tmp_path_factory.mktemp("trained") / "m"
     words = {"a", "red", "ball", "bouncing"}
-    components.save_folder(
-        components.build_builtin(config.BuiltinArch(), vocab=words, seed=0), folder
-    )
+    comp = components.build_builtin(config.BuiltinArch(), vocab=words, seed=0)
+    comp.scheduler_config["shift"] = shift
+    components.save_folder(comp, folder)
     entry = builtin_entry.model_copy(
         update={
             "path": folder,
@@ -203,20 +205,23 @@ def test_engine_matches_the_trainers_sampler(
         }
     )
     pipe = load_pipeline(entry, "cpu")
-    ref = sample.generate(
-        components.load_folder(folder),
-        ["a red ball bouncing"],
-        width=64,
-        height=64,
-        num_frames=9,
-        fps=24.0,
-        steps=3,
-        guidance=3.0,
-        seed=5,
-        two_stage=two_stage,
-        refine_steps=2,
-        refine_sigma=builtin_entry.options.refine_strength,
-    )[0]  # (3, F, H, W) in [-1, 1]
+    loaded = components.load_folder(folder)
+    kw = {
+        "width": 64,
+        "height": 64,
+        "num_frames": 9,
+        "fps": 24.0,
+        "steps": 3,
+        "guidance": 3.0,
+        "seed": 5,
+        "two_stage": two_stage,
+        "refine_steps": 2,
+        "refine_sigma": builtin_entry.options.refine_strength,
+    }
+    ref = sample.generate(loaded, ["a red ball bouncing"], **kw)[0]  # (3, F, H, W) in [-1, 1]
+    if shift != 1.0:  # the shift must matter for this to test anything
+        unshifted = sample.generate(loaded, ["a red ball bouncing"], shift=1.0, **kw)[0]
+        assert (unshifted - ref).abs().max() > 0.05
     ref = ((ref.permute(1, 2, 3, 0) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
     req = build_request(
         entry,

@@ -57,6 +57,20 @@ def test_eval_writes_json_html_png(run_dir: Path, tmp_path: Path) -> None:
     assert len(data["per_prompt"]) == 3 == len(res["per_prompt"])
     assert (tmp_path / "ev" / "samples.png").stat().st_size > 0
     assert "aiprod eval" in (tmp_path / "ev" / "report.html").read_text()
+    assert data["settings"]["shift"] == 1.0  # the model's own schedule
+
+
+def test_eval_shift_is_checked_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aiprod.cli.train import app
+
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing"), "--shift", "0"])
+    assert res.exit_code == 1 and "--shift 0.0: give a number > 0" in res.output
+    res = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "nothing"), "--shift", "2", "--backend", "engine"]
+    )
+    assert res.exit_code == 1 and "trainer's sampler only" in res.output
 
 
 def test_heldout_prompts_are_deterministic_and_cycle_phases() -> None:

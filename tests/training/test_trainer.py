@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from aiprod.core.errors import ConfigError
 from aiprod.training.config import TrainConfig
+from aiprod.training.deploy import load_checkpoint
+from aiprod.training.sample import model_shift
 from aiprod.training.trainer import Trainer
 
 from .conftest import tiny_config
@@ -60,9 +62,12 @@ def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert list((tmp_path / "a" / "tb").iterdir()), "TensorBoard event file missing"
 
     # Interrupted mid-phase (step 5 is inside p2), then resumed with a fresh process state.
+    # b also sets the sampling schedule's shift, which changes no weight: same fingerprint.
+    model_b = {**cfg.model.model_dump(mode="json"), "scheduler_shift": 2.5}
     cfg_b = TrainConfig.model_validate(
-        tiny_config(tmp_path / "b", monitor=cfg.monitor.model_dump())
+        tiny_config(tmp_path / "b", monitor=cfg.monitor.model_dump(), model=model_b)
     )
+    assert cfg_b.fingerprint() == cfg.fingerprint()
     stopped = Trainer(cfg_b).train(stop_after=5)
     assert stopped["stopped"] and stopped["steps"] == 5
     torch.manual_seed(999)  # the resumed run must not depend on the caller's RNG
@@ -71,6 +76,11 @@ def test_all_phases_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    # The exported model and a rebuilt checkpoint sample with b's shift (the engine reads it).
+    for run, want in (("a", 1.0), ("b", 2.5)):
+        sched = json.loads((tmp_path / run / "final/scheduler/scheduler_config.json").read_text())
+        assert sched["shift"] == want and not sched["use_dynamic_shifting"]
+    assert model_shift(load_checkpoint(tmp_path / "b" / "checkpoints")[0]) == 2.5
 
 
 def test_resume_refuses_other_config(tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ def eval_cmd(
     num_frames: int = 25,
     steps: Annotated[int, typer.Option(help="denoising steps (stage 1)")] = 12,
     guidance: float = 3.0,
+    shift: Annotated[
+        float | None,
+        typer.Option(help="stage-1 schedule shift (default: the model's scheduler config)"),
+    ] = None,
     single_stage: Annotated[
         bool, typer.Option("--single-stage", help="skip the upsampler")
     ] = False,
@@ -159,6 +163,7 @@ def eval_cmd(
                 i3d=i3d,
                 seed=seed,
                 backend=backend,
+                shift=shift,
                 on_progress=lambda d, t: bar.update(task, completed=d),
             )
     except (AiprodError, ValueError) as exc:

@@ -225,10 +225,24 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
     )
 
 
-def build_components(cfg: ModelConfig, *, vocab: set[str], seed: int) -> Components:
-    """Build (``builtin``) or load (``init_from`` / ``registry``) the model parts."""
+def build_components(
+    cfg: ModelConfig, *, vocab: set[str], seed: int, tokenizer: Any = None
+) -> Components:
+    """Build (``builtin``) or load (``init_from`` / ``registry``) the model parts, with the
+    config's ``scheduler_shift`` applied to the sampling schedule."""
+    comp = _build_or_load(cfg, vocab=vocab, seed=seed, tokenizer=tokenizer)
+    if cfg.scheduler_shift is not None:
+        comp.scheduler_config = {
+            **comp.scheduler_config,
+            "shift": cfg.scheduler_shift,
+            "use_dynamic_shifting": False,
+        }
+    return comp
+
+
+def _build_or_load(cfg: ModelConfig, *, vocab: set[str], seed: int, tokenizer: Any) -> Components:
     if cfg.source == "builtin" and cfg.init_from is None:
-        return build_builtin(cfg.architecture, vocab=vocab, seed=seed)
+        return build_builtin(cfg.architecture, vocab=vocab, seed=seed, tokenizer=tokenizer)
     if cfg.source == "builtin":
         return load_folder(cfg.init_from)  # type: ignore[arg-type]
     from aiprod.core.registry import load_registry

@@ -149,6 +149,12 @@ class ModelConfig(_Strict):
     init_from: Path | None = None
     registry_id: str | None = None
     models_file: Path | None = None
+    scheduler_shift: float | None = Field(
+        default=None,
+        gt=0,
+        description="the stage-1 schedule shift written into the trained model's scheduler "
+        "config (what the engine and aiprod eval sample with); None keeps the model's own",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -226,7 +232,14 @@ class TrainConfig(_Strict):
         schema does not invalidate the checkpoints of existing runs.
         """
         data = self.model_dump(
-            mode="json", exclude={"output_dir", "monitor", "checkpoint"}, exclude_defaults=True
+            mode="json",
+            exclude={  # the sampling schedule changes no weight: not part of the trajectory
+                "output_dir": True,
+                "monitor": True,
+                "checkpoint": True,
+                "model": {"scheduler_shift"},
+            },
+            exclude_defaults=True,
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

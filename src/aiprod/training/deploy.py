@@ -19,7 +19,7 @@ import yaml
 
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
-from aiprod.training.components import Components, build_builtin, build_components, save_folder
+from aiprod.training.components import Components, build_components, save_folder
 from aiprod.training.config import TrainConfig
 from aiprod.training.lora import add_lora, merge_lora
 
@@ -44,10 +44,7 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
     cfg = TrainConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
     meta = json.loads((path / "meta.json").read_text())
     tok = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    if cfg.model.source == "builtin" and cfg.model.init_from is None:
-        comp = build_builtin(cfg.model.architecture, vocab=set(), seed=cfg.seed, tokenizer=tok)
-    else:
-        comp = build_components(cfg.model, vocab=set(), seed=cfg.seed)
+    comp = build_components(cfg.model, vocab=set(), seed=cfg.seed, tokenizer=tok)
     if cfg.mode == "lora":
         add_lora(comp.transformer, cfg.lora)
     parts = ckpt.load_parts(path)

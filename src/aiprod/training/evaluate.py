@@ -65,6 +65,7 @@ def evaluate(
     seed: int = EVAL_SEED,
     i3d: Path | None = None,
     backend: str = "trainer",
+    shift: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Generate, score and write ``eval.json``, ``report.html`` and ``samples.png``.
@@ -76,14 +77,23 @@ def evaluate(
     """
     from aiprod.data import synth
     from aiprod.training.deploy import load_any
-    from aiprod.training.sample import generate
+    from aiprod.training.sample import generate, model_shift
 
+    if shift is not None and shift <= 0:
+        raise ValueError(f"--shift {shift}: give a number > 0 (1 = none, > 1 = toward high noise)")
+    if shift is not None and backend == "engine":
+        raise ValueError(
+            "--shift applies to the trainer's sampler only; the engine backend uses the "
+            "model's scheduler/scheduler_config.json"
+        )
     if backend == "engine":
         batch_size = 1
         engine_pipe = _engine_pipeline(Path(model_path))
     comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
         raise ValueError(f"{model_path} has no latent upsampler: pass --single-stage")
+    if shift is None:
+        shift = model_shift(comp)
     prompts = heldout_prompts(num_prompts, seed=seed, phases=phases)
     rows, refs, fakes, ref_rows, ae_rows = [], [], [], [], []
     gen_seconds = 0.0
@@ -117,6 +127,7 @@ def evaluate(
                 two_stage=two_stage,
                 refine_steps=refine_steps,
                 refine_sigma=refine_sigma,
+                shift=shift,
             )
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
@@ -160,6 +171,7 @@ def evaluate(
             "num_frames": num_frames,
             "fps": fps,
             "steps": steps,
+            "shift": shift,
             "guidance": guidance,
             "two_stage": two_stage,
             "refine_steps": refine_steps,

@@ -110,6 +110,17 @@ def _denoise(
     return x
 
 
+def model_shift(comp: Components) -> float:
+    """The static schedule shift the model's scheduler applies when the engine serves it."""
+    cfg = comp.scheduler_config
+    if cfg.get("use_dynamic_shifting", False):
+        raise ValueError(
+            "this model's scheduler uses dynamic shifting, which the trainer's sampler does not "
+            "implement: set use_dynamic_shifting to false in scheduler/scheduler_config.json"
+        )
+    return float(cfg.get("shift", 1.0))
+
+
 @torch.no_grad()
 def generate(
     comp: Components,
@@ -126,8 +137,15 @@ def generate(
     refine_steps: int = 3,
     refine_sigma: float = 0.4,
     negative_prompt: str = "",
+    shift: float | None = None,
 ) -> torch.Tensor:
-    """Generate videos: (B, 3, F, H, W) float in [-1, 1]."""
+    """Generate videos: (B, 3, F, H, W) float in [-1, 1].
+
+    ``shift`` shifts the stage-1 schedule toward high noise as the model's
+    FlowMatchEulerDiscreteScheduler does; None uses the model's own (``scheduler_config``).
+    """
+    if shift is None:
+        shift = model_shift(comp)
     dev = next(comp.transformer.parameters()).device
     for m in comp.modules().values():
         m.eval()
@@ -138,7 +156,8 @@ def generate(
     w1, h1 = (width // 2, height // 2) if two_stage else (width, height)
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
     x = torch.randn((b, *shape), generator=gen).to(dev)
-    x = _denoise(comp, x, inference_sigmas(steps), cond, uncond, guidance=guidance, fps=fps)
+    sigmas = inference_sigmas(steps, shift=shift)
+    x = _denoise(comp, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
     if two_stage:
         if comp.upsampler is None:
             raise ValueError("two_stage needs a latent upsampler in the model")

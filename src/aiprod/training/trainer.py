@@ -29,7 +29,7 @@ import torch
 
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
-from aiprod.training.components import Components, build_builtin, build_components
+from aiprod.training.components import Components, build_components
 from aiprod.training.config import PhaseConfig, TrainConfig
 from aiprod.training.data import (
     BucketBatcher,
@@ -209,10 +209,7 @@ class Trainer:
     def _build_model(self) -> Components:
         cfg = self.cfg
         vocab = _vocab_from_configs(cfg) if cfg.model.source == "builtin" else set()
-        if cfg.model.source == "builtin" and cfg.model.init_from is None:
-            comp = build_builtin(cfg.model.architecture, vocab=vocab, seed=cfg.seed)
-        else:
-            comp = build_components(cfg.model, vocab=vocab, seed=cfg.seed)
+        comp = build_components(cfg.model, vocab=vocab, seed=cfg.seed)
         if any(p.target == "upsampler" for p in cfg.phases) and comp.upsampler is None:
             from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
 
