@@ -81,3 +81,27 @@ def test_phase_lr_warmup_then_cosine_to_floor() -> None:
     assert lr.lr(0) == pytest.approx(0.1) and lr.lr(9) == pytest.approx(1.0)
     assert lr.lr(10) == pytest.approx(1.0) and lr.lr(60) == pytest.approx(0.55)
     assert lr.lr(110) == pytest.approx(0.1)
+
+
+def test_flow_max_sigma_bounds_the_noise_levels() -> None:
+    import torch
+
+    from aiprod.training.config import FlowConfig
+    from aiprod.training.flow import sample_sigmas
+
+    gen = torch.Generator().manual_seed(0)
+    full = sample_sigmas(4000, FlowConfig(sampler="uniform"), generator=gen)
+    low = sample_sigmas(4000, FlowConfig(sampler="uniform", max_sigma=0.5), generator=gen)
+    assert full.max() > 0.9 and 0.45 < low.max() <= 0.5 and low.min() > 0
+    # the scaling keeps the sampler's shape: a uniform draw stays uniform on (0, 0.5]
+    assert abs(float(low.mean()) - 0.25) < 0.02
+
+
+def test_phase_flow_is_for_transformer_phases_and_in_the_fingerprint(tmp_path: Path) -> None:
+    base = TrainConfig.model_validate(tiny_config(tmp_path / "f"))
+    data = tiny_config(tmp_path / "f")
+    data["phases"][1]["flow"] = {"max_sigma": 0.5}
+    assert TrainConfig.model_validate(data).fingerprint() != base.fingerprint()
+    data["phases"][0]["flow"] = {"max_sigma": 0.5}  # the vae phase
+    with pytest.raises(ConfigError, match="transformer phases only"):
+        load_config(_write(tmp_path, data))

@@ -164,3 +164,21 @@ def test_ema_phase_ends_with_the_average_and_resumes_exactly(tmp_path: Path) -> 
     wc = _weights(tmp_path / "cut")
     for k in we:
         assert torch.equal(we[k], wc[k]), k
+
+
+def test_phase_flow_overrides_the_runs_noise_levels(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "pf", flow={"num_sigma_buckets": 4})
+    p1 = {**data["phases"][1], "steps": 3, "flow": {"sampler": "uniform", "max_sigma": 0.25}}
+    p2 = {**data["phases"][2], "steps": 3}
+    data["phases"] = [data["phases"][0], p1, p2]
+    seen: dict[str, set[str]] = {"p1": set(), "p2": set()}
+    Trainer(
+        TrainConfig.model_validate(data),
+        on_event=lambda k, d: (
+            seen[d["phase"]].update(x for x in d if x.startswith("loss_sigma/"))
+            if k == "log" and d["phase"] in seen
+            else None
+        ),
+    ).train()
+    assert seen["p1"] == {"loss_sigma/0.00-0.25"}
+    assert len(seen["p2"]) > 1  # the run's logit-normal flow

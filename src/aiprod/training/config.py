@@ -68,6 +68,19 @@ class LRConfig(_Strict):
     min_ratio: float = Field(default=0.1, ge=0, le=1, description="final lr = peak * min_ratio")
 
 
+class FlowConfig(_Strict):
+    """Rectified flow: x_t = (1 - s) x0 + s eps, target v = eps - x0."""
+
+    sampler: Literal["logit_normal", "uniform", "shifted"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = Field(default=1.0, gt=0, description="s' = shift s / (1 + (shift-1) s)")
+    # scale the drawn noise levels into (0, max_sigma]: a phase that trains only the
+    # two-stage refinement range (stage 2 starts at refine strength 0.4) sets it near that
+    max_sigma: float = Field(default=1.0, gt=0, le=1)
+    num_sigma_buckets: int = Field(default=4, ge=1)
+
+
 class PhaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     target: Literal["transformer", "vae", "upsampler"] = "transformer"
@@ -85,6 +98,8 @@ class PhaseConfig(_Strict):
     # min(decay, (1 + n) / (10 + n))): held-out loss and validation videos use the average,
     # and the phase ends with it (so later phases and the export start from it)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
+    # transformer phases: this phase's noise-level sampler instead of the run's ``flow``
+    flow: FlowConfig | None = None
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)
@@ -103,6 +118,11 @@ class PhaseConfig(_Strict):
                 raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 32")
             if f < 1 or (f - 1) % 8:
                 raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
+        if self.flow is not None and self.target != "transformer":
+            raise ValueError(
+                f"phase '{self.name}': flow applies to transformer phases only; "
+                f"remove it from this {self.target} phase"
+            )
         return self
 
 
@@ -168,16 +188,6 @@ class LoraConfig(_Strict):
     alpha: float = Field(default=8.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-
-
-class FlowConfig(_Strict):
-    """Rectified flow: x_t = (1 - s) x0 + s eps, target v = eps - x0."""
-
-    sampler: Literal["logit_normal", "uniform", "shifted"] = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    shift: float = Field(default=1.0, gt=0, description="s' = shift s / (1 + (shift-1) s)")
-    num_sigma_buckets: int = Field(default=4, ge=1)
 
 
 class MonitorConfig(_Strict):

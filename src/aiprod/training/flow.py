@@ -31,6 +31,8 @@ def sample_sigmas(
     else:
         s = torch.rand(n, generator=generator)
     s = shift_sigmas(s, cfg.shift) if cfg.sampler == "shifted" or cfg.shift != 1.0 else s
+    if cfg.max_sigma != 1.0:
+        s = s * cfg.max_sigma
     return s.clamp(1e-4, 1 - 1e-4).to(device)
 
 

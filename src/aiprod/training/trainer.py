@@ -395,7 +395,7 @@ class Trainer:
             assert self._uncond is not None
             emb[drop] = self._uncond[0]
             mask[drop] = self._uncond[1]
-        sig = sample_sigmas(b, self.cfg.flow, generator=self.noise)
+        sig = sample_sigmas(b, run.cfg.flow or self.cfg.flow, generator=self.noise)
         noise = torch.randn(x0.shape, generator=self.noise).to(dev)
         xt = add_noise(x0, noise, sig.to(dev))
         v = velocity(
