@@ -71,6 +71,29 @@ def test_eval_shift_is_checked_before_any_work(tmp_path: Path) -> None:
         app, ["eval", str(tmp_path / "nothing"), "--shift", "2", "--backend", "engine"]
     )
     assert res.exit_code == 1 and "trainer's sampler only" in res.output
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing"), "--refine-strength", "0"])
+    assert res.exit_code == 1 and "--refine-strength 0.0: give a noise level" in res.output
+
+
+def test_eval_engine_backend_refines_as_asked(run_dir: Path, tmp_path: Path) -> None:
+    # The served path (engine) with refine settings other than the defaults scores like the
+    # trainer's sampler with the same settings: both got the settings.
+    kw = dict(num_prompts=2, width=64, height=64, num_frames=9, steps=2, two_stage=True)
+    got = {}
+    for backend, strength in (("trainer", 0.7), ("engine", 0.7), ("engine", 0.4)):
+        res = evaluate(
+            run_dir / "final",
+            out_dir=tmp_path / f"{backend}{strength}",
+            refine_steps=2,
+            refine_sigma=strength,
+            backend=backend,
+            batch_size=1,
+            **kw,
+        )
+        got[backend, strength] = [p["flicker"] for p in res["per_prompt"]]
+        assert res["settings"]["refine_sigma"] == strength
+    assert got["engine", 0.7] == pytest.approx(got["trainer", 0.7], rel=1e-3, abs=1e-3)
+    assert got["engine", 0.4] != pytest.approx(got["trainer", 0.7], rel=1e-3, abs=1e-3)
 
 
 def test_heldout_prompts_are_deterministic_and_cycle_phases() -> None:

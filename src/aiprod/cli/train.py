@@ -126,6 +126,12 @@ def eval_cmd(
         bool, typer.Option("--single-stage", help="skip the upsampler")
     ] = False,
     refine_steps: int = 3,
+    refine_strength: Annotated[
+        float,
+        typer.Option(
+            help="noise level the two-stage refinement starts from (models.toml's refine_strength)"
+        ),
+    ] = 0.4,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
     seed: int = 20_261_121,
     backend: Annotated[
@@ -160,6 +166,7 @@ def eval_cmd(
                 guidance=guidance,
                 two_stage=not single_stage,
                 refine_steps=refine_steps,
+                refine_sigma=refine_strength,
                 i3d=i3d,
                 seed=seed,
                 backend=backend,

@@ -86,9 +86,17 @@ def evaluate(
             "--shift applies to the trainer's sampler only; the engine backend uses the "
             "model's scheduler/scheduler_config.json"
         )
+    if not 0 < refine_sigma <= 1:
+        raise ValueError(
+            f"--refine-strength {refine_sigma}: give a noise level in (0, 1] (default 0.4)"
+        )
+    if refine_steps < 1:
+        raise ValueError(f"--refine-steps {refine_steps}: give 1 or more")
     if backend == "engine":
         batch_size = 1
-        engine_pipe = _engine_pipeline(Path(model_path))
+        engine_pipe = _engine_pipeline(
+            Path(model_path), refine_steps=refine_steps, refine_strength=refine_sigma
+        )
     comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
         raise ValueError(f"{model_path} has no latent upsampler: pass --single-stage")
@@ -214,13 +222,19 @@ def _autoencode(comp: Any, frames: np.ndarray) -> np.ndarray:
     return tensor_to_frames(comp.vae.decode(z, return_dict=False)[0][0])
 
 
-def _engine_pipeline(folder: Path) -> Any:
-    from aiprod.core.registry import ModelEntry
+def _engine_pipeline(folder: Path, *, refine_steps: int, refine_strength: float) -> Any:
+    from aiprod.core.registry import ModelEntry, Options
     from aiprod.engine.loader import load_pipeline
 
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"--backend engine needs a model folder (model_index.json), not {folder}")
-    entry = ModelEntry(id="eval", family="builtin", path=folder.resolve(), dtype="float32")
+    entry = ModelEntry(
+        id="eval",
+        family="builtin",
+        path=folder.resolve(),
+        dtype="float32",
+        options=Options(refine_steps=refine_steps, refine_strength=refine_strength),
+    )
     return load_pipeline(entry, "cuda" if torch.cuda.is_available() else "cpu")
 
 
