@@ -170,8 +170,9 @@ def test_phase_flow_overrides_the_runs_noise_levels(tmp_path: Path) -> None:
     data = tiny_config(tmp_path / "pf", flow={"num_sigma_buckets": 4})
     p1 = {**data["phases"][1], "steps": 3, "flow": {"sampler": "uniform", "max_sigma": 0.25}}
     p2 = {**data["phases"][2], "steps": 3}
-    data["phases"] = [data["phases"][0], p1, p2]
-    seen: dict[str, set[str]] = {"p1": set(), "p2": set()}
+    p3 = {**data["phases"][3], "steps": 2, "flow": {"num_sigma_buckets": 1}}
+    data["phases"] = [data["phases"][0], p1, p2, p3]
+    seen: dict[str, set[str]] = {"p1": set(), "p2": set(), "p3": set()}
     Trainer(
         TrainConfig.model_validate(data),
         on_event=lambda k, d: (
@@ -182,3 +183,4 @@ def test_phase_flow_overrides_the_runs_noise_levels(tmp_path: Path) -> None:
     ).train()
     assert seen["p1"] == {"loss_sigma/0.00-0.25"}
     assert len(seen["p2"]) > 1  # the run's logit-normal flow
+    assert seen["p3"] == {"loss_sigma/0.00-1.00"}  # the phase's loss-curve buckets

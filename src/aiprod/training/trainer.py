@@ -30,7 +30,7 @@ import torch
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components
-from aiprod.training.config import PhaseConfig, TrainConfig
+from aiprod.training.config import FlowConfig, PhaseConfig, TrainConfig
 from aiprod.training.data import (
     BucketBatcher,
     Clip,
@@ -384,6 +384,10 @@ class Trainer:
         self.accelerator.backward(loss)
         return float(loss.detach()), extra
 
+    def _flow(self, run: PhaseRun) -> FlowConfig:
+        """The phase's own timestep sampler, else the run's."""
+        return run.cfg.flow or self.cfg.flow
+
     def _fb_transformer(self, run: PhaseRun, idx: list[int]) -> tuple[torch.Tensor, dict]:
         d, dev = run.data, self.device
         x0 = torch.stack([d.latents[i] for i in idx]).to(dev)
@@ -395,7 +399,7 @@ class Trainer:
             assert self._uncond is not None
             emb[drop] = self._uncond[0]
             mask[drop] = self._uncond[1]
-        sig = sample_sigmas(b, run.cfg.flow or self.cfg.flow, generator=self.noise)
+        sig = sample_sigmas(b, self._flow(run), generator=self.noise)
         noise = torch.randn(x0.shape, generator=self.noise).to(dev)
         xt = add_noise(x0, noise, sig.to(dev))
         v = velocity(
@@ -466,7 +470,7 @@ class Trainer:
         acc.setdefault("loss", []).append(loss)
         self._samples_since += extra["batch"]
         if "per_sample" in extra:
-            nb = self.cfg.flow.num_sigma_buckets
+            nb = self._flow(run).num_sigma_buckets
             for per, b in zip(
                 extra["per_sample"].tolist(),
                 sigma_bucket(extra["sigmas"], nb).tolist(),
