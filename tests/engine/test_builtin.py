@@ -176,16 +176,20 @@ def test_out_of_memory_fails_the_job_and_the_next_job_runs(builtin_entry, builti
     assert builtin_pipe(_req(builtin_entry)).frames.shape == (9, 32, 32, 3)
 
 
-@pytest.mark.parametrize(("two_stage", "shift"), [(False, 1.0), (True, 1.0), (False, 2.5)])
+@pytest.mark.parametrize(
+    ("two_stage", "shift", "refiner"),
+    [(False, 1.0, False), (True, 1.0, False), (False, 2.5, False), (True, 1.0, True)],
+)
 def test_engine_matches_the_trainers_sampler(
     builtin_entry,  # noqa: ANN001
     tmp_path_factory: pytest.TempPathFactory,
     two_stage: bool,
     shift: float,
+    refiner: bool,
 ) -> None:
     """A model saved by aiprod's trainer generates, through the engine, exactly the frames the
     trainer's own sampler (used for its evals) produces: same coordinates, schedule (with the
-    model's scheduler shift), CFG."""
+    model's scheduler shift), CFG, and the refiner (refiner/) for stage 2 when it has one."""
     import torch
 
     sample = pytest.importorskip("aiprod.training.sample")
@@ -197,6 +201,11 @@ def test_engine_matches_the_trainers_sampler(
     words = {"a", "red", "ball", "bouncing"}
     comp = components.build_builtin(config.BuiltinArch(), vocab=words, seed=0)
     comp.scheduler_config["shift"] = shift
+    if refiner:  # another denoiser: a perturbed copy of the stage-1 transformer
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for p in comp.ensure_refiner().parameters():
+                p.add_(0.05 * torch.randn_like(p))
     components.save_folder(comp, folder)
     entry = builtin_entry.model_copy(
         update={
@@ -222,6 +231,11 @@ def test_engine_matches_the_trainers_sampler(
     if shift != 1.0:  # the shift must matter for this to test anything
         unshifted = sample.generate(loaded, ["a red ball bouncing"], shift=1.0, **kw)[0]
         assert (unshifted - ref).abs().max() > 0.05
+    if refiner:  # ... and so must the refiner
+        assert loaded.refiner is not None
+        no_refiner = components.Components(**{**loaded.__dict__, "refiner": None})
+        other = sample.generate(no_refiner, ["a red ball bouncing"], **kw)[0]
+        assert (other - ref).abs().max() > 0.05
     ref = ((ref.permute(1, 2, 3, 0) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
     req = build_request(
         entry,
@@ -237,6 +251,7 @@ def test_engine_matches_the_trainers_sampler(
         },
     )
     diff = np.abs(pipe(req).frames.astype(int) - ref.numpy().astype(int))
+    assert pipe.pipe.transformer is not pipe.refiner  # stage 1's transformer is back
     # Equal up to the last rounding step (diffusers scales by x/2+0.5, the trainer by (x+1)/2).
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
 

@@ -103,5 +103,11 @@ def test_phase_flow_is_for_transformer_phases_and_in_the_fingerprint(tmp_path: P
     data["phases"][1]["flow"] = {"max_sigma": 0.5}
     assert TrainConfig.model_validate(data).fingerprint() != base.fingerprint()
     data["phases"][0]["flow"] = {"max_sigma": 0.5}  # the vae phase
-    with pytest.raises(ConfigError, match="transformer phases only"):
+    with pytest.raises(ConfigError, match="transformer and refiner phases only"):
+        load_config(_write(tmp_path, data))
+    data["phases"][0].pop("flow")
+    data["phases"][1]["target"] = "refiner"  # a refiner phase takes a flow too
+    TrainConfig.model_validate(data)
+    data["mode"], data["phases"] = "lora", [data["phases"][1]]  # LoRA adapts stage 1 only
+    with pytest.raises(ConfigError, match="remove vae/upsampler/refiner phases"):
         load_config(_write(tmp_path, data))

@@ -184,3 +184,44 @@ def test_phase_flow_overrides_the_runs_noise_levels(tmp_path: Path) -> None:
     assert seen["p1"] == {"loss_sigma/0.00-0.25"}
     assert len(seen["p2"]) > 1  # the run's logit-normal flow
     assert seen["p3"] == {"loss_sigma/0.00-1.00"}  # the phase's loss-curve buckets
+
+
+def test_refiner_phase_trains_a_copy_and_stage_one_stays(tmp_path: Path) -> None:
+    from aiprod.training.components import load_folder
+    from aiprod.training.sample import generate
+
+    data = tiny_config(tmp_path / "r")
+    vae, p1, up = data["phases"][0], data["phases"][1], data["phases"][-1]
+    ref = {
+        **p1,
+        "name": "ref",
+        "target": "refiner",
+        "buckets": [[64, 64, 9]],
+        "flow": {"sampler": "uniform", "max_sigma": 0.5},
+        "lr": {"peak": 1e-5, "schedule": "constant"},  # Adam moves each weight <= ~lr a step
+    }
+    data["phases"] = [vae, p1, ref, up]
+    cfg = TrainConfig.model_validate(data)
+    Trainer(cfg).train(stop_after=2)  # after the vae phase: the untrained transformer
+    w0 = _weights(tmp_path / "r")
+    Trainer(cfg).train(resume=True, stop_after=4)  # after p1's 2 steps
+    w1 = _weights(tmp_path / "r")
+    Trainer(cfg).train(resume=True)
+    tr = [k for k in w1 if k.startswith("transformer.")]
+    assert tr and max((w0[k] - w1[k]).abs().max().item() for k in tr) > 1e-4
+
+    comp = load_folder(tmp_path / "r" / "final")
+    assert comp.refiner is not None and comp.stage2 is comp.refiner
+    for k, v in comp.transformer.state_dict().items():  # stage 1 untouched by the refiner
+        assert torch.equal(v, w1[f"transformer.{k}"]), k
+    # The refiner started from p1's transformer (not the untrained one), then trained 2 steps.
+    moved = [(v - w1[f"transformer.{k}"]).abs().max().item() for k, v in comp.refiner.state_dict().items()]
+    assert 0 < max(moved) < 3e-5, max(moved)
+
+    kw = {"width": 64, "height": 64, "num_frames": 9, "steps": 2, "seed": 1}
+    prompt = ["a red circle moving right"]
+    two = generate(comp, prompt, two_stage=True, refine_steps=2, **kw)
+    one = generate(comp, prompt, **kw)
+    comp.refiner = None
+    assert not torch.equal(generate(comp, prompt, two_stage=True, refine_steps=2, **kw), two)
+    assert torch.equal(generate(comp, prompt, **kw), one)  # stage 1 never uses the refiner

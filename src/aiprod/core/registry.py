@@ -79,6 +79,8 @@ class Components(BaseModel):
     tokenizer: Path | None = None
     upsampler: Path | None = None
     distilled_lora: Path | None = None
+    # ltxv/builtin: a second transformer that runs the two-stage refinement (default <path>/refiner)
+    refiner: Path | None = None
     config: Path | None = None  # local config for an original single-file checkpoint
     # LTX-2 only
     audio_vae: Path | None = None

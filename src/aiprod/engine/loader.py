@@ -118,6 +118,18 @@ def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
         pipe.transformer.compile(dynamic=False)
 
 
+def prepare_refiner(entry: ModelEntry, refiner: Any, device: torch.device) -> Any:
+    """The stage-2 transformer gets the entry's attention backend and compile option; it stays
+    on ``device`` (CPU offload covers the pipeline's own parts only)."""
+    opts = entry.options
+    if opts.attention_backend:
+        refiner.set_attention_backend(opts.attention_backend)
+    refiner.to(device)
+    if opts.compile:
+        refiner.compile(dynamic=False)
+    return refiner
+
+
 def load_folder_model(
     entry: ModelEntry, name: str, cls: Any, *, what: str, dtype: torch.dtype
 ) -> Any:
@@ -222,6 +234,9 @@ def build_ltxv_engine(
         transformer=comps["transformer"],
     )
     apply_options(entry, pipe, device)
+    refiner = comps.get("refiner")
+    if refiner is not None:
+        prepare_refiner(entry, refiner, device)
     i2v = LTXImageToVideoPipeline.from_pipe(pipe) if mode == "classic" else None
     upsample_pipe = None
     if upsampler is not None:
@@ -247,6 +262,7 @@ def build_ltxv_engine(
         max_sequence_length=max_len,
         mode=mode,
         i2v_pipe=i2v,
+        refiner=refiner,
     )
 
 
@@ -297,4 +313,13 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
         upsampler_cls=LTXLatentUpsamplerModel,
         dtype=dtype,
     )
+    ref = component_path(entry, "refiner", required=False)
+    if ref is not None:
+        comps["refiner"] = load_or_fail(
+            entry,
+            "refiner",
+            lambda: LTXVideoTransformer3DModel.from_pretrained(
+                ref, torch_dtype=dtype, local_files_only=True
+            ),
+        )
     return comps

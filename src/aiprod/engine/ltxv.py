@@ -17,9 +17,11 @@ Both share ``LTXLatentUpsamplePipeline`` (the x2 latent upsampler). The ti2vid t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -123,16 +125,17 @@ class LTXVideoEngine:
         max_sequence_length: int,
         mode: str = "condition",
         i2v_pipe: Any | None = None,
+        refiner: Any | None = None,
     ) -> None:
         self.entry = entry
         self.mode = mode
         self.pipe = pipe
         self.i2v_pipe = i2v_pipe if i2v_pipe is not None else pipe
-        self.base_scheduler = pipe.scheduler
         self.refine_scheduler = partial_scheduler(
             pipe.scheduler.config, entry.options.refine_strength
         )
         self.upsample_pipe = upsample_pipe
+        self.refiner = refiner  # stage-2 transformer (None: the stage-1 transformer refines)
         self.device = device
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
@@ -301,12 +304,7 @@ class LTXVideoEngine:
             info["upsample_s"] = t3 - t2
             if classic:
                 latents = self._renoise(latents, s2.denoise_strength, generator, image is not None)
-                call.scheduler = self.refine_scheduler
-                try:
-                    video = run_stage(1, s2, latents=latents, output_type="pt")
-                finally:
-                    call.scheduler = self.base_scheduler
-            else:
+            with self._stage2(call, classic):
                 video = run_stage(1, s2, latents=latents, output_type="pt")
             info["stage2_s"] = tracker.step_end_times[-1] - t3
         info["decode_s"] = time.perf_counter() - tracker.step_end_times[-1]
@@ -318,6 +316,20 @@ class LTXVideoEngine:
             seed=request.seed,
         )
         return frames, info
+
+    @contextlib.contextmanager
+    def _stage2(self, call: Any, classic: bool) -> Iterator[None]:
+        """The refinement's parts in ``call`` for the block: the partial schedule (classic
+        mode) and the refiner transformer (when the model has one)."""
+        transformer, scheduler = call.transformer, call.scheduler
+        if classic:
+            call.scheduler = self.refine_scheduler
+        if self.refiner is not None:
+            call.transformer = self.refiner
+        try:
+            yield
+        finally:
+            call.transformer, call.scheduler = transformer, scheduler
 
     def _unpack(self, latents: torch.Tensor, num_frames: int, st: StagePlan) -> torch.Tensor:
         p = self.pipe

@@ -4,11 +4,15 @@ A model folder (what ``aiprod models register`` installs and the engine's ``buil
 loads) holds ``transformer/`` (LTXVideoTransformer3DModel), ``vae/`` (AutoencoderKLLTXVideo),
 ``text_encoder/`` (T5EncoderModel), ``tokenizer/`` (a word-level fast tokenizer built here,
 never downloaded), ``latent_upsampler/`` (LTXLatentUpsamplerModel), ``scheduler/`` and
-``model_index.json``, plus ``aiprod.json`` (training facts: steps, data, fps).
+``model_index.json``, plus ``aiprod.json`` (training facts: steps, data, fps). An optional
+``refiner/`` (another LTXVideoTransformer3DModel, trained by ``target: refiner`` phases) runs
+the two-stage refinement in place of ``transformer/``: stage 1 (half size, from pure noise) and
+stage 2 (full size, from noise level ~0.4) then need not share one set of weights.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -77,6 +81,18 @@ class Components:
     upsampler: torch.nn.Module | None
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    refiner: torch.nn.Module | None = None  # stage-2 denoiser; None = the transformer refines
+
+    @property
+    def stage2(self) -> torch.nn.Module:
+        """The denoiser of the two-stage refinement."""
+        return self.refiner if self.refiner is not None else self.transformer
+
+    def ensure_refiner(self) -> torch.nn.Module:
+        """The refiner, first made as a copy of the transformer when the model has none."""
+        if self.refiner is None:
+            self.refiner = copy.deepcopy(self.transformer)
+        return self.refiner
 
     @property
     def max_length(self) -> int:
@@ -95,6 +111,8 @@ class Components:
         }
         if self.upsampler is not None:
             mods["upsampler"] = self.upsampler
+        if self.refiner is not None:
+            mods["refiner"] = self.refiner
         return mods
 
 
@@ -205,7 +223,7 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
                 f"{path} is not an LTX-Video model folder: {sub}/ is missing "
                 "(expected transformer/, vae/, text_encoder/, tokenizer/)"
             )
-    up_dir = path / "latent_upsampler"
+    up_dir, ref_dir = path / "latent_upsampler", path / "refiner"
     if need_upsampler and not up_dir.is_dir():
         raise ConfigError(f"{path}: latent_upsampler/ is missing but an upsampler phase needs it")
     info_file = path / "aiprod.json"
@@ -218,6 +236,7 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
         transformer=LTXVideoTransformer3DModel.from_pretrained(path / "transformer"),
         vae=AutoencoderKLLTXVideo.from_pretrained(path / "vae"),
         upsampler=LTXLatentUpsamplerModel.from_pretrained(up_dir) if up_dir.is_dir() else None,
+        refiner=LTXVideoTransformer3DModel.from_pretrained(ref_dir) if ref_dir.is_dir() else None,
         scheduler_config=json.loads(sched_file.read_text())
         if sched_file.is_file()
         else scheduler_config(),
@@ -282,6 +301,8 @@ def save_folder(comp: Components, dest: Path, *, info: dict[str, Any] | None = N
         comp.tokenizer.save_pretrained(tmp / "tokenizer")
         if comp.upsampler is not None:
             comp.upsampler.save_pretrained(tmp / "latent_upsampler")
+        if comp.refiner is not None:
+            comp.refiner.save_pretrained(tmp / "refiner")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(
             json.dumps(comp.scheduler_config, indent=2)

@@ -81,9 +81,14 @@ class FlowConfig(_Strict):
     num_sigma_buckets: int = Field(default=4, ge=1)
 
 
+DENOISERS = ("transformer", "refiner")  # the targets trained with the flow-matching loss
+
+
 class PhaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    target: Literal["transformer", "vae", "upsampler"] = "transformer"
+    # refiner: a copy of the denoiser used only for the two-stage refinement (stage 2), so
+    # training it at full size and low noise cannot make stage 1 forget (see components.py)
+    target: Literal["transformer", "refiner", "vae", "upsampler"] = "transformer"
     data: DataConfig
     steps: int | None = Field(default=None, ge=1)
     epochs: int | None = Field(default=None, ge=1)
@@ -98,7 +103,7 @@ class PhaseConfig(_Strict):
     # min(decay, (1 + n) / (10 + n))): held-out loss and validation videos use the average,
     # and the phase ends with it (so later phases and the export start from it)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
-    # transformer phases: this phase's noise-level sampler instead of the run's ``flow``
+    # transformer/refiner phases: this phase's noise-level sampler instead of the run's ``flow``
     flow: FlowConfig | None = None
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
@@ -118,9 +123,9 @@ class PhaseConfig(_Strict):
                 raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 32")
             if f < 1 or (f - 1) % 8:
                 raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
-        if self.flow is not None and self.target != "transformer":
+        if self.flow is not None and self.target not in DENOISERS:
             raise ValueError(
-                f"phase '{self.name}': flow applies to transformer phases only; "
+                f"phase '{self.name}': flow applies to transformer and refiner phases only; "
                 f"remove it from this {self.target} phase"
             )
         return self
@@ -230,7 +235,9 @@ class TrainConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("phase names must be unique")
         if self.mode == "lora" and any(p.target != "transformer" for p in self.phases):
-            raise ValueError("mode=lora trains the transformer only: remove vae/upsampler phases")
+            raise ValueError(
+                "mode=lora trains the transformer only: remove vae/upsampler/refiner phases"
+            )
         if self.model.source == "registry" and any(p.target == "vae" for p in self.phases):
             raise ValueError("a vae phase is only for the built-in architecture")
         return self

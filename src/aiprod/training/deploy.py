@@ -53,6 +53,8 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
             comp.transformer.load_state_dict(sd, strict=False)
         elif name == "upsampler" and comp.upsampler is None:
             raise ConfigError(f"{path}: has upsampler weights but the model has no upsampler")
+        elif name == "refiner":
+            comp.ensure_refiner().load_state_dict(sd)
         else:
             comp.modules()[name].load_state_dict(sd)
     ema = ckpt.load_state(path).get("ema")

@@ -5,7 +5,7 @@ the text encoder, mask in the transformer, latent normalisation with the VAE's
 ``latents_mean``/``latents_std``, RoPE scale ``(t_ratio / fps, s_ratio, s_ratio)``, Euler on
 the flow) so what the trainer measures is what the engine's ``builtin`` backend serves.
 Two-stage: stage 1 at half size, the latent upsampler x2, then a few refinement steps from a
-partial noise level at full size.
+partial noise level at full size (with the model's ``refiner`` when it has one).
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def velocity(
 
 def _denoise(
     comp: Components,
+    transformer: torch.nn.Module,
     x: torch.Tensor,
     sigmas: list[float],
     cond: tuple[torch.Tensor, torch.Tensor],
@@ -101,11 +102,11 @@ def _denoise(
             emb = torch.cat([uncond[0], cond[0]])
             mask = torch.cat([uncond[1], cond[1]])
             v_u, v_c = velocity(
-                comp.transformer, comp.vae, torch.cat([x, x]), sig.repeat(2), emb, mask, fps=fps
+                transformer, comp.vae, torch.cat([x, x]), sig.repeat(2), emb, mask, fps=fps
             ).chunk(2)
             v = v_u + guidance * (v_c - v_u)
         else:
-            v = velocity(comp.transformer, comp.vae, x, sig, cond[0], cond[1], fps=fps)
+            v = velocity(transformer, comp.vae, x, sig, cond[0], cond[1], fps=fps)
         x = x + (s_next - s) * v
     return x
 
@@ -157,7 +158,7 @@ def generate(
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
     x = torch.randn((b, *shape), generator=gen).to(dev)
     sigmas = inference_sigmas(steps, shift=shift)
-    x = _denoise(comp, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
+    x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
     if two_stage:
         if comp.upsampler is None:
             raise ValueError("two_stage needs a latent upsampler in the model")
@@ -166,6 +167,6 @@ def generate(
         noise = torch.randn(x.shape, generator=gen).to(dev)
         x = (1 - refine_sigma) * x + refine_sigma * noise
         sig = [refine_sigma * (1 - i / refine_steps) for i in range(refine_steps)] + [0.0]
-        x = _denoise(comp, x, sig, cond, uncond, guidance=guidance, fps=fps)
+        x = _denoise(comp, comp.stage2, x, sig, cond, uncond, guidance=guidance, fps=fps)
     video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0]
     return video.clamp(-1, 1)

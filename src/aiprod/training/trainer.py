@@ -30,7 +30,7 @@ import torch
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components
-from aiprod.training.config import FlowConfig, PhaseConfig, TrainConfig
+from aiprod.training.config import DENOISERS, FlowConfig, PhaseConfig, TrainConfig
 from aiprod.training.data import (
     BucketBatcher,
     Clip,
@@ -219,6 +219,11 @@ class Trainer:
                 mid_channels=up.mid_channels,
                 num_blocks_per_stage=up.num_blocks_per_stage,
             )
+        # A model without a refiner starts one as a copy of the transformer as it is when the
+        # first refiner phase begins (the module exists from the start so checkpoints hold it).
+        self._refiner_copies = comp.refiner is None
+        if any(p.target == "refiner" for p in cfg.phases):
+            comp.ensure_refiner()
         for m in comp.modules().values():
             m.requires_grad_(False)
         if cfg.mode == "lora":
@@ -241,6 +246,7 @@ class Trainer:
     def _module(self, target: str) -> torch.nn.Module:
         m = {
             "transformer": self.comp.transformer,
+            "refiner": self.comp.refiner,
             "vae": self.comp.vae,
             "upsampler": self.comp.upsampler,
         }[target]
@@ -293,7 +299,7 @@ class Trainer:
         self.on_event("prepare", {"phase": phase.name, "clips": len(clips), "heldout": heldout})
         data = PhaseData(bucket_of=[c.bucket for c in clips], fps=[c.fps for c in clips])
         self.comp.vae.eval()
-        if phase.target == "transformer":
+        if phase.target in DENOISERS:
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
@@ -322,6 +328,9 @@ class Trainer:
         data = self._prepare(phase, limit=limit)
         if not data.bucket_of:
             raise ConfigError(f"phase '{phase.name}' has no clips")
+        first_refiner = next((i for i, p in enumerate(self.cfg.phases) if p.target == "refiner"), -1)
+        if index == first_refiner and self._refiner_copies and self.state.phase_step == 0:
+            self.comp.stage2.load_state_dict(self.comp.transformer.state_dict())
         module = self._module(phase.target)
         if self.cfg.mode == "full":
             module.requires_grad_(True)
@@ -336,7 +345,7 @@ class Trainer:
         total = phase.steps if phase.steps else phase.epochs * batcher.batches_per_epoch  # type: ignore[operator]
         if dry_run:
             total = 1
-        if phase.target == "transformer" and self._uncond is None:
+        if phase.target in DENOISERS and self._uncond is None:
             e, m = encode_prompts(self.comp, [""], self.device)
             self._uncond = (e[0].cpu(), m[0].cpu())
         ema = None
@@ -376,6 +385,7 @@ class Trainer:
         """Loss of one batch, backpropagated; returns (loss, per-sample details)."""
         fn = {
             "transformer": self._fb_transformer,
+            "refiner": self._fb_transformer,  # run.module is the refiner
             "vae": self._fb_vae,
             "upsampler": self._fb_upsampler,
         }[run.cfg.target]
