@@ -215,7 +215,10 @@ def test_refiner_phase_trains_a_copy_and_stage_one_stays(tmp_path: Path) -> None
     for k, v in comp.transformer.state_dict().items():  # stage 1 untouched by the refiner
         assert torch.equal(v, w1[f"transformer.{k}"]), k
     # The refiner started from p1's transformer (not the untrained one), then trained 2 steps.
-    moved = [(v - w1[f"transformer.{k}"]).abs().max().item() for k, v in comp.refiner.state_dict().items()]
+    moved = [
+        (v - w1[f"transformer.{k}"]).abs().max().item()
+        for k, v in comp.refiner.state_dict().items()
+    ]
     assert 0 < max(moved) < 3e-5, max(moved)
 
     kw = {"width": 64, "height": 64, "num_frames": 9, "steps": 2, "seed": 1}

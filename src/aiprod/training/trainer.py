@@ -328,7 +328,9 @@ class Trainer:
         data = self._prepare(phase, limit=limit)
         if not data.bucket_of:
             raise ConfigError(f"phase '{phase.name}' has no clips")
-        first_refiner = next((i for i, p in enumerate(self.cfg.phases) if p.target == "refiner"), -1)
+        first_refiner = next(
+            (i for i, p in enumerate(self.cfg.phases) if p.target == "refiner"), -1
+        )
         if index == first_refiner and self._refiner_copies and self.state.phase_step == 0:
             self.comp.stage2.load_state_dict(self.comp.transformer.state_dict())
         module = self._module(phase.target)
