@@ -100,14 +100,7 @@ def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
     opts = entry.options
     if opts.vae_tiling:
         pipe.vae.enable_tiling()
-    if opts.attention_backend:
-        try:
-            pipe.transformer.set_attention_backend(opts.attention_backend)
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(
-                f"model '{entry.id}': attention_backend '{opts.attention_backend}' is not usable "
-                f"here ({str(exc).splitlines()[0]}); remove it or install its kernel package"
-            ) from exc
+    set_attention_backend(entry, pipe.transformer)
     if opts.cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -118,14 +111,26 @@ def apply_options(entry: ModelEntry, pipe: Any, device: torch.device) -> None:
         pipe.transformer.compile(dynamic=False)
 
 
+def set_attention_backend(entry: ModelEntry, transformer: Any) -> None:
+    """The entry's ``attention_backend`` on ``transformer``, or a ConfigError naming the fix."""
+    backend = entry.options.attention_backend
+    if not backend:
+        return
+    try:
+        transformer.set_attention_backend(backend)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"model '{entry.id}': attention_backend '{backend}' is not usable "
+            f"here ({str(exc).splitlines()[0]}); remove it or install its kernel package"
+        ) from exc
+
+
 def prepare_refiner(entry: ModelEntry, refiner: Any, device: torch.device) -> Any:
     """The stage-2 transformer gets the entry's attention backend and compile option; it stays
     on ``device`` (CPU offload covers the pipeline's own parts only)."""
-    opts = entry.options
-    if opts.attention_backend:
-        refiner.set_attention_backend(opts.attention_backend)
+    set_attention_backend(entry, refiner)
     refiner.to(device)
-    if opts.compile:
+    if entry.options.compile:
         refiner.compile(dynamic=False)
     return refiner
 

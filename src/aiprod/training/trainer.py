@@ -332,7 +332,7 @@ class Trainer:
             (i for i, p in enumerate(self.cfg.phases) if p.target == "refiner"), -1
         )
         if index == first_refiner and self._refiner_copies and self.state.phase_step == 0:
-            self.comp.stage2.load_state_dict(self.comp.transformer.state_dict())
+            self.comp.ensure_refiner().load_state_dict(self.comp.transformer.state_dict())
         module = self._module(phase.target)
         if self.cfg.mode == "full":
             module.requires_grad_(True)
