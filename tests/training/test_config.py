@@ -111,3 +111,16 @@ def test_phase_flow_is_for_transformer_phases_and_in_the_fingerprint(tmp_path: P
     data["mode"], data["phases"] = "lora", [data["phases"][1]]  # LoRA adapts stage 1 only
     with pytest.raises(ConfigError, match="remove vae/upsampler/refiner phases"):
         load_config(_write(tmp_path, data))
+
+
+def test_text_encoder_lr_is_for_full_transformer_phases(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "t")
+    data["phases"][1]["text_encoder_lr"] = 1e-3
+    TrainConfig.model_validate(data)
+    data["phases"][1]["target"] = "refiner"  # the refiner shares stage 1's encoder
+    with pytest.raises(ConfigError, match="text_encoder_lr applies to transformer phases"):
+        load_config(_write(tmp_path, data))
+    data["phases"][1]["target"] = "transformer"
+    data["mode"], data["phases"] = "lora", [data["phases"][1]]
+    with pytest.raises(ConfigError, match="remove text_encoder_lr"):
+        load_config(_write(tmp_path, data))

@@ -228,3 +228,48 @@ def test_refiner_phase_trains_a_copy_and_stage_one_stays(tmp_path: Path) -> None
     comp.refiner = None
     assert not torch.equal(generate(comp, prompt, two_stage=True, refine_steps=2, **kw), two)
     assert torch.equal(generate(comp, prompt, **kw), one)  # stage 1 never uses the refiner
+
+
+def _te_config(out: Path) -> TrainConfig:
+    data = tiny_config(out)
+    vae, p1, p2 = data["phases"][0], data["phases"][1], data["phases"][2]
+    lr = {"peak": 1e-5, "warmup_steps": 0, "schedule": "constant"}
+    p1 = {**p1, "steps": 3, "lr": lr, "text_encoder_lr": 1e-3, "ema_decay": 0.5}
+    data["phases"] = [vae, p1, {**p2, "lr": lr}]
+    return TrainConfig.model_validate(data)
+
+
+def test_text_encoder_lr_trains_the_encoder_with_the_denoiser(tmp_path: Path) -> None:
+    cfg = _te_config(tmp_path / "te")
+    Trainer(cfg).train(stop_after=2)  # after the vae phase
+    w0 = _weights(tmp_path / "te")
+    Trainer(cfg).train(resume=True, stop_after=3)  # one p1 step
+    w1 = _weights(tmp_path / "te")
+    te = [k for k in w0 if k.startswith("text_encoder.")]
+    tr = [k for k in w0 if k.startswith("transformer.")]
+    assert te and tr
+
+    def moved(keys: list[str], a: dict, b: dict) -> float:
+        return max((a[k] - b[k]).abs().max().item() for k in keys)
+
+    # Adam's first step moves each weight by about its lr: the encoder by its own 1e-3, the
+    # denoiser by the phase's 1e-5.
+    assert 5e-4 < moved(te, w0, w1) <= 1.1e-3
+    assert 0 < moved(tr, w0, w1) <= 1.1e-5
+    # A mid-phase checkpoint evaluates the average of both (one EMA over their params).
+    mid = sorted((tmp_path / "te" / "checkpoints").glob("step-*"))[-1]
+    comp, _, _ = load_checkpoint(mid)  # (the average of one step is that step's weights)
+    for k, v in comp.text_encoder.state_dict().items():
+        torch.testing.assert_close(v, w1[f"text_encoder.{k}"], rtol=0, atol=1e-7)
+
+    Trainer(cfg).train(resume=True, stop_after=5)  # the end of p1 (its EMA average)
+    w5 = _weights(tmp_path / "te")
+    Trainer(cfg).train(resume=True)
+    Trainer(_te_config(tmp_path / "whole")).train()
+    wr, ww = _weights(tmp_path / "te"), _weights(tmp_path / "whole")
+    for k in ww:  # stopped three times and resumed: bit-exact with the unbroken run
+        assert torch.equal(wr[k], ww[k]), k
+    assert moved(te, w1, w5) > 1e-4
+    # p2 has no text_encoder_lr: it trains the denoiser and leaves the encoder as p1 left it.
+    assert moved(tr, w5, ww) > 0
+    assert all(torch.equal(w5[k], ww[k]) for k in te)

@@ -94,6 +94,11 @@ class Components:
             self.refiner = copy.deepcopy(self.transformer)
         return self.refiner
 
+    def trained_by(self, target: str, *, text_encoder: bool) -> list[torch.nn.Module]:
+        """The modules a phase trains, in the order of its optimizer's (and EMA's) params."""
+        mods = [self.modules()[target]]
+        return mods + [self.text_encoder] if text_encoder else mods
+
     @property
     def max_length(self) -> int:
         return int(self.tokenizer.model_max_length)

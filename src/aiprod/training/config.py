@@ -105,6 +105,10 @@ class PhaseConfig(_Strict):
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
     # transformer/refiner phases: this phase's noise-level sampler instead of the run's ``flow``
     flow: FlowConfig | None = None
+    # transformer phases: also train the text encoder, at this peak lr (same warm-up and decay
+    # as ``lr``). A frozen encoder may not tell word order apart: the built-in one gave "moving
+    # left ... panning up" and "moving up ... panning left" token sets 0.9994 alike.
+    text_encoder_lr: float | None = Field(default=None, gt=0)
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)
@@ -127,6 +131,11 @@ class PhaseConfig(_Strict):
             raise ValueError(
                 f"phase '{self.name}': flow applies to transformer and refiner phases only; "
                 f"remove it from this {self.target} phase"
+            )
+        if self.text_encoder_lr is not None and self.target != "transformer":
+            raise ValueError(
+                f"phase '{self.name}': text_encoder_lr applies to transformer phases only (the "
+                f"refiner shares stage 1's text encoder); remove it from this {self.target} phase"
             )
         return self
 
@@ -238,6 +247,8 @@ class TrainConfig(_Strict):
             raise ValueError(
                 "mode=lora trains the transformer only: remove vae/upsampler/refiner phases"
             )
+        if self.mode == "lora" and any(p.text_encoder_lr for p in self.phases):
+            raise ValueError("mode=lora trains the transformer only: remove text_encoder_lr")
         if self.model.source == "registry" and any(p.target == "vae" for p in self.phases):
             raise ValueError("a vae phase is only for the built-in architecture")
         return self

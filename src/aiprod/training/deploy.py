@@ -75,9 +75,10 @@ def _use_ema(
     exactly) and their average (state.pt): the average is the model to evaluate and serve."""
     from diffusers.training_utils import EMAModel
 
-    target = cfg.phases[meta["phase_index"]].target
-    module = comp.modules()[target]
-    params = [p for p in module.parameters() if p.requires_grad or cfg.mode == "full"]
+    phase = cfg.phases[meta["phase_index"]]
+    target = phase.target
+    mods = comp.trained_by(target, text_encoder=phase.text_encoder_lr is not None)
+    params = [p for m in mods for p in m.parameters() if p.requires_grad or cfg.mode == "full"]
     if len(ema["shadow_params"]) != len(params):
         raise ConfigError(f"{path}: its EMA weights do not fit the {target} of its config")
     average = EMAModel(params)

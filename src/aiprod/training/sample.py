@@ -16,10 +16,8 @@ from aiprod.training.components import Components
 from aiprod.training.flow import inference_sigmas
 
 
-def encode_prompts(
-    comp: Components, prompts: list[str], device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (embeddings (B, L, D), attention mask (B, L)) as LTXPipeline computes them."""
+def tokenize(comp: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (token ids (B, L), attention mask (B, L)), padded to the tokenizer's max length."""
     tok = comp.tokenizer(
         prompts,
         padding="max_length",
@@ -28,10 +26,17 @@ def encode_prompts(
         add_special_tokens=True,
         return_tensors="pt",
     )
-    ids = tok.input_ids.to(device)
+    return tok.input_ids, tok.attention_mask
+
+
+def encode_prompts(
+    comp: Components, prompts: list[str], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (embeddings (B, L, D), attention mask (B, L)) as LTXPipeline computes them."""
+    ids, mask = tokenize(comp, prompts)
     with torch.no_grad():
-        emb = comp.text_encoder(ids)[0]
-    return emb.float(), tok.attention_mask.to(device)
+        emb = comp.text_encoder(ids.to(device))[0]
+    return emb.float(), mask.to(device)
 
 
 def normalize_latents(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:

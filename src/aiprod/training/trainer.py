@@ -46,7 +46,7 @@ from aiprod.training.flow import (
     velocity_target,
 )
 from aiprod.training.lora import add_lora, lora_state_dict
-from aiprod.training.sample import encode_prompts, normalize_latents, velocity
+from aiprod.training.sample import encode_prompts, normalize_latents, tokenize, velocity
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class PhaseData:
     latents: list[torch.Tensor] = field(default_factory=list)  # transformer: (C, f, h, w)
     emb: list[torch.Tensor] = field(default_factory=list)  # (L, D)
     mask: list[torch.Tensor] = field(default_factory=list)  # (L,)
+    ids: list[torch.Tensor] = field(default_factory=list)  # (L,) token ids of the caption
     pixels: list[np.ndarray] = field(default_factory=list)  # vae: (F, H, W, 3) uint8
     low: list[torch.Tensor] = field(default_factory=list)  # upsampler: raw latents (C,f,h,w)
     high: list[torch.Tensor] = field(default_factory=list)
@@ -114,6 +115,7 @@ class PhaseRun:
     batcher: BucketBatcher
     total_steps: int
     ema: Any | None = None  # diffusers EMAModel over ``params`` when the phase asks for one
+    text_encoder: torch.nn.Module | None = None  # set when the phase trains it too
 
 
 def _vocab_from_configs(cfg: TrainConfig) -> set[str]:
@@ -199,7 +201,8 @@ class Trainer:
         self.comp = self._build_model()
         self._writer: Any = None
         self._heldout: tuple[str, PhaseData] | None = None
-        self._uncond: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the empty caption for caption dropout: (embedding, mask, token ids)
+        self._uncond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._log_acc: dict[str, list[float]] = {}
         self._t_last = time.perf_counter()
         self._samples_since = 0
@@ -260,9 +263,13 @@ class Trainer:
             "target": phase.target,
             "heldout": heldout,
             "vae": tensors_digest(self.comp.vae.state_dict()),
-            "te": tensors_digest(self.comp.text_encoder.state_dict()),
+            # held-out items and phases that train the encoder embed their token ids on use
+            "te": None
+            if heldout or phase.text_encoder_lr
+            else tensors_digest(self.comp.text_encoder.state_dict()),
             "vocab": len(self.comp.tokenizer),
             "extra": extra,
+            "format": 2,  # 2: items hold token ids
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -303,7 +310,7 @@ class Trainer:
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
-            data.emb, data.mask = self._embed([c.caption for c in clips])
+            data.emb, data.mask, data.ids = self._embed([c.caption for c in clips])
         else:  # upsampler: (half-size latent, full-size latent) pairs
             for c in clips:
                 data.high.append(self._encode_video(c.frames))
@@ -314,13 +321,15 @@ class Trainer:
         tmp.replace(cache)
         return data
 
-    def _embed(self, captions: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        embs, masks = [], []
+    def _embed(self, captions: list[str]) -> tuple[list[torch.Tensor], ...]:
+        """-> (embeddings, attention masks, token ids) of the captions, one entry each."""
+        embs, masks, ids = [], [], []
         for s in range(0, len(captions), 64):
             e, m = encode_prompts(self.comp, captions[s : s + 64], self.device)
             embs += list(e.cpu())
             masks += list(m.cpu())
-        return embs, masks
+            ids += list(tokenize(self.comp, captions[s : s + 64])[0])
+        return embs, masks, ids
 
     def _setup_phase(self, index: int, *, dry_run: bool = False) -> PhaseRun:
         phase = self.cfg.phases[index]
@@ -334,22 +343,35 @@ class Trainer:
         if index == first_refiner and self._refiner_copies and self.state.phase_step == 0:
             self.comp.ensure_refiner().load_state_dict(self.comp.transformer.state_dict())
         module = self._module(phase.target)
+        train_te = phase.text_encoder_lr is not None
+        mods = self.comp.trained_by(phase.target, text_encoder=train_te)
         if self.cfg.mode == "full":
-            module.requires_grad_(True)
-        params = [p for p in module.parameters() if p.requires_grad]
+            for m in mods:
+                m.requires_grad_(True)
+        # One param group per module; ``lr_scale`` keeps the text encoder's lr at its own
+        # peak under the phase's schedule (train_step sets lr * lr_scale).
+        groups = [
+            {
+                "params": [p for p in m.parameters() if p.requires_grad],
+                "lr_scale": (phase.text_encoder_lr / phase.lr.peak) if i else 1.0,  # type: ignore[operator]
+            }
+            for i, m in enumerate(mods)
+        ]
+        params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.AdamW(
-            params, lr=phase.lr.peak, weight_decay=phase.weight_decay, betas=(0.9, 0.99)
+            groups, lr=phase.lr.peak, weight_decay=phase.weight_decay, betas=(0.9, 0.99)
         )
         module, optimizer = self.accelerator.prepare(module, optimizer)
+        text_encoder = self.accelerator.prepare_model(self.comp.text_encoder) if train_te else None
         batcher = BucketBatcher(
             data.bucket_of, batch_size=phase.batch_size, seed=self.cfg.seed * 101 + index
         )
         total = phase.steps if phase.steps else phase.epochs * batcher.batches_per_epoch  # type: ignore[operator]
         if dry_run:
             total = 1
-        if phase.target in DENOISERS and self._uncond is None:
+        if phase.target in DENOISERS:  # (again: an earlier phase may have trained the encoder)
             e, m = encode_prompts(self.comp, [""], self.device)
-            self._uncond = (e[0].cpu(), m[0].cpu())
+            self._uncond = (e[0].cpu(), m[0].cpu(), tokenize(self.comp, [""])[0][0])
         ema = None
         if phase.ema_decay is not None:
             from diffusers.training_utils import EMAModel
@@ -366,6 +388,7 @@ class Trainer:
             batcher,
             total,
             ema,
+            text_encoder,
         )
 
     @contextlib.contextmanager
@@ -407,10 +430,14 @@ class Trainer:
         mask = torch.stack([d.mask[i] for i in idx])
         b = x0.shape[0]
         drop = torch.rand(b, generator=self.noise) < run.cfg.caption_dropout
+        assert self._uncond is not None
         if drop.any():
-            assert self._uncond is not None
             emb[drop] = self._uncond[0]
             mask[drop] = self._uncond[1]
+        if run.text_encoder is not None:  # embed now, through the encoder being trained
+            ids = torch.stack([d.ids[i] for i in idx])
+            ids[drop] = self._uncond[2]
+            emb = run.text_encoder(ids.to(dev))[0].float()
         sig = sample_sigmas(b, self._flow(run), generator=self.noise)
         noise = torch.randn(x0.shape, generator=self.noise).to(dev)
         xt = add_noise(x0, noise, sig.to(dev))
@@ -462,7 +489,7 @@ class Trainer:
             idx = idx[rank::world] or idx[:1]
         lr = run.schedule.lr()
         for g in run.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         run.optimizer.zero_grad(set_to_none=True)
         loss, extra = self.forward_backward(run, idx)
         if run.cfg.grad_clip is not None:
@@ -557,7 +584,7 @@ class Trainer:
                     self.comp.vae,
                     add_noise(x0, noise, sig),
                     sig,
-                    data.emb[i][None].to(self.device),
+                    self.comp.text_encoder(data.ids[i][None].to(self.device))[0].float(),
                     data.mask[i][None].to(self.device),
                     fps=data.fps[i],
                 )
@@ -599,6 +626,8 @@ class Trainer:
         if self.cfg.model.source == "builtin":
             return {k: m.state_dict() for k, m in self.comp.modules().items()}
         trained = {p.target for p in self.cfg.phases}
+        if any(p.text_encoder_lr for p in self.cfg.phases):
+            trained.add("text_encoder")
         return {k: m.state_dict() for k, m in self.comp.modules().items() if k in trained}
 
     def save(self, run: PhaseRun | None, *, heldout: dict[str, float] | None = None) -> Path:
