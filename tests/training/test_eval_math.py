@@ -81,3 +81,33 @@ def test_flicker_and_motion() -> None:
     blink = still.copy()
     blink[1::2] = 140
     assert temporal_flicker(blink) == pytest.approx(40.0, rel=1e-3)
+
+
+def test_shape_vote_ties_do_not_depend_on_the_hash_seed(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    def frame(shape: str) -> np.ndarray:
+        p = synth.SynthParams(phase=1, shape=shape, color="red", count=1, direction="right")
+        return synth.render(p, width=128, height=128, num_frames=9)[0]
+
+    clip = np.stack([frame("square"), frame("circle")])  # one vote each: a tie
+    assert measure(clip[:1]).shape == "square" and measure(clip[1:]).shape == "circle"
+    assert measure(clip).shape == "square"  # the tie goes to the shape seen first
+    np.save(tmp_path / "clip.npy", clip)
+    code = (
+        "import numpy as np; from aiprod.training.scoring import measure; "
+        f"print(measure(np.load({str(tmp_path / 'clip.npy')!r})).shape)"
+    )
+    # String hashes (and so set order) change with PYTHONHASHSEED; the vote must not.
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={"PYTHONHASHSEED": str(s), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for s in range(6)
+    }
+    assert seen == {"square"}

@@ -12,6 +12,7 @@ centroid track. Temporal flicker and motion magnitude are reported alongside.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,7 +141,9 @@ def measure(
     color = (
         _nearest_color(np.concatenate(pixels).astype(np.float32).mean(axis=0)) if pixels else None
     )
-    shape = max(set(shapes), key=shapes.count) if shapes else None
+    # most votes; a tie goes to the shape seen first (not to set order, which follows the
+    # per-process string hash seed and made evals of the same clips differ between runs)
+    shape = Counter(shapes).most_common(1)[0][0] if shapes else None
     direction, disp = None, (0.0, 0.0)
     if len(centroids) >= 2:
         c = np.asarray(centroids)
