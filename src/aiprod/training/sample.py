@@ -34,9 +34,15 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (embeddings (B, L, D), attention mask (B, L)) as LTXPipeline computes them."""
     ids, mask = tokenize(comp, prompts)
-    with torch.no_grad():
-        emb = comp.text_encoder(ids.to(device))[0]
-    return emb.float(), mask.to(device)
+    return embed_ids(comp, ids, device), mask.to(device)
+
+
+@torch.no_grad()
+def embed_ids(
+    comp: Components, ids: torch.Tensor, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Token ids (B, L) -> text-encoder embeddings (B, L, D), float32."""
+    return comp.text_encoder(ids.to(device))[0].float()
 
 
 def normalize_latents(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:

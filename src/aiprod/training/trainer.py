@@ -46,7 +46,7 @@ from aiprod.training.flow import (
     velocity_target,
 )
 from aiprod.training.lora import add_lora, lora_state_dict
-from aiprod.training.sample import encode_prompts, normalize_latents, tokenize, velocity
+from aiprod.training.sample import embed_ids, normalize_latents, tokenize, velocity
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +325,10 @@ class Trainer:
         """-> (embeddings, attention masks, token ids) of the captions, one entry each."""
         embs, masks, ids = [], [], []
         for s in range(0, len(captions), 64):
-            e, m = encode_prompts(self.comp, captions[s : s + 64], self.device)
-            embs += list(e.cpu())
-            masks += list(m.cpu())
-            ids += list(tokenize(self.comp, captions[s : s + 64])[0])
+            t, m = tokenize(self.comp, captions[s : s + 64])
+            embs += list(embed_ids(self.comp, t, self.device).cpu())
+            masks += list(m)
+            ids += list(t)
         return embs, masks, ids
 
     def _setup_phase(self, index: int, *, dry_run: bool = False) -> PhaseRun:
@@ -370,8 +370,8 @@ class Trainer:
         if dry_run:
             total = 1
         if phase.target in DENOISERS:  # (again: an earlier phase may have trained the encoder)
-            e, m = encode_prompts(self.comp, [""], self.device)
-            self._uncond = (e[0].cpu(), m[0].cpu(), tokenize(self.comp, [""])[0][0])
+            t, m = tokenize(self.comp, [""])
+            self._uncond = (embed_ids(self.comp, t, self.device)[0].cpu(), m[0], t[0])
         ema = None
         if phase.ema_decay is not None:
             from diffusers.training_utils import EMAModel
@@ -426,18 +426,18 @@ class Trainer:
     def _fb_transformer(self, run: PhaseRun, idx: list[int]) -> tuple[torch.Tensor, dict]:
         d, dev = run.data, self.device
         x0 = torch.stack([d.latents[i] for i in idx]).to(dev)
-        emb = torch.stack([d.emb[i] for i in idx])
         mask = torch.stack([d.mask[i] for i in idx])
         b = x0.shape[0]
         drop = torch.rand(b, generator=self.noise) < run.cfg.caption_dropout
         assert self._uncond is not None
-        if drop.any():
-            emb[drop] = self._uncond[0]
-            mask[drop] = self._uncond[1]
+        mask[drop] = self._uncond[1]
         if run.text_encoder is not None:  # embed now, through the encoder being trained
             ids = torch.stack([d.ids[i] for i in idx])
             ids[drop] = self._uncond[2]
             emb = run.text_encoder(ids.to(dev))[0].float()
+        else:
+            emb = torch.stack([d.emb[i] for i in idx])
+            emb[drop] = self._uncond[0]
         sig = sample_sigmas(b, self._flow(run), generator=self.noise)
         noise = torch.randn(x0.shape, generator=self.noise).to(dev)
         xt = add_noise(x0, noise, sig.to(dev))
@@ -584,7 +584,7 @@ class Trainer:
                     self.comp.vae,
                     add_noise(x0, noise, sig),
                     sig,
-                    self.comp.text_encoder(data.ids[i][None].to(self.device))[0].float(),
+                    embed_ids(self.comp, data.ids[i][None], self.device),
                     data.mask[i][None].to(self.device),
                     fps=data.fps[i],
                 )
