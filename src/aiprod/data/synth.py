@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,17 +182,45 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
+def check_mix(mix: Mapping[int, float]) -> None:
+    """Raise ValueError unless ``mix`` weighs some of phases 1-4, none negatively."""
+    bad = [k for k in mix if k not in (1, 2, 3, 4)]
+    if bad or any(float(v) < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(
+            f"mix={dict(mix)}: give weights >= 0 for phases 1-4, at least one above 0"
+            " (e.g. {1: 1, 2: 2, 3: 2, 4: 1})"
+        )
+
+
 def _choice(rng: np.random.Generator, options: tuple[Any, ...] | list[Any]) -> Any:
     return options[int(rng.integers(len(options)))]
 
 
-def sample_params(phase: int, rng: np.random.Generator | int | None = None) -> SynthParams:
-    """Draw the parameters of one clip of curriculum ``phase`` (1..5)."""
+def sample_params(
+    phase: int,
+    rng: np.random.Generator | int | None = None,
+    *,
+    mix: Mapping[int, float] | None = None,
+) -> SynthParams:
+    """Draw the parameters of one clip of curriculum ``phase`` (1..5).
+
+    Phase 5 draws a clip of phases 1-4, evenly, or by the relative weights ``mix``
+    ({phase: weight}; phases left out are never drawn).
+    """
     if phase not in PHASES:
         raise ValueError(f"phase={phase!r}: curriculum phases are {list(PHASES)}")
+    if mix is not None and phase != 5:
+        raise ValueError(f"mix={dict(mix)}: only phase 5 mixes phases (phase={phase})")
     rng = _as_rng(rng)
     if phase == 5:
-        base = sample_params(int(rng.integers(1, 5)), rng)
+        if mix is None:
+            sub = int(rng.integers(1, 5))
+        else:
+            check_mix(mix)
+            keys = sorted(mix)
+            w = np.asarray([float(mix[k]) for k in keys])
+            sub = keys[int(rng.choice(len(keys), p=w / w.sum()))]
+        base = sample_params(sub, rng)
         return dataclasses.replace(base, phase=5)
     shape = _choice(rng, SHAPES)
     color = _choice(rng, tuple(COLORS))

@@ -44,6 +44,18 @@ class SynthData(_Strict):
     count: int = Field(ge=1, description="number of clips")
     seed: int = 0
     fps: int = 24
+    # phase 5 only: relative weights of phases 1-4 in the mix (default: even)
+    mix: dict[int, float] | None = None
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> SynthData:
+        if self.mix is not None:
+            from aiprod.data.synth import check_mix
+
+            if self.phase != 5:
+                raise ValueError(f"synth.mix: only phase 5 mixes phases (this is phase {self.phase})")
+            check_mix(self.mix)
+        return self
 
 
 class DataConfig(_Strict):

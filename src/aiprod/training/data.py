@@ -71,6 +71,7 @@ def synth_clips(
     seed: int,
     buckets: list[tuple[int, int, int]],
     fps: int = 24,
+    mix: dict[int, float] | None = None,
 ) -> list[Clip]:
     """Render ``count`` captioned clips of curriculum ``phase``; clip i goes to bucket i % n."""
     from aiprod.data import synth
@@ -78,7 +79,7 @@ def synth_clips(
     out = []
     for i in range(count):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
-        params = synth.sample_params(phase, rng)
+        params = synth.sample_params(phase, rng, mix=mix)
         clip_seed = int(rng.integers(0, 2**31 - 1))
         b = i % len(buckets)
         w, h, f = buckets[b]
@@ -95,7 +96,9 @@ def load_clips(
         s = data.synth
         seed = s.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
         count = s.count if not heldout else min(s.count, 64)
-        clips = synth_clips(phase=s.phase, count=count, seed=seed, buckets=buckets, fps=s.fps)
+        clips = synth_clips(
+            phase=s.phase, count=count, seed=seed, buckets=buckets, fps=s.fps, mix=s.mix
+        )
         return clips[: data.limit] if data.limit else clips
     from aiprod.core.media import read_video
     from aiprod.data.manifest import accepted, read_manifest

@@ -140,7 +140,8 @@ def _captions_only(p: PhaseConfig) -> list[str]:
         for seed in (d.synth.seed, d.synth.seed + 1_000_003):
             for i in range(d.synth.count):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, d.synth.phase, i]))
-                out.append(synth.caption(synth.sample_params(d.synth.phase, rng)))
+                params = synth.sample_params(d.synth.phase, rng, mix=d.synth.mix)
+                out.append(synth.caption(params))
         return out
     from aiprod.data.manifest import accepted, read_manifest
 
