@@ -122,3 +122,22 @@ def test_write_synth_dataset_decodes_and_resumes(tmp_path) -> None:
     )
     assert [r.sha256 for r in again] == [r.sha256 for r in rows]
     assert {r.path: (out / r.path).stat().st_mtime_ns for r in again} == mtimes
+
+
+def test_phase5_mix_weighs_the_phases() -> None:
+    # the default draw is unchanged by the option (the clips of earlier runs stay the same)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [synth.sample_params(5, a) for _ in range(20)] == [
+        synth.sample_params(5, b, mix=None) for _ in range(20)
+    ]
+    rng = np.random.default_rng(4)
+    counts = [synth.sample_params(5, rng, mix={2: 1, 3: 1}).count for _ in range(200)]
+    assert set(counts) == {2, 3}  # phases left out of the mix are never drawn
+    rng = np.random.default_rng(5)
+    drawn = [synth.sample_params(5, rng, mix={1: 3, 2: 1}).count for _ in range(400)]
+    assert 0.68 < drawn.count(1) / len(drawn) < 0.82  # 3:1 -> 75 % phase 1
+    with pytest.raises(ValueError, match="only phase 5"):
+        synth.sample_params(2, rng, mix={2: 1})
+    for bad in ({5: 1}, {1: -1, 2: 1}, {1: 0}):
+        with pytest.raises(ValueError, match="weights >= 0 for phases 1-4"):
+            synth.sample_params(5, rng, mix=bad)

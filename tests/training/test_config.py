@@ -124,3 +124,16 @@ def test_text_encoder_lr_is_for_full_transformer_phases(tmp_path: Path) -> None:
     data["mode"], data["phases"] = "lora", [data["phases"][1]]
     with pytest.raises(ConfigError, match="remove text_encoder_lr"):
         load_config(_write(tmp_path, data))
+
+
+def test_synth_mix_is_checked(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "m")
+    synth = data["phases"][1]["data"]["synth"]
+    synth.update(phase=5, mix={2: 2, 3: 2, 1: 1})
+    assert load_config(_write(tmp_path, data)).phases[1].data.synth.mix == {1: 1, 2: 2, 3: 2}
+    synth["mix"] = {6: 1}
+    with pytest.raises(ConfigError, match="phases 1-4"):
+        load_config(_write(tmp_path, data))
+    synth.update(phase=2, mix={2: 1})
+    with pytest.raises(ConfigError, match="only phase 5 mixes phases"):
+        load_config(_write(tmp_path, data))
