@@ -53,7 +53,9 @@ class SynthData(_Strict):
             from aiprod.data.synth import check_mix
 
             if self.phase != 5:
-                raise ValueError(f"synth.mix: only phase 5 mixes phases (this is phase {self.phase})")
+                raise ValueError(
+                    f"synth.mix: only phase 5 mixes phases (this is phase {self.phase})"
+                )
             check_mix(self.mix)
         return self
 
