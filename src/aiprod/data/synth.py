@@ -182,8 +182,11 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
-def check_mix(mix: Mapping[int, float]) -> None:
-    """Raise ValueError unless ``mix`` weighs some of phases 1-4, none negatively."""
+def check_mix(mix: Mapping[int, float], phase: int) -> None:
+    """Raise ValueError unless ``phase`` is 5 and ``mix`` weighs some of phases 1-4, none
+    negatively."""
+    if phase != 5:
+        raise ValueError(f"mix={dict(mix)}: only phase 5 mixes phases (this is phase {phase})")
     bad = [k for k in mix if k not in (1, 2, 3, 4)]
     if bad or any(float(v) < 0 for v in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError(
@@ -209,14 +212,13 @@ def sample_params(
     """
     if phase not in PHASES:
         raise ValueError(f"phase={phase!r}: curriculum phases are {list(PHASES)}")
-    if mix is not None and phase != 5:
-        raise ValueError(f"mix={dict(mix)}: only phase 5 mixes phases (phase={phase})")
+    if mix is not None:
+        check_mix(mix, phase)
     rng = _as_rng(rng)
     if phase == 5:
         if mix is None:
             sub = int(rng.integers(1, 5))
         else:
-            check_mix(mix)
             keys = sorted(mix)
             w = np.asarray([float(mix[k]) for k in keys])
             sub = keys[int(rng.choice(len(keys), p=w / w.sum()))]

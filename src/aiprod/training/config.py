@@ -52,11 +52,7 @@ class SynthData(_Strict):
         if self.mix is not None:
             from aiprod.data.synth import check_mix
 
-            if self.phase != 5:
-                raise ValueError(
-                    f"synth.mix: only phase 5 mixes phases (this is phase {self.phase})"
-                )
-            check_mix(self.mix)
+            check_mix(self.mix, self.phase)
         return self
 
 

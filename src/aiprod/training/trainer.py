@@ -32,10 +32,12 @@ from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components
 from aiprod.training.config import DENOISERS, FlowConfig, PhaseConfig, TrainConfig
 from aiprod.training.data import (
+    HELDOUT_SEED_OFFSET,
     BucketBatcher,
     Clip,
     frames_to_tensor,
     load_clips,
+    synth_draws,
     tensors_digest,
 )
 from aiprod.training.flow import (
@@ -136,13 +138,12 @@ def _captions_only(p: PhaseConfig) -> list[str]:
     if d.synth is not None:
         from aiprod.data import synth
 
-        out = []
-        for seed in (d.synth.seed, d.synth.seed + 1_000_003):
-            for i in range(d.synth.count):
-                rng = np.random.default_rng(np.random.SeedSequence([seed, d.synth.phase, i]))
-                params = synth.sample_params(d.synth.phase, rng, mix=d.synth.mix)
-                out.append(synth.caption(params))
-        return out
+        s = d.synth
+        return [
+            synth.caption(params)
+            for seed in (s.seed, s.seed + HELDOUT_SEED_OFFSET)
+            for params, _ in synth_draws(s.phase, s.count, seed, mix=s.mix)
+        ]
     from aiprod.data.manifest import accepted, read_manifest
 
     if d.manifest is None or not Path(d.manifest).exists():
