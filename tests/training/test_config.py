@@ -137,3 +137,13 @@ def test_synth_mix_is_checked(tmp_path: Path) -> None:
     synth.update(phase=2, mix={2: 1})
     with pytest.raises(ConfigError, match="only phase 5 mixes phases"):
         load_config(_write(tmp_path, data))
+
+
+def test_synth_min_gap_is_checked(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "g")
+    synth = data["phases"][1]["data"]["synth"]
+    synth["min_gap"] = 0.1
+    assert load_config(_write(tmp_path, data)).phases[1].data.synth.min_gap == 0.1
+    synth["min_gap"] = 0.4
+    with pytest.raises(ConfigError, match="min_gap"):
+        load_config(_write(tmp_path, data))

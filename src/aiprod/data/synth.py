@@ -18,8 +18,14 @@ the whole clip (so short clips still show clear motion), and a camera pan moves 
 :data:`PAN_AMOUNT` of the frame over the clip. Directions are relative to the scene (the
 textured background); with a pan, on-screen motion is the subject's motion minus the pan.
 
+Subjects move in lanes across the frame; ``min_gap`` (a fraction of the short side) makes
+the layout keep every two subjects that far apart for the whole clip, so that a caption's
+count is never shown as touching or overlapping subjects (by default three subjects touch
+in about a fifth of the clips).
+
 Rendering is numpy (signed-distance shapes, anti-aliased) with OpenCV for rain/snow
-streaks; it is deterministic for a given ``(params, width, height, num_frames, fps, seed)``.
+streaks; it is deterministic for a given ``(params, width, height, num_frames, fps, seed,
+min_gap)``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ _LIGHTING_PHRASES = {
 }
 _WEATHER_PHRASES = {"rain": "in the rain", "snow": "in the snow"}
 _SPEED_WORDS = {"slow": "slowly", "medium": "", "fast": "quickly"}
+# Radius of the circle around each shape, in units of its size r (see _sdf).
+_EXTENT = {"circle": 1.0, "square": 0.85 * math.sqrt(2.0), "triangle": 1.2}
+MAX_MIN_GAP = 0.25
+_LAYOUT_TRIES = 64
 _OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
@@ -192,6 +202,15 @@ def check_mix(mix: Mapping[int, float], phase: int) -> None:
         raise ValueError(
             f"mix={dict(mix)}: give weights >= 0 for phases 1-4, at least one above 0"
             " (e.g. {1: 1, 2: 2, 3: 2, 4: 1})"
+        )
+
+
+def check_min_gap(min_gap: float) -> None:
+    """Refuse a subject spacing outside [0, MAX_MIN_GAP] with the fix in the message."""
+    if not 0.0 <= min_gap <= MAX_MIN_GAP:
+        raise ValueError(
+            f"min_gap={min_gap}: the gap between subjects is a fraction of the frame's short "
+            f"side, in [0, {MAX_MIN_GAP}] (0.0625 = 4 px at 64x64; 0 = the default layout)"
         )
 
 
@@ -425,10 +444,55 @@ def _sdf(shape: str, qx: np.ndarray, qy: np.ndarray, r: float) -> np.ndarray:
     return d - big_r / 2
 
 
+Layout = list[tuple[float, float, float, float, float]]
+
+
+def _clearance(subjects: Layout, shape: str) -> float:
+    """Smallest distance (pixels) between two subjects' bounding circles over the clip."""
+    best = math.inf
+    for i, (x0, y0, r0, dx0, dy0) in enumerate(subjects):
+        for x1, y1, r1, dx1, dy1 in subjects[i + 1 :]:
+            # Relative position p + v t, t in [0, 1]: closest at t = -p.v / v.v, clamped.
+            px, py, vx, vy = x1 - x0, y1 - y0, dx1 - dx0, dy1 - dy0
+            vv = vx * vx + vy * vy
+            t = min(1.0, max(0.0, -(px * vx + py * vy) / vv)) if vv > 0 else 0.0
+            d = math.hypot(px + vx * t, py + vy * t) - (r0 + r1) * _EXTENT[shape]
+            best = min(best, d)
+    return best
+
+
 def _layout(
+    params: SynthParams,
+    rng: np.random.Generator,
+    *,
+    width: int,
+    height: int,
+    min_gap: float = 0.0,
+) -> Layout:
+    """Per subject: world start (x, y), radius, and per-clip displacement (dx, dy).
+
+    With ``min_gap`` > 0 the layout is redrawn until every two subjects stay at least
+    ``min_gap * min(width, height)`` pixels apart (edge to edge) for the whole clip; where
+    no draw manages that (large subjects in narrow lanes) the most spread-out draw is kept.
+    """
+    if min_gap <= 0.0 or params.count < 2:
+        return _draw_layout(params, rng, width=width, height=height)
+    need = min_gap * min(width, height)
+    best: Layout = []
+    best_d = -math.inf
+    for _ in range(_LAYOUT_TRIES):
+        subjects = _draw_layout(params, rng, width=width, height=height)
+        d = _clearance(subjects, params.shape)
+        if d >= need:
+            return subjects
+        if d > best_d:
+            best, best_d = subjects, d
+    return best
+
+
+def _draw_layout(
     params: SynthParams, rng: np.random.Generator, *, width: int, height: int
-) -> list[tuple[float, float, float, float, float]]:
-    """Per subject: world start (x, y), radius, and per-clip displacement (dx, dy)."""
+) -> Layout:
     short = min(width, height)
     ux, uy = _UNIT[params.direction]
     horizontal = ux != 0.0
@@ -473,14 +537,20 @@ def render(
     num_frames: int = 16,
     fps: float = 24.0,
     seed: int = 0,
+    min_gap: float = 0.0,
 ) -> np.ndarray:
-    """Render a clip: (num_frames, height, width, 3) uint8 RGB, deterministic per seed."""
+    """Render a clip: (num_frames, height, width, 3) uint8 RGB, deterministic per seed.
+
+    ``min_gap``: keep subjects this far apart, as a fraction of the short side (see
+    :func:`_layout`); 0 draws the layout as it always was.
+    """
     import cv2
 
     _check_size(width=width, height=height, num_frames=num_frames, fps=fps)
+    check_min_gap(min_gap)
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, SYNTH_VERSION])
     layout_rng, fx_rng, noise_rng = (np.random.default_rng(s) for s in ss.spawn(3))
-    subjects = _layout(params, layout_rng, width=width, height=height)
+    subjects = _layout(params, layout_rng, width=width, height=height, min_gap=min_gap)
 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     cx, cy = width / 2.0, height / 2.0

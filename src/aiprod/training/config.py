@@ -46,6 +46,9 @@ class SynthData(_Strict):
     fps: int = 24
     # phase 5 only: relative weights of phases 1-4 in the mix (default: even)
     mix: dict[int, float] | None = None
+    # keep subjects this far apart over the whole clip, as a fraction of the short side
+    # (0: the renderer's default layout, where three subjects often touch)
+    min_gap: float = Field(0.0, ge=0.0, le=0.25)
 
     @model_validator(mode="after")
     def _check_mix(self) -> SynthData:

@@ -88,8 +88,11 @@ def synth_clips(
     buckets: list[tuple[int, int, int]],
     fps: int = 24,
     mix: dict[int, float] | None = None,
+    min_gap: float = 0.0,
 ) -> list[Clip]:
-    """Render ``count`` captioned clips of curriculum ``phase``; clip i goes to bucket i % n."""
+    """Render ``count`` captioned clips of curriculum ``phase``; clip i goes to bucket i % n.
+
+    ``min_gap``: the subjects' spacing, passed to :func:`aiprod.data.synth.render`."""
     from aiprod.data import synth
 
     out = []
@@ -97,7 +100,9 @@ def synth_clips(
         clip_seed = int(rng.integers(0, 2**31 - 1))
         b = i % len(buckets)
         w, h, f = buckets[b]
-        frames = synth.render(params, width=w, height=h, num_frames=f, fps=fps, seed=clip_seed)
+        frames = synth.render(
+            params, width=w, height=h, num_frames=f, fps=fps, seed=clip_seed, min_gap=min_gap
+        )
         out.append(Clip(caption=synth.caption(params), frames=frames, bucket=b, fps=fps))
     return out
 
@@ -111,7 +116,13 @@ def load_clips(
         seed = s.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
         count = s.count if not heldout else min(s.count, 64)
         clips = synth_clips(
-            phase=s.phase, count=count, seed=seed, buckets=buckets, fps=s.fps, mix=s.mix
+            phase=s.phase,
+            count=count,
+            seed=seed,
+            buckets=buckets,
+            fps=s.fps,
+            mix=s.mix,
+            min_gap=s.min_gap,
         )
         return clips[: data.limit] if data.limit else clips
     from aiprod.core.media import read_video
