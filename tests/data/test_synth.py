@@ -172,3 +172,28 @@ def test_min_gap_keeps_subjects_apart_for_the_whole_clip() -> None:
     )
     with pytest.raises(ValueError, match=r"min_gap=0.5: .*in \[0, 0.25\]"):
         synth.render(p, num_frames=4, min_gap=0.5)
+
+
+def test_synth_dataset_with_min_gap(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from aiprod.cli.main import app
+
+    kw = {"n_per_phase": 3, "width": 32, "height": 32, "num_frames": 6, "phases": (2,)}
+    plain = read_manifest(synth.write_synth_dataset(tmp_path / "a", **kw))
+    spaced = read_manifest(synth.write_synth_dataset(tmp_path / "b", **kw, min_gap=0.1))
+    # the same clips, keyed apart (a dataset's content address covers the spacing) ...
+    assert [r.caption for r in spaced] == [r.caption for r in plain]
+    assert all(
+        r.params["min_gap"] == 0.1 and "min_gap" not in p.params
+        for r, p in zip(spaced, plain, strict=True)
+    )
+    assert not {r.params["content_key"] for r in spaced} & {r.params["content_key"] for r in plain}
+    # ... and the CLI passes it through, refusing a gap out of range with the fix
+    res = CliRunner().invoke(
+        app, ["data", "synth", str(tmp_path / "c"), "-n", "1", "-p", "2", "--min-gap", "0.1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert read_manifest(tmp_path / "c" / "manifest.parquet")[0].params["min_gap"] == 0.1
+    res = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "d"), "--min-gap", "0.5"])
+    assert res.exit_code != 0 and "min_gap=0.5" in res.output and "Traceback" not in res.output

@@ -299,6 +299,15 @@ def synth(
     phase: Annotated[
         list[int] | None, typer.Option("--phase", "-p", help="Only these phases (repeatable).")
     ] = None,
+    min_gap: Annotated[
+        float,
+        typer.Option(
+            "--min-gap",
+            help="Keep subjects this far apart over the whole clip, as a fraction of the "
+            "short side (0-0.25; 0.1 = 6.4 px at 64x64; 0 = default layout, where three "
+            "subjects can touch).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Render procedural captioned clips for curriculum phases 1-5 plus a manifest.
 
@@ -319,6 +328,7 @@ def synth(
                 fps=fps,
                 seed=seed,
                 phases=phases,
+                min_gap=min_gap,
                 on_progress=lambda done, _total: progress.update(task, completed=done),
             )
     except (AiprodError, ValueError) as err:

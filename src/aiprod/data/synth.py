@@ -632,18 +632,25 @@ def render(
 
 
 def clip_key(
-    params: SynthParams, *, width: int, height: int, num_frames: int, fps: float, seed: int
+    params: SynthParams,
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: float,
+    seed: int,
+    min_gap: float = 0.0,
 ) -> str:
     """Content address of a synthetic clip: same key, same pixels."""
-    blob = json.dumps(
-        {
-            "v": SYNTH_VERSION,
-            "params": params.to_dict(),
-            "size": [width, height, num_frames, float(fps)],
-            "seed": int(seed),
-        },
-        sort_keys=True,
-    )
+    content: dict[str, Any] = {
+        "v": SYNTH_VERSION,
+        "params": params.to_dict(),
+        "size": [width, height, num_frames, float(fps)],
+        "seed": int(seed),
+    }
+    if min_gap:  # left out at the default, so earlier datasets keep their keys
+        content["min_gap"] = float(min_gap)
+    blob = json.dumps(content, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -665,9 +672,12 @@ def write_synth_dataset(
     fps: float = 24.0,
     seed: int = 0,
     phases: tuple[int, ...] = PHASES,
+    min_gap: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Render ``n_per_phase`` clips for each phase as H.264 MP4s plus a manifest.
+
+    ``min_gap`` keeps the subjects apart (see :func:`render`).
 
     Layout: ``out_dir/clips/phase{p}/{clip_id}.mp4`` and ``out_dir/manifest.parquet`` (+ .csv).
     Each row carries the caption, the phase, the parameters (``params`` with the render
@@ -683,6 +693,7 @@ def write_synth_dataset(
         if p not in PHASES:
             raise ValueError(f"phase {p!r} is not a curriculum phase {list(PHASES)}")
     _check_size(width=width, height=height, num_frames=num_frames, fps=fps)
+    check_min_gap(min_gap)
     if width % 2 or height % 2:
         raise ValueError(f"H.264 needs even width and height, got {width}x{height}")
     root = Path(out_dir)
@@ -694,16 +705,13 @@ def write_synth_dataset(
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
             params = sample_params(phase, rng)
             clip_seed = int(rng.integers(0, 2**31 - 1))
-            key = clip_key(
-                params, width=width, height=height, num_frames=num_frames, fps=fps, seed=clip_seed
-            )
+            size = {"width": width, "height": height, "num_frames": num_frames, "fps": fps}
+            key = clip_key(params, **size, seed=clip_seed, min_gap=min_gap)
             clip_id = f"synth-p{phase}-{i:05d}-{key[:10]}"
             path = root / "clips" / f"phase{phase}" / f"{clip_id}.mp4"
             # Rendering is cheap next to encoding; re-render for the motion score, and
             # encode only what an earlier (interrupted) run did not finish.
-            frames = render(
-                params, width=width, height=height, num_frames=num_frames, fps=fps, seed=clip_seed
-            )
+            frames = render(params, **size, seed=clip_seed, min_gap=min_gap)
             if not path.exists():
                 write_mp4(path, frames, fps=fps)
             motion = motion_score(frames)
@@ -732,7 +740,12 @@ def write_synth_dataset(
                     has_audio=False,
                     motion_score=motion,
                     tags=tags,
-                    params={**params.to_dict(), "seed": clip_seed, "content_key": key},
+                    params={
+                        **params.to_dict(),
+                        "seed": clip_seed,
+                        "content_key": key,
+                        **({"min_gap": min_gap} if min_gap else {}),
+                    },
                 )
             )
             done += 1
