@@ -20,8 +20,8 @@ textured background); with a pan, on-screen motion is the subject's motion minus
 
 Subjects move in lanes across the frame; ``min_gap`` (a fraction of the short side) makes
 the layout keep every two subjects that far apart for the whole clip, so that a caption's
-count is never shown as touching or overlapping subjects (by default three subjects touch
-in about a fifth of the clips).
+count is never shown as touching or overlapping subjects (by default two of three subjects
+touch in about a fifth of the three-subject clips).
 
 Rendering is numpy (signed-distance shapes, anti-aliased) with OpenCV for rain/snow
 streaks; it is deterministic for a given ``(params, width, height, num_frames, fps, seed,
@@ -700,12 +700,12 @@ def write_synth_dataset(
     records: list[ClipRecord] = []
     total = n_per_phase * len(phases)
     done = 0
+    size = {"width": width, "height": height, "num_frames": num_frames, "fps": fps}
     for phase in phases:
         for i in range(n_per_phase):
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
             params = sample_params(phase, rng)
             clip_seed = int(rng.integers(0, 2**31 - 1))
-            size = {"width": width, "height": height, "num_frames": num_frames, "fps": fps}
             key = clip_key(params, **size, seed=clip_seed, min_gap=min_gap)
             clip_id = f"synth-p{phase}-{i:05d}-{key[:10]}"
             path = root / "clips" / f"phase{phase}" / f"{clip_id}.mp4"
