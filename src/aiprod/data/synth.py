@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,16 @@ def sample_params(
         background=background,
         **kw,
     )
+
+
+def draws(
+    phase: int, count: int, seed: int, *, mix: Mapping[int, float] | None = None
+) -> Iterator[tuple[SynthParams, np.random.Generator]]:
+    """(parameters, generator) of clips 0..count-1 of a synth source ``(phase, seed)``; the
+    generator then draws the clip's render seed. Clip i depends only on (seed, phase, i)."""
+    for i in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
+        yield sample_params(phase, rng, mix=mix), rng
 
 
 def caption(params: SynthParams) -> str:
@@ -702,9 +712,7 @@ def write_synth_dataset(
     done = 0
     size = {"width": width, "height": height, "num_frames": num_frames, "fps": fps}
     for phase in phases:
-        for i in range(n_per_phase):
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
-            params = sample_params(phase, rng)
+        for i, (params, rng) in enumerate(draws(phase, n_per_phase, seed)):
             clip_seed = int(rng.integers(0, 2**31 - 1))
             key = clip_key(params, **size, seed=clip_seed, min_gap=min_gap)
             clip_id = f"synth-p{phase}-{i:05d}-{key[:10]}"

@@ -48,14 +48,15 @@ class SynthData(_Strict):
     mix: dict[int, float] | None = None
     # keep subjects this far apart over the whole clip, as a fraction of the short side
     # (0: the renderer's default layout, where three subjects often touch)
-    min_gap: float = Field(0.0, ge=0.0, le=0.25)
+    min_gap: float = 0.0
 
     @model_validator(mode="after")
-    def _check_mix(self) -> SynthData:
-        if self.mix is not None:
-            from aiprod.data.synth import check_mix
+    def _check_synth(self) -> SynthData:
+        from aiprod.data.synth import check_min_gap, check_mix
 
+        if self.mix is not None:
             check_mix(self.mix, self.phase)
+        check_min_gap(self.min_gap)
         return self
 
 

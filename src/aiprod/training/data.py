@@ -14,19 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from aiprod.core.errors import ConfigError
 from aiprod.training.config import DataConfig
-
-if TYPE_CHECKING:
-    from aiprod.data.synth import SynthParams
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +64,6 @@ def _is_heldout(clip_id: str) -> bool:
     return zlib.crc32(clip_id.encode()) % 20 == 0
 
 
-def synth_draws(
-    phase: int, count: int, seed: int, *, mix: dict[int, float] | None = None
-) -> Iterator[tuple[SynthParams, np.random.Generator]]:
-    """(parameters, generator) of clips 0..count-1 of a synth source; the generator then
-    draws the clip's render seed (``synth_clips``)."""
-    from aiprod.data import synth
-
-    for i in range(count):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), phase, i]))
-        yield synth.sample_params(phase, rng, mix=mix), rng
-
-
 def synth_clips(
     *,
     phase: int,
@@ -96,7 +80,7 @@ def synth_clips(
     from aiprod.data import synth
 
     out = []
-    for i, (params, rng) in enumerate(synth_draws(phase, count, seed, mix=mix)):
+    for i, (params, rng) in enumerate(synth.draws(phase, count, seed, mix=mix)):
         clip_seed = int(rng.integers(0, 2**31 - 1))
         b = i % len(buckets)
         w, h, f = buckets[b]

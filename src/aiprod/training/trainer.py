@@ -37,7 +37,6 @@ from aiprod.training.data import (
     Clip,
     frames_to_tensor,
     load_clips,
-    synth_draws,
     tensors_digest,
 )
 from aiprod.training.flow import (
@@ -142,7 +141,7 @@ def _captions_only(p: PhaseConfig) -> list[str]:
         return [
             synth.caption(params)
             for seed in (s.seed, s.seed + HELDOUT_SEED_OFFSET)
-            for params, _ in synth_draws(s.phase, s.count, seed, mix=s.mix)
+            for params, _ in synth.draws(s.phase, s.count, seed, mix=s.mix)
         ]
     from aiprod.data.manifest import accepted, read_manifest
 
