@@ -255,6 +255,8 @@ def build_components(
     """Build (``builtin``) or load (``init_from`` / ``registry``) the model parts, with the
     config's ``scheduler_shift`` applied to the sampling schedule."""
     comp = _build_or_load(cfg, vocab=vocab, seed=seed, tokenizer=tokenizer)
+    if cfg.grow_layers is not None:
+        comp.transformer = grow_transformer(comp.transformer, cfg.grow_layers)
     if cfg.scheduler_shift is not None:
         comp.scheduler_config = {
             **comp.scheduler_config,
@@ -262,6 +264,53 @@ def build_components(
             "use_dynamic_shifting": False,
         }
     return comp
+
+
+def grow_transformer(transformer: Any, num_layers: int) -> Any:
+    """Deepen an LTX-Video transformer to ``num_layers`` blocks without changing its output.
+
+    Block expansion as in LLaMA Pro (Wu et al., 2024): after evenly spread original blocks a
+    copy of that block is inserted with its three output projections (self-attention,
+    cross-attention, feed-forward) zeroed, so each new block adds nothing to the residual
+    stream until training moves those projections. Returns a new model; the input is not
+    modified. A model already that deep is returned as is.
+    """
+    from diffusers import LTXVideoTransformer3DModel
+
+    have = int(transformer.config.num_layers)
+    if num_layers == have:
+        return transformer
+    if num_layers < have:
+        raise ConfigError(
+            f"model.grow_layers={num_layers} is less than the loaded denoiser's {have} blocks; "
+            f"growing only adds blocks: set model.grow_layers above {have} or remove it"
+        )
+    extra = num_layers - have
+    # each block gets extra // have copies; the remainder goes to evenly spread blocks,
+    # the last one included
+    rem = extra % have
+    more = {have - 1 - (k * have) // rem for k in range(rem)}
+    grown = LTXVideoTransformer3DModel.from_config({**transformer.config, "num_layers": num_layers})
+    state = {
+        k: v for k, v in transformer.state_dict().items() if not k.startswith("transformer_blocks.")
+    }
+    order: list[tuple[int, bool]] = []  # (original block, is a zeroed copy)
+    for i in range(have):
+        order.append((i, False))
+        order.extend((i, True) for _ in range(extra // have + (i in more)))
+    src_blocks = transformer.transformer_blocks
+    for j, (i, zeroed) in enumerate(order):
+        for k, v in src_blocks[i].state_dict().items():
+            state[f"transformer_blocks.{j}.{k}"] = v.clone()
+        if zeroed:
+            for proj in ("attn1.to_out.0", "attn2.to_out.0", "ff.net.2"):
+                for part in ("weight", "bias"):
+                    key = f"transformer_blocks.{j}.{proj}.{part}"
+                    if key in state:
+                        state[key] = torch.zeros_like(state[key])
+    grown.load_state_dict(state)
+    log.info("denoiser grown from %d to %d blocks (zero-initialised copies)", have, num_layers)
+    return grown
 
 
 def _build_or_load(cfg: ModelConfig, *, vocab: set[str], seed: int, tokenizer: Any) -> Components:

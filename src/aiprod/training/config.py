@@ -203,11 +203,24 @@ class ModelConfig(_Strict):
         description="the stage-1 schedule shift written into the trained model's scheduler "
         "config (what the engine and aiprod eval sample with); None keeps the model's own",
     )
+    grow_layers: int | None = Field(
+        default=None,
+        ge=2,
+        le=64,
+        description="deepen the loaded stage-1 denoiser to this many blocks before training: "
+        "copies of its own blocks with zeroed output projections are interleaved, so the "
+        "grown model computes exactly what the loaded one did at step 0; None keeps its depth",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.source == "registry" and not self.registry_id:
             raise ValueError("model.source=registry needs model.registry_id")
+        if self.grow_layers is not None and self.source == "builtin" and self.init_from is None:
+            raise ValueError(
+                "model.grow_layers deepens a loaded model, but model.init_from is not set; for a "
+                "new model set model.architecture.transformer.num_layers instead"
+            )
         return self
 
 
