@@ -103,25 +103,20 @@ def test_grow_layers_needs_a_loaded_model() -> None:
         )
 
 
-def test_trainer_grows_then_trains_the_new_blocks(tmp_path: Path) -> None:
-    base = build_builtin(
-        BuiltinArch.model_validate(TINY_ARCH),
-        vocab=set(caption_words("a red circle moving left on a black background")),
-        seed=3,
-    )
-    base_dir = save_folder(base, tmp_path / "base")
-    cfg = TrainConfig.model_validate(
+def _grow_config(base_dir: Path, out: Path) -> TrainConfig:
+    return TrainConfig.model_validate(
         {
             "name": "grow",
-            "output_dir": str(tmp_path / "run"),
+            "output_dir": str(out),
             "device": "cpu",
             "model": {"source": "builtin", "init_from": str(base_dir), "grow_layers": 3},
             "monitor": {"heldout_every": 100, "tensorboard": False},
+            "checkpoint": {"every": 1},
             "phases": [
                 {
                     "name": "p1",
                     "data": {"synth": {"phase": 1, "count": 4}},
-                    "steps": 2,
+                    "steps": 3,
                     "batch_size": 2,
                     "buckets": [[32, 32, 9]],
                     "lr": {"peak": 0.01, "schedule": "constant"},
@@ -129,9 +124,26 @@ def test_trainer_grows_then_trains_the_new_blocks(tmp_path: Path) -> None:
             ],
         }
     )
-    Trainer(cfg).train()
-    out = LTXVideoTransformer3DModel.from_pretrained(tmp_path / "run" / "final" / "transformer")
+
+
+def test_trainer_grows_trains_the_new_blocks_and_resumes_exactly(tmp_path: Path) -> None:
+    base = build_builtin(
+        BuiltinArch.model_validate(TINY_ARCH),
+        vocab=set(caption_words("a red circle moving left on a black background")),
+        seed=3,
+    )
+    base_dir = save_folder(base, tmp_path / "base")
+    Trainer(_grow_config(base_dir, tmp_path / "a")).train()
+    out = LTXVideoTransformer3DModel.from_pretrained(tmp_path / "a" / "final" / "transformer")
     assert out.config.num_layers == 3
     # the zeroed copies' output projections moved: the new blocks are being trained
     for j in (1, 2):
         assert out.transformer_blocks[j].ff.net[2].weight.abs().sum() > 0
+
+    # stopped after one step, resumed by a fresh trainer: the grown model's checkpoint loads
+    # into a model grown the same way and the run ends bit for bit where the unbroken one did
+    Trainer(_grow_config(base_dir, tmp_path / "b")).train(stop_after=1)
+    Trainer(_grow_config(base_dir, tmp_path / "b")).train(resume=True)
+    resumed = LTXVideoTransformer3DModel.from_pretrained(tmp_path / "b" / "final" / "transformer")
+    a, b = out.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
