@@ -72,6 +72,44 @@ def tiny_config(out: Path, **over: Any) -> dict[str, Any]:
     return cfg
 
 
+def tiny_base_folder(dest: Path) -> tuple[Any, Path]:
+    """A tiny random built-in model saved as a folder to fine-tune from (``init_from``)."""
+    from aiprod.training.components import build_builtin, caption_words, save_folder
+    from aiprod.training.config import BuiltinArch
+
+    base = build_builtin(
+        BuiltinArch.model_validate(TINY_ARCH),
+        vocab=set(caption_words("a red circle moving left on a black background")),
+        seed=3,
+    )
+    return base, save_folder(base, dest)
+
+
+def finetune_config(
+    base_dir: Path, out: Path, *, model: dict[str, Any] | None = None, **over: Any
+) -> dict[str, Any]:
+    """One 3-step phase-1 phase at 32x32x9 starting from ``base_dir``."""
+    cfg: dict[str, Any] = {
+        "name": "finetune",
+        "output_dir": str(out),
+        "device": "cpu",
+        "model": {"source": "builtin", "init_from": str(base_dir), **(model or {})},
+        "monitor": {"heldout_every": 100, "tensorboard": False},
+        "phases": [
+            {
+                "name": "p1",
+                "data": {"synth": {"phase": 1, "count": 4}},
+                "steps": 3,
+                "batch_size": 2,
+                "buckets": [[32, 32, 9]],
+                "lr": {"peak": 0.01, "schedule": "constant"},
+            }
+        ],
+    }
+    cfg.update(over)
+    return cfg
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)

@@ -10,11 +10,11 @@ from diffusers import LTXVideoTransformer3DModel
 from pydantic import ValidationError
 
 from aiprod.core.errors import ConfigError
-from aiprod.training.components import build_builtin, caption_words, grow_transformer, save_folder
-from aiprod.training.config import BuiltinArch, TrainConfig
+from aiprod.training.components import grow_transformer
+from aiprod.training.config import TrainConfig
 from aiprod.training.trainer import Trainer
 
-from .conftest import TINY_ARCH
+from .conftest import finetune_config, tiny_base_folder
 
 OUT_PROJ = ("attn1.to_out.0", "attn2.to_out.0", "ff.net.2")
 
@@ -105,34 +105,14 @@ def test_grow_layers_needs_a_loaded_model() -> None:
 
 def _grow_config(base_dir: Path, out: Path) -> TrainConfig:
     return TrainConfig.model_validate(
-        {
-            "name": "grow",
-            "output_dir": str(out),
-            "device": "cpu",
-            "model": {"source": "builtin", "init_from": str(base_dir), "grow_layers": 3},
-            "monitor": {"heldout_every": 100, "tensorboard": False},
-            "checkpoint": {"every": 1},
-            "phases": [
-                {
-                    "name": "p1",
-                    "data": {"synth": {"phase": 1, "count": 4}},
-                    "steps": 3,
-                    "batch_size": 2,
-                    "buckets": [[32, 32, 9]],
-                    "lr": {"peak": 0.01, "schedule": "constant"},
-                }
-            ],
-        }
+        finetune_config(
+            base_dir, out, name="grow", model={"grow_layers": 3}, checkpoint={"every": 1}
+        )
     )
 
 
 def test_trainer_grows_trains_the_new_blocks_and_resumes_exactly(tmp_path: Path) -> None:
-    base = build_builtin(
-        BuiltinArch.model_validate(TINY_ARCH),
-        vocab=set(caption_words("a red circle moving left on a black background")),
-        seed=3,
-    )
-    base_dir = save_folder(base, tmp_path / "base")
+    _, base_dir = tiny_base_folder(tmp_path / "base")
     Trainer(_grow_config(base_dir, tmp_path / "a")).train()
     out = LTXVideoTransformer3DModel.from_pretrained(tmp_path / "a" / "final" / "transformer")
     assert out.config.num_layers == 3

@@ -8,41 +8,19 @@ import torch
 from diffusers import LTXVideoTransformer3DModel
 from safetensors.torch import load_file
 
-from aiprod.training.components import build_builtin, caption_words, save_folder
-from aiprod.training.config import BuiltinArch, TrainConfig
+from aiprod.training.config import TrainConfig
 from aiprod.training.trainer import Trainer
 
-from .conftest import TINY_ARCH
+from .conftest import finetune_config, tiny_base_folder
 
 
 def test_lora_trains_adapters_only_and_merges(tmp_path: Path) -> None:
-    base = build_builtin(
-        BuiltinArch.model_validate(TINY_ARCH),
-        vocab=set(caption_words("a red circle moving left on a black background")),
-        seed=3,
-    )
-    base_dir = save_folder(base, tmp_path / "base")
+    base, base_dir = tiny_base_folder(tmp_path / "base")
     before = {k: v.clone() for k, v in base.transformer.state_dict().items()}
     cfg = TrainConfig.model_validate(
-        {
-            "name": "lora",
-            "output_dir": str(tmp_path / "run"),
-            "device": "cpu",
-            "mode": "lora",
-            "lora": {"rank": 4, "alpha": 4},
-            "model": {"source": "builtin", "init_from": str(base_dir)},
-            "monitor": {"heldout_every": 100, "tensorboard": False},
-            "phases": [
-                {
-                    "name": "p1",
-                    "data": {"synth": {"phase": 1, "count": 4}},
-                    "steps": 3,
-                    "batch_size": 2,
-                    "buckets": [[32, 32, 9]],
-                    "lr": {"peak": 0.01, "schedule": "constant"},
-                }
-            ],
-        }
+        finetune_config(
+            base_dir, tmp_path / "run", name="lora", mode="lora", lora={"rank": 4, "alpha": 4}
+        )
     )
     trainer = Trainer(cfg)
     trainable = [n for n, p in trainer.comp.transformer.named_parameters() if p.requires_grad]

@@ -306,8 +306,7 @@ def grow_transformer(transformer: Any, num_layers: int) -> Any:
             for proj in ("attn1.to_out.0", "attn2.to_out.0", "ff.net.2"):
                 for part in ("weight", "bias"):
                     key = f"transformer_blocks.{j}.{proj}.{part}"
-                    if key in state:
-                        state[key] = torch.zeros_like(state[key])
+                    state[key] = torch.zeros_like(state[key])
     grown.load_state_dict(state)
     log.info("denoiser grown from %d to %d blocks (zero-initialised copies)", have, num_layers)
     return grown
