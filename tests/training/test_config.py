@@ -147,3 +147,45 @@ def test_synth_min_gap_is_checked(tmp_path: Path) -> None:
     synth["min_gap"] = 0.4
     with pytest.raises(ConfigError, match="min_gap"):
         load_config(_write(tmp_path, data))
+
+
+def test_refine_path_is_the_flow_path_for_a_perfect_upsampler_and_lands_on_the_clip() -> None:
+    import torch
+
+    from aiprod.training.flow import add_noise, refine_path, velocity_target
+
+    g = torch.Generator().manual_seed(0)
+    x0, start, noise = (torch.randn(3, 4, 2, 3, 3, generator=g) for _ in range(3))
+    sig = torch.tensor([0.4, 0.25, 0.01])
+    # start == x0: exactly the usual flow path and velocity target
+    xt, v = refine_path(x0, x0, noise, sig, 0.4)
+    assert torch.allclose(xt, add_noise(x0, noise, sig), atol=1e-6)
+    assert torch.allclose(v, velocity_target(x0, noise), atol=1e-5)
+    # otherwise: at s0 it is where the two-stage path starts (the upsampled latent noised to
+    # s0), and Euler steps along its target from there (the sampler's schedule) reach x0
+    xt, v = refine_path(x0, start, noise, torch.full((3,), 0.4), 0.4)
+    assert torch.allclose(xt, 0.6 * start + 0.4 * noise, atol=1e-6)
+    x, sigmas = xt, [0.4, 0.4 * 2 / 3, 0.4 / 3, 0.0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        xs, vs = refine_path(x0, start, noise, torch.full((3,), s), 0.4)
+        assert torch.allclose(xs, x, atol=1e-5)  # the sampler stays on the path
+        x = x + (s_next - s) * vs
+    assert torch.allclose(x, x0, atol=1e-5)
+    assert not torch.allclose(start, x0, atol=1e-2)
+
+
+def test_refine_from_is_for_refiner_phases(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "rf")
+    data["phases"][1].update(target="refiner", refine_from=0.4)
+    cfg = TrainConfig.model_validate(data)
+    assert (
+        cfg.fingerprint() != TrainConfig.model_validate(tiny_config(tmp_path / "rf")).fingerprint()
+    )
+    data["phases"][1]["flow"] = {"sampler": "uniform", "max_sigma": 0.5}
+    with pytest.raises(ConfigError, match="remove flow.max_sigma=0.5"):
+        load_config(_write(tmp_path, data))
+    data["phases"][1]["flow"]["max_sigma"] = 0.4  # the same range twice is fine
+    TrainConfig.model_validate(data)
+    data["phases"][1]["target"] = "transformer"
+    with pytest.raises(ConfigError, match="refine_from applies to refiner phases only"):
+        load_config(_write(tmp_path, data))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from aiprod.training.deploy import load_checkpoint
 from aiprod.training.sample import model_shift
 from aiprod.training.trainer import Trainer
 
-from .conftest import tiny_config
+from .conftest import finetune_config, tiny_base_folder, tiny_config
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -228,6 +229,36 @@ def test_refiner_phase_trains_a_copy_and_stage_one_stays(tmp_path: Path) -> None
     comp.refiner = None
     assert not torch.equal(generate(comp, prompt, two_stage=True, refine_steps=2, **kw), two)
     assert torch.equal(generate(comp, prompt, **kw), one)  # stage 1 never uses the refiner
+
+
+def test_refine_from_trains_the_refiner_on_the_upsampled_latents(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "rf")
+    vae, p1, up = data["phases"][0], data["phases"][1], data["phases"][-1]
+    ref = {**p1, "name": "ref", "target": "refiner", "refine_from": 0.4}
+    ref["buckets"] = up["buckets"]
+    # a loaded model without a latent upsampler (e.g. a checkpoint saved without one)
+    _, base = tiny_base_folder(tmp_path / "base")
+    shutil.rmtree(base / "latent_upsampler")
+    ft = finetune_config(base, tmp_path / "ft")
+    ft["phases"][0].update(target="refiner", refine_from=0.4, buckets=[[64, 64, 9]])
+    with pytest.raises(ConfigError, match="this model has none: add an upsampler phase"):
+        Trainer(TrainConfig.model_validate(ft))
+    data["phases"] = [vae, p1, up, ref]
+    cfg = TrainConfig.model_validate(data)
+    trainer = Trainer(cfg)
+    trainer.train()
+    w = _weights(tmp_path / "rf")
+    # the refiner started as a copy of p1's transformer, and its own phase moved it
+    moved = [
+        k
+        for k in w
+        if k.startswith("refiner.") and not torch.equal(w[k], w["transformer." + k[8:]])
+    ]
+    assert moved
+    prepared = trainer._prepare(cfg.phases[-1])
+    assert len(prepared.start) == len(prepared.latents) > 0
+    for s, x0 in zip(prepared.start, prepared.latents, strict=True):
+        assert s.shape == x0.shape and not torch.equal(s, x0)
 
 
 def _te_config(out: Path) -> TrainConfig:

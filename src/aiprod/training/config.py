@@ -123,6 +123,13 @@ class PhaseConfig(_Strict):
     # as ``lr``). A frozen encoder may not tell word order apart: the built-in one gave "moving
     # left ... panning up" and "moving up ... panning left" token sets 0.9994 alike.
     text_encoder_lr: float | None = Field(default=None, gt=0)
+    # refiner phases: train the refinement the way the two-stage path runs it. Each clip's
+    # half-size latent goes through the model's latent upsampler and is noised to this level
+    # (the served refine strength, models.toml ``refine_strength``); the refiner learns the
+    # straight path from there to the full-size clip, v = (x_start - x0) / refine_from, so it
+    # corrects what the upsampler blurs (rounded corners) instead of keeping it. Noise levels
+    # are drawn in (0, refine_from]. Without it the refiner learns to denoise clean clips.
+    refine_from: float | None = Field(default=None, gt=0, le=1)
     kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)
@@ -151,6 +158,17 @@ class PhaseConfig(_Strict):
                 f"phase '{self.name}': text_encoder_lr applies to transformer phases only (the "
                 f"refiner shares stage 1's text encoder); remove it from this {self.target} phase"
             )
+        if self.refine_from is not None:
+            if self.target != "refiner":
+                raise ValueError(
+                    f"phase '{self.name}': refine_from applies to refiner phases only; "
+                    f"remove it from this {self.target} phase"
+                )
+            if self.flow is not None and self.flow.max_sigma not in (1.0, self.refine_from):
+                raise ValueError(
+                    f"phase '{self.name}': refine_from={self.refine_from} sets the noise range; "
+                    f"remove flow.max_sigma={self.flow.max_sigma} (or make them equal)"
+                )
         return self
 
 

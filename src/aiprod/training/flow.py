@@ -45,6 +45,20 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
+def refine_path(
+    x0: torch.Tensor, start: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, s0: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target velocity) on the straight path from a refinement's start to the clip.
+
+    The two-stage path refines ``x_s0 = (1 - s0) start + s0 noise`` (``start``: the upsampled
+    half-size latent) from noise level ``s0`` down to 0. On the line from x_s0 (at s0) to
+    ``x0`` (at 0) the velocity is constant, ``(x_s0 - x0) / s0``, so Euler steps on it land on
+    ``x0``; when ``start == x0`` this is the usual flow path and target.
+    """
+    x_s0 = add_noise(start, noise, torch.full((x0.shape[0],), s0, device=x0.device))
+    return add_noise(x0, x_s0, sigmas / s0), (x_s0 - x0) / s0
+
+
 def sigma_bucket(sigmas: torch.Tensor, n: int) -> torch.Tensor:
     """Index of each sigma's bucket among ``n`` equal bins of [0, 1]."""
     return (sigmas * n).long().clamp(0, n - 1)

@@ -42,6 +42,7 @@ from aiprod.training.data import (
 from aiprod.training.flow import (
     add_noise,
     logit_normal_quantile,
+    refine_path,
     sample_sigmas,
     sigma_bucket,
     velocity_target,
@@ -102,6 +103,9 @@ class PhaseData:
     pixels: list[np.ndarray] = field(default_factory=list)  # vae: (F, H, W, 3) uint8
     low: list[torch.Tensor] = field(default_factory=list)  # upsampler: raw latents (C,f,h,w)
     high: list[torch.Tensor] = field(default_factory=list)
+    # refiner phases with refine_from: the upsampled half-size latent (normalised), where the
+    # two-stage path starts the refinement from
+    start: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +232,11 @@ class Trainer:
         self._refiner_copies = comp.refiner is None
         if any(p.target == "refiner" for p in cfg.phases):
             comp.ensure_refiner()
+        if any(p.refine_from is not None for p in cfg.phases) and comp.upsampler is None:
+            raise ConfigError(
+                "refine_from trains the refiner on the latent upsampler's output, and this "
+                "model has none: add an upsampler phase before it, or load a model with one"
+            )
         for m in comp.modules().values():
             m.requires_grad_(False)
         if cfg.mode == "lora":
@@ -311,6 +320,8 @@ class Trainer:
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
+                if phase.refine_from is not None:
+                    data.start.append(self._upsampled(_half(c)))
             data.emb, data.mask, data.ids = self._embed([c.caption for c in clips])
         else:  # upsampler: (half-size latent, full-size latent) pairs
             for c in clips:
@@ -321,6 +332,14 @@ class Trainer:
         torch.save(data.__dict__, tmp)
         tmp.replace(cache)
         return data
+
+    def _upsampled(self, frames: np.ndarray) -> torch.Tensor:
+        """Normalised latent the two-stage path refines: the clip encoded, then upsampled x2."""
+        assert self.comp.upsampler is not None
+        self.comp.upsampler.eval()
+        z = self._encode_video(frames).unsqueeze(0).to(self.device)
+        up = self.comp.upsampler(z).float()
+        return normalize_latents(self.comp.vae, up)[0].cpu()
 
     def _embed(self, captions: list[str]) -> tuple[list[torch.Tensor], ...]:
         """-> (embeddings, attention masks, token ids) of the captions, one entry each."""
@@ -439,13 +458,23 @@ class Trainer:
         else:
             emb = torch.stack([d.emb[i] for i in idx])
             emb[drop] = self._uncond[0]
-        sig = sample_sigmas(b, self._flow(run), generator=self.noise)
+        flow = self._flow(run)
+        s0 = run.cfg.refine_from
+        if s0 is not None:
+            flow = flow.model_copy(update={"max_sigma": s0})
+        sig = sample_sigmas(b, flow, generator=self.noise)
         noise = torch.randn(x0.shape, generator=self.noise).to(dev)
-        xt = add_noise(x0, noise, sig.to(dev))
+        if s0 is None:
+            xt, target = add_noise(x0, noise, sig.to(dev)), velocity_target(x0, noise)
+        else:
+            # The straight path from where the refinement starts (the upsampled latent noised
+            # to s0) to the clip; with a perfect upsampler it is the usual flow path.
+            start = torch.stack([d.start[i] for i in idx]).to(dev)
+            xt, target = refine_path(x0, start, noise, sig.to(dev), s0)
         v = velocity(
             run.module, self.comp.vae, xt, sig.to(dev), emb.to(dev), mask.to(dev), fps=d.fps[idx[0]]
         )
-        per = (v.float() - velocity_target(x0, noise)).pow(2).mean(dim=(1, 2, 3, 4))
+        per = (v.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
         return per.mean(), {
             "per_sample": per.detach().cpu(),
             "sigmas": sig,
