@@ -43,6 +43,22 @@ def test_eval_writes_json_html_png(run_dir: Path, tmp_path: Path) -> None:
     assert data["metrics"]["fvd_extractor"] == "pixel-stats-v1"
     assert set(data["metrics"]["autoencoder_ceiling"]) >= {"color_accuracy", "count_accuracy"}
     assert data["metrics"]["reference_scorer_ceiling"]["color_accuracy"] == 1.0
+    # what the model's stage 2 makes of a perfect stage 1 (two-stage evals only)
+    st2 = data["metrics"]["two_stage_ceiling"]
+    assert set(st2) >= {"shape_accuracy", "count_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in st2.values())
+    one = evaluate(
+        run_dir,
+        out_dir=tmp_path / "ev1",
+        num_prompts=2,
+        width=64,
+        height=64,
+        num_frames=9,
+        steps=2,
+        batch_size=2,
+        two_stage=False,
+    )
+    assert "two_stage_ceiling" not in one["metrics"]
     for k in (
         "color_accuracy",
         "shape_accuracy",

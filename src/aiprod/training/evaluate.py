@@ -103,7 +103,7 @@ def evaluate(
     if shift is None:
         shift = model_shift(comp)
     prompts = heldout_prompts(num_prompts, seed=seed, phases=phases)
-    rows, refs, fakes, ref_rows, ae_rows = [], [], [], [], []
+    rows, refs, fakes, ref_rows, ae_rows, st2_rows = [], [], [], [], [], []
     gen_seconds = 0.0
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
@@ -148,6 +148,20 @@ def evaluate(
             ae_rows.append(score(cap, _autoencode(comp, ref)))
             fakes.append(frames)
             refs.append(ref)
+        if two_stage:
+            st2 = _stage2_ceiling(
+                comp,
+                chunk,
+                width=width,
+                height=height,
+                num_frames=num_frames,
+                fps=fps,
+                guidance=guidance,
+                seed=seed + s,
+                refine_steps=refine_steps,
+                refine_sigma=refine_sigma,
+            )
+            st2_rows += [score(cap, f) for (cap, _, _), f in zip(chunk, st2, strict=True)]
         if on_progress:
             on_progress(min(s + batch_size, len(prompts)), len(prompts))
     extractor: FeatureExtractor = I3DFeatures(i3d) if i3d else PixelStatsFeatures()
@@ -159,6 +173,12 @@ def evaluate(
     metrics["autoencoder_ceiling"] = {
         k: v for k, v in aggregate(ae_rows).items() if k.endswith("accuracy")
     }
+    if st2_rows:
+        # A perfect stage 1 (the reference rendered at half size, encoded) through the
+        # upsampler and the refinement: what stage 2 lets through.
+        metrics["two_stage_ceiling"] = {
+            k: v for k, v in aggregate(st2_rows).items() if k.endswith("accuracy")
+        }
     for p in sorted(set(phases)):
         sub = [r for r in rows if r["phase"] == p]
         if sub:
@@ -220,6 +240,57 @@ def _autoencode(comp: Any, frames: np.ndarray) -> np.ndarray:
     dev = next(comp.vae.parameters()).device
     z = comp.vae.encode(frames_to_tensor(frames)[None].to(dev)).latent_dist.mean
     return tensor_to_frames(comp.vae.decode(z, return_dict=False)[0][0])
+
+
+@torch.no_grad()
+def _stage2_ceiling(
+    comp: Any,
+    chunk: list[tuple[str, Any, int]],
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: int,
+    guidance: float,
+    seed: int,
+    refine_steps: int,
+    refine_sigma: float,
+) -> list[np.ndarray]:
+    """Each prompt's reference rendered at half size and encoded (a perfect stage 1), then the
+    model's own stage 2 (upsampler + refinement, as sampled) -> decoded full-size clips."""
+    from aiprod.data import synth
+    from aiprod.training.data import frames_to_tensor
+    from aiprod.training.sample import (
+        denormalize_latents,
+        encode_prompts,
+        normalize_latents,
+        refine,
+    )
+
+    dev = next(comp.vae.parameters()).device
+    half = [
+        synth.render(
+            p, width=width // 2, height=height // 2, num_frames=num_frames, fps=fps, seed=rs
+        )
+        for _, p, rs in chunk
+    ]
+    z = comp.vae.encode(torch.stack([frames_to_tensor(f) for f in half]).to(dev)).latent_dist.mean
+    caps = [c for c, _, _ in chunk]
+    cond = encode_prompts(comp, caps, dev)
+    uncond = encode_prompts(comp, [""] * len(caps), dev) if guidance != 1.0 else None
+    x = refine(
+        comp,
+        normalize_latents(comp.vae, z),
+        cond,
+        uncond,
+        generator=torch.Generator().manual_seed(seed),
+        guidance=guidance,
+        fps=fps,
+        steps=refine_steps,
+        sigma=refine_sigma,
+    )
+    video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0].clamp(-1, 1)
+    return [tensor_to_frames(v) for v in video]
 
 
 def _engine_pipeline(folder: Path, *, refine_steps: int, refine_strength: float) -> Any:

@@ -171,13 +171,40 @@ def generate(
     sigmas = inference_sigmas(steps, shift=shift)
     x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
     if two_stage:
-        if comp.upsampler is None:
-            raise ValueError("two_stage needs a latent upsampler in the model")
-        up = comp.upsampler(denormalize_latents(comp.vae, x))
-        x = normalize_latents(comp.vae, up)
-        noise = torch.randn(x.shape, generator=gen).to(dev)
-        x = (1 - refine_sigma) * x + refine_sigma * noise
-        sig = [refine_sigma * (1 - i / refine_steps) for i in range(refine_steps)] + [0.0]
-        x = _denoise(comp, comp.stage2, x, sig, cond, uncond, guidance=guidance, fps=fps)
+        x = refine(
+            comp,
+            x,
+            cond,
+            uncond,
+            generator=gen,
+            guidance=guidance,
+            fps=fps,
+            steps=refine_steps,
+            sigma=refine_sigma,
+        )
     video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0]
     return video.clamp(-1, 1)
+
+
+@torch.no_grad()
+def refine(
+    comp: Components,
+    x: torch.Tensor,  # (B, C, f, h, w) normalised half-size latents
+    cond: tuple[torch.Tensor, torch.Tensor],
+    uncond: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    generator: torch.Generator,
+    guidance: float,
+    fps: float,
+    steps: int,
+    sigma: float,
+) -> torch.Tensor:
+    """Stage 2: the latent upsampler x2, re-noise to ``sigma``, ``steps`` Euler steps to 0 with
+    the model's stage-2 denoiser -> normalised full-size latents."""
+    if comp.upsampler is None:
+        raise ValueError("two_stage needs a latent upsampler in the model")
+    x = normalize_latents(comp.vae, comp.upsampler(denormalize_latents(comp.vae, x)))
+    noise = torch.randn(x.shape, generator=generator).to(x.device)
+    x = (1 - sigma) * x + sigma * noise
+    sig = [sigma * (1 - i / steps) for i in range(steps)] + [0.0]
+    return _denoise(comp, comp.stage2, x, sig, cond, uncond, guidance=guidance, fps=fps)
