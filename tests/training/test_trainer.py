@@ -259,6 +259,14 @@ def test_refine_from_trains_the_refiner_on_the_upsampled_latents(tmp_path: Path)
     assert len(prepared.start) == len(prepared.latents) > 0
     for s, x0 in zip(prepared.start, prepared.latents, strict=True):
         assert s.shape == x0.shape and not torch.equal(s, x0)
+    # the cached start latents are the upsampler's: another upsampler, another cache entry
+    phase = cfg.phases[-1]
+    key = trainer._cache_key(phase, heldout=False)
+    assert key != trainer._cache_key(phase.model_copy(update={"refine_from": None}), heldout=False)
+    assert trainer.comp.upsampler is not None
+    with torch.no_grad():
+        next(trainer.comp.upsampler.parameters()).add_(1.0)
+    assert trainer._cache_key(phase, heldout=False) != key
 
 
 def _te_config(out: Path) -> TrainConfig:

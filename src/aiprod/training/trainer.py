@@ -281,6 +281,9 @@ class Trainer:
             "extra": extra,
             "format": 2,  # 2: items hold token ids
         }
+        if phase.refine_from is not None:  # its items hold the upsampler's output too
+            assert self.comp.upsampler is not None
+            parts["upsampler"] = tensors_digest(self.comp.upsampler.state_dict())
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @torch.no_grad()
