@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from aiprod.core.errors import ConfigError
+from aiprod.training import trainer as trainer_mod
 from aiprod.training.config import TrainConfig
 from aiprod.training.deploy import load_checkpoint
 from aiprod.training.sample import model_shift
@@ -117,6 +118,28 @@ def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path: Path) -> None:
         on_event=lambda k, d: losses.append(d["loss"]) if k == "log" else None,
     ).train()
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "warned"),
+    [("bf16", False, True), ("bf16", True, False), ("fp32", False, False)],
+)
+def test_bf16_on_a_cpu_without_bf16_hardware_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, warned: bool
+) -> None:
+    # which CPU CI lands on varies (AVX2 only, or AVX-512 BF16), so the probe is fixed here;
+    # the probe itself runs for real below
+    assert isinstance(trainer_mod.cpu_has_native_bf16(), bool)
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: native)
+    events: list[tuple[str, dict]] = []
+    Trainer(
+        TrainConfig.model_validate(tiny_config(tmp_path / "p", precision=precision)),
+        on_event=lambda k, d: events.append((k, d)),
+    )
+    got = [d for k, d in events if k == "precision_warning"]
+    assert bool(got) is warned
+    if warned:
+        assert "precision: fp32" in got[0]["hint"]
 
 
 def _ema_config(out: Path, ema_decay: float | None) -> TrainConfig:

@@ -53,6 +53,7 @@ def _event_printer() -> Any:
             "video",
             "prepare",
             "gpu_memory_warning",
+            "precision_warning",
         ):
             out.print(f"[bold]{kind}[/bold] {json.dumps(data, default=str)}", highlight=False)
 

@@ -162,6 +162,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); without it PyTorch
+    emulates bf16 matmuls and autocast to bf16 runs slower than fp32. Unknown -> True."""
+    checks = [
+        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if any(c is None for c in checks):
+        return True
+    return any(c() for c in checks if c is not None)
+
+
 def memory_stats(device: torch.device) -> dict[str, float]:
     """Process peak RSS and, on CUDA, allocated/total GPU memory (MiB)."""
     out = {"rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -200,6 +211,13 @@ class Trainer:
             AcceleratorState._reset_state()
             self.accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision=mp)
         self.on_event = on_event or (lambda kind, data: None)
+        if self.device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
+            msg = (
+                "precision: bf16 on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 "
+                "there and training runs slower than in fp32; set precision: fp32 in the config"
+            )
+            log.warning(msg)
+            self.on_event("precision_warning", {"precision": "bf16", "device": "cpu", "hint": msg})
         self.fingerprint = cfg.fingerprint()
         self.noise = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState()
