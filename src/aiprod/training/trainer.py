@@ -170,7 +170,7 @@ def cpu_has_native_bf16() -> bool:
     ]
     if any(c is None for c in checks):
         return True
-    return any(c() for c in checks if c is not None)
+    return any(c() for c in checks)
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
