@@ -35,7 +35,7 @@ def test_unknown_field_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"buckets": [[30, 32, 9]]}, "multiples of 32"),
+        ({"buckets": [[30, 32, 9]]}, "multiples of 16"),
         ({"buckets": [[32, 32, 10]]}, "8k\\+1"),
         ({"epochs": 1}, "exactly one of steps or epochs"),
     ],
@@ -189,3 +189,22 @@ def test_refine_from_is_for_refiner_phases(tmp_path: Path) -> None:
     data["phases"][1]["target"] = "transformer"
     with pytest.raises(ConfigError, match="refine_from applies to refiner phases only"):
         load_config(_write(tmp_path, data))
+
+
+def test_bucket_the_autoencoder_cannot_divide_is_named_before_training(tmp_path: Path) -> None:
+    """Multiples of 16 pass the config (a 32-multiple's two-stage half); the model then checks
+    them against its own autoencoder, here one that packs 32 px into a latent."""
+    from aiprod.training.trainer import Trainer
+
+    from .conftest import TINY_ARCH
+
+    data = tiny_config(tmp_path / "o")
+    data["model"]["architecture"] = {
+        **TINY_ARCH,
+        "vae": {**TINY_ARCH["vae"], "patch_size": 8, "spatio_temporal_scaling": [True, True]},
+    }
+    data["phases"][2]["buckets"] = [[48, 64, 9]]
+    cfg = load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"phase 'p2': bucket 48x64 .* divisible by 32"):
+        Trainer(cfg)
+    assert not (tmp_path / "o" / "checkpoints").exists()

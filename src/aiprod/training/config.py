@@ -144,8 +144,8 @@ class PhaseConfig(_Strict):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"phase '{self.name}': give exactly one of steps or epochs")
         for w, h, f in self.buckets:
-            if w % 32 or h % 32 or w <= 0 or h <= 0:
-                raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 32")
+            if w % 16 or h % 16 or w <= 0 or h <= 0:
+                raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 16")
             if f < 1 or (f - 1) % 8:
                 raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
         if self.flow is not None and self.target not in DENOISERS:

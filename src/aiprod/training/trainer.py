@@ -255,6 +255,16 @@ class Trainer:
                 "refine_from trains the refiner on the latent upsampler's output, and this "
                 "model has none: add an upsampler phase before it, or load a model with one"
             )
+        # The config allows any multiple of 16 (half of a 32-multiple: a two-stage stage 1);
+        # the model decides which of those its autoencoder can encode.
+        r = comp.vae.spatial_compression_ratio
+        for p in cfg.phases:
+            for w, h, _ in p.buckets:
+                if w % r or h % r:
+                    raise ConfigError(
+                        f"phase '{p.name}': bucket {w}x{h} is not a multiple of this model's "
+                        f"autoencoder compression ({r} px per latent): use sizes divisible by {r}"
+                    )
         for m in comp.modules().values():
             m.requires_grad_(False)
         if cfg.mode == "lora":
