@@ -89,27 +89,41 @@ def test_eval_shift_is_checked_before_any_work(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "trainer's sampler only" in res.output
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing"), "--refine-strength", "0"])
     assert res.exit_code == 1 and "--refine-strength 0.0: give a noise level" in res.output
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing"), "--refine-guidance", "0.5"])
+    assert res.exit_code == 1 and "--refine-guidance 0.5: give 1 (none) or more" in res.output
 
 
 def test_eval_engine_backend_refines_as_asked(run_dir: Path, tmp_path: Path) -> None:
     # The served path (engine) with refine settings other than the defaults scores like the
     # trainer's sampler with the same settings: both got the settings.
     kw = dict(num_prompts=2, width=64, height=64, num_frames=9, steps=2, two_stage=True)
+    # refine guidance None = the stage-1 guidance (3.0), 1 = an unguided refinement
     got = {}
-    for backend, strength in (("trainer", 0.7), ("engine", 0.7), ("engine", 0.4)):
+    for backend, strength, g2 in (
+        ("trainer", 0.7, None),
+        ("engine", 0.7, None),
+        ("engine", 0.4, None),
+        ("trainer", 0.7, 1.0),
+        ("engine", 0.7, 1.0),
+    ):
         res = evaluate(
             run_dir / "final",
-            out_dir=tmp_path / f"{backend}{strength}",
+            out_dir=tmp_path / f"{backend}{strength}{g2}",
             refine_steps=2,
             refine_sigma=strength,
+            refine_guidance=g2,
             backend=backend,
             batch_size=1,
             **kw,
         )
-        got[backend, strength] = [p["flicker"] for p in res["per_prompt"]]
+        got[backend, strength, g2] = [p["flicker"] for p in res["per_prompt"]]
         assert res["settings"]["refine_sigma"] == strength
-    assert got["engine", 0.7] == pytest.approx(got["trainer", 0.7], rel=1e-3, abs=1e-3)
-    assert got["engine", 0.4] != pytest.approx(got["trainer", 0.7], rel=1e-3, abs=1e-3)
+        assert res["settings"]["refine_guidance"] == (3.0 if g2 is None else g2)
+    same = pytest.approx(got["trainer", 0.7, None], rel=1e-3, abs=1e-3)
+    assert got["engine", 0.7, None] == same
+    assert got["engine", 0.4, None] != same
+    unguided = pytest.approx(got["trainer", 0.7, 1.0], rel=1e-3, abs=1e-3)
+    assert got["engine", 0.7, 1.0] == unguided and got["trainer", 0.7, None] != unguided
 
 
 def test_heldout_prompts_are_deterministic_and_cycle_phases() -> None:

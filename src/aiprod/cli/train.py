@@ -133,6 +133,13 @@ def eval_cmd(
             help="noise level the two-stage refinement starts from (models.toml's refine_strength)"
         ),
     ] = 0.4,
+    refine_guidance: Annotated[
+        float | None,
+        typer.Option(
+            help="the two-stage refinement's guidance (models.toml's refine_guidance_scale; "
+            "1 = none, about half the refinement's time); default: --guidance"
+        ),
+    ] = None,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
     seed: int = 20_261_121,
     backend: Annotated[
@@ -168,6 +175,7 @@ def eval_cmd(
                 two_stage=not single_stage,
                 refine_steps=refine_steps,
                 refine_sigma=refine_strength,
+                refine_guidance=refine_guidance,
                 i3d=i3d,
                 seed=seed,
                 backend=backend,

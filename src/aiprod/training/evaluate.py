@@ -61,6 +61,7 @@ def evaluate(
     two_stage: bool = True,
     refine_steps: int = 3,
     refine_sigma: float = 0.4,
+    refine_guidance: float | None = None,
     batch_size: int = 4,
     seed: int = EVAL_SEED,
     i3d: Path | None = None,
@@ -92,10 +93,18 @@ def evaluate(
         )
     if refine_steps < 1:
         raise ValueError(f"--refine-steps {refine_steps}: give 1 or more")
+    if refine_guidance is not None and refine_guidance < 1:
+        raise ValueError(
+            f"--refine-guidance {refine_guidance}: give 1 (none) or more; leave it out to "
+            "refine with --guidance"
+        )
     if backend == "engine":
         batch_size = 1
         engine_pipe = _engine_pipeline(
-            Path(model_path), refine_steps=refine_steps, refine_strength=refine_sigma
+            Path(model_path),
+            refine_steps=refine_steps,
+            refine_strength=refine_sigma,
+            refine_guidance=refine_guidance if refine_guidance is not None else guidance,
         )
     comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
@@ -136,6 +145,7 @@ def evaluate(
                 refine_steps=refine_steps,
                 refine_sigma=refine_sigma,
                 shift=shift,
+                refine_guidance=refine_guidance,
             )
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
@@ -156,7 +166,7 @@ def evaluate(
                 height=height,
                 num_frames=num_frames,
                 fps=fps,
-                guidance=guidance,
+                guidance=guidance if refine_guidance is None else refine_guidance,
                 seed=seed + s,
                 refine_steps=refine_steps,
                 refine_sigma=refine_sigma,
@@ -204,6 +214,7 @@ def evaluate(
             "two_stage": two_stage,
             "refine_steps": refine_steps,
             "refine_sigma": refine_sigma,
+            "refine_guidance": guidance if refine_guidance is None else refine_guidance,
             "seed": seed,
             "threads": torch.get_num_threads(),
             "backend": backend,
@@ -293,7 +304,9 @@ def _stage2_ceiling(
     return [tensor_to_frames(v) for v in video]
 
 
-def _engine_pipeline(folder: Path, *, refine_steps: int, refine_strength: float) -> Any:
+def _engine_pipeline(
+    folder: Path, *, refine_steps: int, refine_strength: float, refine_guidance: float
+) -> Any:
     from aiprod.core.registry import ModelEntry, Options
     from aiprod.engine.loader import load_pipeline
 
@@ -304,7 +317,11 @@ def _engine_pipeline(folder: Path, *, refine_steps: int, refine_strength: float)
         family="builtin",
         path=folder.resolve(),
         dtype="float32",
-        options=Options(refine_steps=refine_steps, refine_strength=refine_strength),
+        options=Options(
+            refine_steps=refine_steps,
+            refine_strength=refine_strength,
+            refine_guidance_scale=refine_guidance,
+        ),
     )
     return load_pipeline(entry, "cuda" if torch.cuda.is_available() else "cpu")
 

@@ -150,11 +150,14 @@ def generate(
     refine_sigma: float = 0.4,
     negative_prompt: str = "",
     shift: float | None = None,
+    refine_guidance: float | None = None,
 ) -> torch.Tensor:
     """Generate videos: (B, 3, F, H, W) float in [-1, 1].
 
     ``shift`` shifts the stage-1 schedule toward high noise as the model's
     FlowMatchEulerDiscreteScheduler does; None uses the model's own (``scheduler_config``).
+    ``refine_guidance`` is the two-stage refinement's guidance (models.toml's
+    ``refine_guidance_scale``); None uses ``guidance``.
     """
     if shift is None:
         shift = model_shift(comp)
@@ -163,7 +166,9 @@ def generate(
         m.eval()
     b = len(prompts)
     cond = encode_prompts(comp, prompts, dev)
-    uncond = encode_prompts(comp, [negative_prompt] * b, dev) if guidance != 1.0 else None
+    g2 = guidance if refine_guidance is None else refine_guidance
+    need_uncond = guidance != 1.0 or (two_stage and g2 != 1.0)
+    uncond = encode_prompts(comp, [negative_prompt] * b, dev) if need_uncond else None
     gen = torch.Generator().manual_seed(seed)
     w1, h1 = (width // 2, height // 2) if two_stage else (width, height)
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
@@ -177,7 +182,7 @@ def generate(
             cond,
             uncond,
             generator=gen,
-            guidance=guidance,
+            guidance=g2,
             fps=fps,
             steps=refine_steps,
             sigma=refine_sigma,
