@@ -98,13 +98,14 @@ def evaluate(
             f"--refine-guidance {refine_guidance}: give 1 (none) or more; leave it out to "
             "refine with --guidance"
         )
+    refine_guidance = guidance if refine_guidance is None else refine_guidance
     if backend == "engine":
         batch_size = 1
         engine_pipe = _engine_pipeline(
             Path(model_path),
             refine_steps=refine_steps,
             refine_strength=refine_sigma,
-            refine_guidance=refine_guidance if refine_guidance is not None else guidance,
+            refine_guidance=refine_guidance,
         )
     comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
@@ -166,7 +167,7 @@ def evaluate(
                 height=height,
                 num_frames=num_frames,
                 fps=fps,
-                guidance=guidance if refine_guidance is None else refine_guidance,
+                guidance=refine_guidance,
                 seed=seed + s,
                 refine_steps=refine_steps,
                 refine_sigma=refine_sigma,
@@ -214,7 +215,7 @@ def evaluate(
             "two_stage": two_stage,
             "refine_steps": refine_steps,
             "refine_sigma": refine_sigma,
-            "refine_guidance": guidance if refine_guidance is None else refine_guidance,
+            "refine_guidance": refine_guidance,
             "seed": seed,
             "threads": torch.get_num_threads(),
             "backend": backend,
