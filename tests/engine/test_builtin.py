@@ -177,8 +177,13 @@ def test_out_of_memory_fails_the_job_and_the_next_job_runs(builtin_entry, builti
 
 
 @pytest.mark.parametrize(
-    ("two_stage", "shift", "refiner"),
-    [(False, 1.0, False), (True, 1.0, False), (False, 2.5, False), (True, 1.0, True)],
+    ("two_stage", "shift", "refiner", "size"),
+    [
+        (False, 1.0, False, 64),
+        (True, 1.0, False, 64),
+        (False, 2.5, False, 64),
+        (True, 1.0, True, 96),
+    ],
 )
 def test_engine_matches_the_trainers_sampler(
     builtin_entry,  # noqa: ANN001
@@ -186,10 +191,13 @@ def test_engine_matches_the_trainers_sampler(
     two_stage: bool,
     shift: float,
     refiner: bool,
+    size: int,
 ) -> None:
     """A model saved by aiprod's trainer generates, through the engine, exactly the frames the
     trainer's own sampler (used for its evals) produces: same coordinates, schedule (with the
-    model's scheduler shift), CFG, and the refiner (refiner/) for stage 2 when it has one."""
+    model's scheduler shift), CFG, and the refiner (refiner/) for stage 2 when it has one.
+    At 96x96 two-stage, stage 1 runs at 48x48 (6x6 latents: the autoencoder's 8-px grid, not
+    diffusers' multiple of 32), as the trainer's sampler and ``aiprod eval`` do."""
     import torch
 
     sample = pytest.importorskip("aiprod.training.sample")
@@ -216,8 +224,8 @@ def test_engine_matches_the_trainers_sampler(
     pipe = load_pipeline(entry, "cpu")
     loaded = components.load_folder(folder)
     kw = {
-        "width": 64,
-        "height": 64,
+        "width": size,
+        "height": size,
         "num_frames": 9,
         "fps": 24.0,
         "steps": 3,
@@ -241,8 +249,8 @@ def test_engine_matches_the_trainers_sampler(
         entry,
         {
             "prompt": "a red ball bouncing",
-            "width": 64,
-            "height": 64,
+            "width": size,
+            "height": size,
             "num_frames": 9,
             "num_inference_steps": 3,
             "guidance_scale": 3.0,
@@ -250,7 +258,10 @@ def test_engine_matches_the_trainers_sampler(
             "two_stage": two_stage,
         },
     )
-    diff = np.abs(pipe(req).frames.astype(int) - ref.numpy().astype(int))
+    video = pipe(req)
+    if two_stage:
+        assert video.info["stages"] == [(size // 2, size // 2, 3), (size, size, 2)]
+    diff = np.abs(video.frames.astype(int) - ref.numpy().astype(int))
     assert pipe.pipe.transformer is not pipe.refiner  # stage 1's transformer is back
     # Equal up to the last rounding step (diffusers scales by x/2+0.5, the trainer by (x+1)/2).
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())

@@ -218,7 +218,7 @@ def build_ltxv_engine(
         LTXPipeline,
     )
 
-    from aiprod.engine.ltxv import LTXVideoEngine
+    from aiprod.engine.ltxv import LTXVideoEngine, on_vae_grid
 
     comps = dict(comps)
     mode = entry.options.ltxv_pipeline
@@ -231,6 +231,10 @@ def build_ltxv_engine(
     upsampler = comps.pop("latent_upsampler", None)
     cls = LTXConditionPipeline if mode == "condition" else LTXPipeline
     check_call_kwargs(entry, cls.__call__)
+    # The built-in model's stage 1 runs on its autoencoder's 8-px grid (80x80 for 160x160).
+    on_grid = entry.family == "builtin"
+    if on_grid:
+        cls = on_vae_grid(cls)
     pipe = cls(
         scheduler=sched,
         vae=comps["vae"],
@@ -242,7 +246,8 @@ def build_ltxv_engine(
     refiner = comps.get("refiner")
     if refiner is not None:
         prepare_refiner(entry, refiner, device)
-    i2v = LTXImageToVideoPipeline.from_pipe(pipe) if mode == "classic" else None
+    i2v_cls = on_vae_grid(LTXImageToVideoPipeline) if on_grid else LTXImageToVideoPipeline
+    i2v = i2v_cls.from_pipe(pipe) if mode == "classic" else None
     upsample_pipe = None
     if upsampler is not None:
         upsample_pipe = LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
@@ -268,6 +273,7 @@ def build_ltxv_engine(
         mode=mode,
         i2v_pipe=i2v,
         refiner=refiner,
+        stage1_on_vae_grid=on_grid,
     )
 
 

@@ -58,9 +58,29 @@ def refine_schedule(steps: int, strength: float) -> int:
     return n
 
 
-def half_size(size: int) -> int:
-    """Stage-1 size: half, rounded up to the pipelines' multiple of 32."""
-    return max(SIZE_MULTIPLE, math.ceil(size / 2 / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+def half_size(size: int, multiple: int = SIZE_MULTIPLE) -> int:
+    """Stage-1 size: half, rounded up to ``multiple`` (the pipelines' 32 unless the engine
+    runs them on the autoencoder's own grid, as it does for the built-in model)."""
+    return max(multiple, math.ceil(size / 2 / multiple) * multiple)
+
+
+def on_vae_grid(cls: type) -> type:
+    """``cls`` (an LTX pipeline class) checking sizes against its autoencoder's spatial ratio
+    instead of the fixed 32 of diffusers' ``check_inputs``.
+
+    LTX-Video's autoencoder compresses 32x, so there the two rules agree; the built-in model's
+    compresses 8x, and its stage 1 is trained at sizes such as 80x80 (10x10 latents) that serve
+    160x160. Every other check of the parent still runs."""
+
+    def check_inputs(self: Any, *args: Any, height: int, width: int, **kwargs: Any) -> None:
+        r = int(self.vae_spatial_compression_ratio)
+        if height % r or width % r:
+            raise ValueError(f"height and width must be multiples of {r}, got {height}x{width}")
+        up = lambda n: math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE  # noqa: E731
+        super(grid_cls, self).check_inputs(*args, height=up(height), width=up(width), **kwargs)
+
+    grid_cls = type(cls.__name__, (cls,), {"check_inputs": check_inputs, "__doc__": cls.__doc__})
+    return grid_cls
 
 
 def check_ltx_request(
@@ -126,6 +146,7 @@ class LTXVideoEngine:
         mode: str = "condition",
         i2v_pipe: Any | None = None,
         refiner: Any | None = None,
+        stage1_on_vae_grid: bool = False,
     ) -> None:
         self.entry = entry
         self.mode = mode
@@ -141,6 +162,8 @@ class LTXVideoEngine:
         self.max_sequence_length = max_sequence_length
         self.spatial_ratio = int(pipe.vae_spatial_compression_ratio)
         self.temporal_ratio = int(pipe.vae_temporal_compression_ratio)
+        # Stage-1 sizes: the autoencoder's grid where the pipelines accept it (``on_vae_grid``).
+        self.stage1_multiple = self.spatial_ratio if stage1_on_vae_grid else SIZE_MULTIPLE
         for p in (pipe, self.i2v_pipe, upsample_pipe):
             if p is not None:
                 p.set_progress_bar_config(disable=True)
@@ -158,7 +181,8 @@ class LTXVideoEngine:
                     guidance_scale=request.guidance_scale,
                 )
             ]
-        w1, h1 = half_size(request.width), half_size(request.height)
+        w1 = half_size(request.width, self.stage1_multiple)
+        h1 = half_size(request.height, self.stage1_multiple)
         strength = opts.refine_strength
         return [
             StagePlan(
