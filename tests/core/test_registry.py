@@ -16,7 +16,7 @@ def test_default_registry_ships_the_builtin_model() -> None:
     entry = reg.default_entry
     assert (entry.id, entry.family, entry.dtype) == ("builtin", "builtin", "float32")
     d = entry.defaults
-    assert (d.width, d.height, d.num_frames, d.fps) == (128, 128, 25, 24)
+    assert (d.width, d.height, d.num_frames, d.fps) == (160, 160, 25, 24)
     assert entry.path is not None and entry.path.is_absolute()
     assert "path" not in entry.public_dict()
 
@@ -63,7 +63,7 @@ def test_missing_file_names_the_setting(tmp_path: Path) -> None:
 def test_resolve_request_fills_defaults_and_names_bad_fields() -> None:
     entry = load_registry().default_entry
     out = entry.resolve_request({"prompt": "hi"})
-    assert out["width"] == 128 and out["num_frames"] == 25 and out["seed"] is None
+    assert out["width"] == 160 and out["num_frames"] == 25 and out["seed"] is None
     for params, field, hint in [
         ({"width": 100}, "width", "try 96"),
         ({"num_frames": 24}, "num_frames", r"8\*k\+1 \(e.g. 25\)"),

@@ -234,6 +234,7 @@ def test_engine_matches_the_trainers_sampler(
         "two_stage": two_stage,
         "refine_steps": 2,
         "refine_sigma": builtin_entry.options.refine_strength,
+        "refine_guidance": builtin_entry.options.refine_guidance_scale,
     }
     ref = sample.generate(loaded, ["a red ball bouncing"], **kw)[0]  # (3, F, H, W) in [-1, 1]
     if shift != 1.0:  # the shift must matter for this to test anything
