@@ -273,7 +273,6 @@ def build_ltxv_engine(
         mode=mode,
         i2v_pipe=i2v,
         refiner=refiner,
-        stage1_on_vae_grid=on_grid,
     )
 
 

@@ -79,7 +79,8 @@ def on_vae_grid(cls: type) -> type:
         up = lambda n: math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE  # noqa: E731
         super(grid_cls, self).check_inputs(*args, height=up(height), width=up(width), **kwargs)
 
-    grid_cls = type(cls.__name__, (cls,), {"check_inputs": check_inputs, "__doc__": cls.__doc__})
+    attrs = {"check_inputs": check_inputs, "on_vae_grid": True, "__doc__": cls.__doc__}
+    grid_cls = type(cls.__name__, (cls,), attrs)
     return grid_cls
 
 
@@ -146,7 +147,6 @@ class LTXVideoEngine:
         mode: str = "condition",
         i2v_pipe: Any | None = None,
         refiner: Any | None = None,
-        stage1_on_vae_grid: bool = False,
     ) -> None:
         self.entry = entry
         self.mode = mode
@@ -162,8 +162,9 @@ class LTXVideoEngine:
         self.max_sequence_length = max_sequence_length
         self.spatial_ratio = int(pipe.vae_spatial_compression_ratio)
         self.temporal_ratio = int(pipe.vae_temporal_compression_ratio)
-        # Stage-1 sizes: the autoencoder's grid where the pipelines accept it (``on_vae_grid``).
-        self.stage1_multiple = self.spatial_ratio if stage1_on_vae_grid else SIZE_MULTIPLE
+        # Stage-1 sizes: the autoencoder's grid where the pipeline accepts it (``on_vae_grid``).
+        on_grid = getattr(pipe, "on_vae_grid", False)
+        self.stage1_multiple = self.spatial_ratio if on_grid else SIZE_MULTIPLE
         for p in (pipe, self.i2v_pipe, upsample_pipe):
             if p is not None:
                 p.set_progress_bar_config(disable=True)
