@@ -76,6 +76,33 @@ def test_eval_writes_json_html_png(run_dir: Path, tmp_path: Path) -> None:
     assert data["settings"]["shift"] == 1.0  # the model's own schedule
 
 
+def test_cli_eval_defaults_to_the_served_settings(run_dir: Path, tmp_path: Path) -> None:
+    # Options left out come from the served built-in entry (AIPROD_MODELS_FILE), so a
+    # checkpoint is scored as the API serves it; options given win.
+    from typer.testing import CliRunner
+
+    from aiprod.cli.train import app
+
+    models = tmp_path / "models.toml"
+    models.write_text(
+        'default = "small"\n\n[[models]]\nid = "small"\nfamily = "builtin"\n'
+        "[models.defaults]\nwidth = 64\nheight = 64\nnum_frames = 9\n"
+        "num_inference_steps = 2\nguidance_scale = 2.0\n"
+        "[models.options]\nrefine_steps = 1\nrefine_guidance_scale = 1.0\n"
+    )
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(
+        app,
+        ["eval", str(run_dir / "final"), "--num-prompts", "1", "--out", str(out), "--steps", "1"],
+        env={"AIPROD_MODELS_FILE": str(models)},
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads((out / "eval.json").read_text())["settings"]
+    assert (got["width"], got["height"], got["num_frames"]) == (64, 64, 9)
+    assert (got["guidance"], got["refine_steps"], got["refine_guidance"]) == (2.0, 1, 1.0)
+    assert got["two_stage"] is True and got["steps"] == 1  # --steps given
+
+
 def test_eval_shift_is_checked_before_any_work(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -165,13 +192,21 @@ def test_load_checkpoint_roundtrip(run_dir: Path) -> None:
     assert comp.upsampler is not None
 
 
-def test_register_into_new_models_file_uses_small_defaults(run_dir: Path, tmp_path: Path) -> None:
+def test_register_into_new_models_file_uses_the_builtin_settings(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    # A new models.toml has no entry to copy from: the packaged built-in entry's limits,
+    # defaults and options are used (the size and settings the small architecture is served
+    # at), not the LTX-sized ModelEntry defaults.
     models = tmp_path / "new" / "models.toml"
     register(run_dir, model_id="fresh", models_file=models)
     entry = load_registry(models).get("fresh")
+    shipped = load_registry().get("builtin")
     assert load_registry(models).default == "fresh"
-    assert (entry.defaults.width, entry.defaults.num_frames) == (128, 25)
+    assert entry.defaults == shipped.defaults and entry.defaults.width < 512
+    assert entry.options == shipped.options and entry.limits == shipped.limits
     assert entry.defaults.two_stage is True  # the tiny run trained an upsampler
+    assert entry.description.startswith("trained by aiprod train")
 
 
 def test_cli_models_register_then_models_list(run_dir: Path, tmp_path: Path) -> None:

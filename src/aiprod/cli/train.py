@@ -103,6 +103,9 @@ def train_cmd(
     out.print(json.dumps(result, indent=2))
 
 
+_SERVED = "default: the served built-in model's (models.toml)"
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[
@@ -114,30 +117,29 @@ def eval_cmd(
     phases: Annotated[
         str, typer.Option(help="curriculum phases to draw prompts from")
     ] = "1,2,3,4,5",
-    width: int = 128,
-    height: int = 128,
-    num_frames: int = 25,
-    steps: Annotated[int, typer.Option(help="denoising steps (stage 1)")] = 12,
-    guidance: float = 3.0,
+    width: Annotated[int | None, typer.Option(help=_SERVED)] = None,
+    height: Annotated[int | None, typer.Option(help=_SERVED)] = None,
+    num_frames: Annotated[int | None, typer.Option(help=_SERVED)] = None,
+    steps: Annotated[int | None, typer.Option(help="denoising steps (stage 1); " + _SERVED)] = None,
+    guidance: Annotated[float | None, typer.Option(help=_SERVED)] = None,
     shift: Annotated[
         float | None,
         typer.Option(help="stage-1 schedule shift (default: the model's scheduler config)"),
     ] = None,
     single_stage: Annotated[
-        bool, typer.Option("--single-stage", help="skip the upsampler")
-    ] = False,
-    refine_steps: int = 3,
+        bool | None,
+        typer.Option("--single-stage/--two-stage", help="skip the upsampler, or not; " + _SERVED),
+    ] = None,
+    refine_steps: Annotated[int | None, typer.Option(help=_SERVED)] = None,
     refine_strength: Annotated[
-        float,
-        typer.Option(
-            help="noise level the two-stage refinement starts from (models.toml's refine_strength)"
-        ),
-    ] = 0.4,
+        float | None,
+        typer.Option(help="noise level the two-stage refinement starts from; " + _SERVED),
+    ] = None,
     refine_guidance: Annotated[
         float | None,
         typer.Option(
-            help="the two-stage refinement's guidance (models.toml's refine_guidance_scale; "
-            "1 = none, about half the refinement's time); default: --guidance"
+            help="the two-stage refinement's guidance (1 = none, about half the refinement's "
+            "time); " + _SERVED + ", where unset means --guidance"
         ),
     ] = None,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
@@ -148,18 +150,34 @@ def eval_cmd(
 ) -> None:
     """Score a checkpoint on held-out synthetic prompts (JSON + HTML + PNG).
 
+    Options left out take the served built-in model's settings (its models.toml entry's
+    defaults and options), so a checkpoint is scored as the API would serve it.
+
     Example: aiprod eval runs/builtin --num-prompts 200 --out runs/builtin/eval
     """
     from rich.progress import Progress
 
-    from aiprod.training.evaluate import evaluate
+    from aiprod.training.evaluate import evaluate, served_settings
 
     try:
         ph = tuple(int(p) for p in phases.split(",") if p.strip())
     except ValueError:
         raise _fail(ValueError(f"--phases {phases!r}: give numbers 1..5, e.g. 1,2,3")) from None
     dest = out_dir or (Path(checkpoint) / "eval")
+    asked = {
+        "width": width,
+        "height": height,
+        "num_frames": num_frames,
+        "steps": steps,
+        "guidance": guidance,
+        "two_stage": None if single_stage is None else not single_stage,
+        "refine_steps": refine_steps,
+        "refine_sigma": refine_strength,
+        "refine_guidance": refine_guidance,
+    }
     try:
+        served = served_settings()
+        settings = {**served, **{k: v for k, v in asked.items() if v is not None}}
         with Progress(transient=True) as bar:
             task = bar.add_task("generating", total=num_prompts)
             result = evaluate(
@@ -167,15 +185,7 @@ def eval_cmd(
                 out_dir=dest,
                 num_prompts=num_prompts,
                 phases=ph,
-                width=width,
-                height=height,
-                num_frames=num_frames,
-                steps=steps,
-                guidance=guidance,
-                two_stage=not single_stage,
-                refine_steps=refine_steps,
-                refine_sigma=refine_strength,
-                refine_guidance=refine_guidance,
+                **settings,
                 i3d=i3d,
                 seed=seed,
                 backend=backend,

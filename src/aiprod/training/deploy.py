@@ -132,6 +132,14 @@ def dump_registry_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _packaged_builtin_entry() -> dict[str, Any]:
+    """The packaged models.toml's ``builtin`` entry, as written there."""
+    from aiprod.core.registry import default_models_file
+
+    doc = tomllib.loads(default_models_file().read_text())
+    return next(m for m in doc["models"] if m.get("family") == "builtin")
+
+
 def register(
     checkpoint: Path,
     *,
@@ -170,25 +178,12 @@ def register(
     except ValueError:
         rel = str(folder.resolve())
     step = info.get("step") or info.get("steps")
-    # Without an existing entry to copy limits/defaults from, use what a small built-in
-    # architecture model was trained for (the ModelEntry defaults are LTX-sized).
-    entry: dict[str, Any] = (
-        copy.deepcopy(template)
-        if template
-        else {
-            "price_per_gpu_second": 0.0005,
-            "limits": {"max_width": 512, "max_height": 512, "max_frames": 121, "max_steps": 50},
-            "defaults": {
-                "width": 128,
-                "height": 128,
-                "num_frames": 25,
-                "fps": 24,
-                "num_inference_steps": 8,
-                "guidance_scale": 3.0,
-                "two_stage": comp.upsampler is not None,
-            },
-        }
-    )
+    # Without an entry to copy limits/defaults/options from, take the packaged built-in one:
+    # the size and settings that aiprod's own small architecture is trained and served at
+    # (the ModelEntry defaults are LTX-sized).
+    if template is None:
+        template = {k: v for k, v in _packaged_builtin_entry().items() if k != "description"}
+    entry: dict[str, Any] = copy.deepcopy(template)
     entry.update(
         {
             "id": model_id,

@@ -31,6 +31,41 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 20_261_121
 
 
+def served_settings(models_file: Path | None = None) -> dict[str, Any]:
+    """The generation settings the served built-in model runs with, as ``evaluate`` keywords.
+
+    From the models.toml the server reads (``AIPROD_MODELS_FILE``, else the packaged one): its
+    default entry when that is of the ``builtin`` family, else its first ``builtin`` entry.
+    ``aiprod eval`` uses them for every option left out, so a checkpoint is scored as the API
+    would serve it. Empty when there is no such entry.
+    """
+    from aiprod.core.registry import default_models_file, load_registry
+    from aiprod.core.settings import Settings
+
+    reg = load_registry(models_file or Settings().models_file or default_models_file())
+    default = reg.default_entry
+    entry = (
+        default
+        if default.family == "builtin"
+        else next((m for m in reg.models if m.family == "builtin"), None)
+    )
+    if entry is None:
+        return {}
+    d, o = entry.defaults, entry.options
+    return {
+        "width": d.width,
+        "height": d.height,
+        "num_frames": d.num_frames,
+        "fps": d.fps,
+        "steps": d.num_inference_steps,
+        "guidance": d.guidance_scale,
+        "two_stage": d.two_stage,
+        "refine_steps": o.refine_steps,
+        "refine_sigma": o.refine_strength,
+        "refine_guidance": o.refine_guidance_scale,
+    }
+
+
 def heldout_prompts(
     n: int, *, seed: int = EVAL_SEED, phases: tuple[int, ...] = (1, 2, 3, 4, 5)
 ) -> list[tuple[str, Any, int]]:
