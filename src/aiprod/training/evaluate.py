@@ -39,10 +39,10 @@ def served_settings(models_file: Path | None = None) -> dict[str, Any]:
     ``aiprod eval`` uses them for every option left out, so a checkpoint is scored as the API
     would serve it. Empty when there is no such entry.
     """
-    from aiprod.core.registry import default_models_file, load_registry
+    from aiprod.core.registry import load_registry
     from aiprod.core.settings import Settings
 
-    reg = load_registry(models_file or Settings().models_file or default_models_file())
+    reg = load_registry(models_file or Settings().models_file)  # None: the packaged file
     default = reg.default_entry
     entry = (
         default
