@@ -12,6 +12,8 @@ docs/performance.md). On PostgreSQL both kinds are ordinary sessions.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,8 @@ POOL_SIZE = 30
 POOL_OVERFLOW = 20
 # Execution option marking a read-only unit of work (see make_read_sessionmaker).
 READ_ONLY_OPTION = "aiprod_read_only"
+# How long a SQLite connection waits for a lock before "database is locked" (seconds).
+BUSY_TIMEOUT_S = 30
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -57,7 +61,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("pool_size", POOL_SIZE + POOL_OVERFLOW)
             kwargs.setdefault("max_overflow", 0)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+            **kwargs,
         )
         _sqlite_setup(engine)
         return engine
@@ -71,16 +77,36 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     )
 
 
+def _enable_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    Switching a new database file to WAL takes an exclusive lock, and when several connections
+    do it at once (API replicas and workers starting together on a fresh file) SQLite answers
+    the others "database is locked" at once, without waiting out the busy timeout (two
+    connections upgrading their shared locks would deadlock). Retry for as long as the busy
+    timeout would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        _enable_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     @event.listens_for(engine, "begin")
