@@ -220,9 +220,11 @@ def register_model(
 
     if models_file is None:
         from aiprod.core.registry import default_models_file
-        from aiprod.core.settings import get_settings
+        from aiprod.core.settings import Settings
 
-        models_file = get_settings().models_file or default_models_file()
+        # read now, not the process-wide cached settings: the CLI's other commands and
+        # served_settings() read AIPROD_MODELS_FILE the same way
+        models_file = Settings().models_file or default_models_file()
     return register(
         checkpoint,
         model_id=model_id,
