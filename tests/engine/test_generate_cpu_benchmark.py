@@ -1,0 +1,70 @@
+"""benchmarks/generate_cpu.py on the tiny random built-in model: a real run, stage times that
+add up, the CPU named in the JSON, and clear errors for bad arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.engine.conftest import write_models_toml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generate_cpu.py"
+
+TINY = """[[models]]
+id = "tiny"
+family = "builtin"
+version = "tiny-1"
+
+[models.defaults]
+width = 64
+height = 64
+num_frames = 9
+num_inference_steps = 2
+two_stage = true
+
+[models.options]
+refine_steps = 1
+"""
+
+
+def _load():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("generate_cpu", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runs_the_default_entry_and_writes_stage_times(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    write_models_toml(models, TINY, "tiny")
+    out = tmp_path / "r.json"
+    assert _load().main(["--models-file", str(models), "--runs", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "tiny" and res["model_version"] == "tiny-1"
+    assert res["request"]["width"] == 64 and res["request"]["two_stage"] is True
+    assert len(res["runs"]) == 2
+    for run in res["runs"]:
+        assert run["stage1_s"] > 0 and run["stage2_s"] > 0 and run["decode_s"] > 0
+        stages = sum(run[k] for k in ("text_encode_s", "stage1_s", "upsample_s", "stage2_s"))
+        assert stages + run["decode_s"] <= run["pipeline_s"] * 1.05
+        assert run["total_s"] == pytest.approx(run["pipeline_s"] + run["mp4_s"])
+    machine = res["machine"]
+    assert machine["cpus"] >= 1 and machine["torch_threads"] >= 1
+    assert set(machine["isa"]) <= {
+        "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"
+    }  # fmt: skip
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("argv", [["--runs", "0"], ["--threads", "0"]])
+def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        _load().parse_args(argv)
+    assert e.value.code == 2
+    assert "give 1 or more" in capsys.readouterr().err
