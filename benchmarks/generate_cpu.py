@@ -5,9 +5,9 @@ Loads a registry entry (the default one: the built-in model) once, runs one warm
 and reports, per run and as medians: text encoding, stage 1, upsampler, stage 2 (refinement),
 VAE decode, the pipeline call in all, and the MP4 write; the warm-up's figures apart, since
 `aiprod generate` makes exactly one such first call per process. The JSON names the CPU
-(model, the vector extensions PyTorch can use, threads), because the same model runs several times faster
-on a CPU with AVX-512 / AMX than on an AVX2-only one, and the target (issue 5: at most 10 s
-per clip on the 2-core CPU) is only comparable on the same kind of CPU.
+(model, the vector extensions PyTorch can use, threads), because the same model runs several
+times faster on a CPU with AVX-512 / AMX than on an AVX2-only one, and the target (issue 5: at
+most 10 s per clip on the 2-core CPU) is only comparable on the same kind of CPU.
 
     .venv/bin/python benchmarks/generate_cpu.py                     # built-in model, 3 runs
     .venv/bin/python benchmarks/generate_cpu.py --runs 5 --json benchmarks/results/x.json
