@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cpu_info() -> dict[str, Any]:
-    """The CPU's model name and the ISA flags above it has (Linux /proc/cpuinfo; else empty)."""
+    """The CPU's model name and which of ``ISA_FLAGS`` it has (Linux /proc/cpuinfo; else none)."""
     import torch
 
     model, flags = platform.processor() or platform.machine(), set()

@@ -3,23 +3,16 @@ CPU smoke run, kept out of the test budget)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_gpu.py"
+from tests.engine.conftest import load_benchmark
 
 
 def _load():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("engine_gpu", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("engine_gpu")
 
 
 def test_refuses_without_cuda(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
