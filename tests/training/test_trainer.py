@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -111,7 +112,7 @@ def test_dry_run_one_batch_per_phase(tmp_path: Path) -> None:
 
 def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path: Path) -> None:
     data = tiny_config(tmp_path / "bf", precision="bf16", gradient_checkpointing=True)
-    data["phases"] = [data["phases"][0], data["phases"][1]]
+    data["phases"] = [data["phases"][0], {**data["phases"][1], "fg_weight": 4.0}]
     losses: list[float] = []
     Trainer(
         TrainConfig.model_validate(data),
@@ -335,3 +336,58 @@ def test_text_encoder_lr_trains_the_encoder_with_the_denoiser(tmp_path: Path) ->
     # p2 has no text_encoder_lr: it trains the denoiser and leaves the encoder as p1 left it.
     assert moved(tr, w5, ww) > 0
     assert all(torch.equal(w5[k], ww[k]) for k in te)
+
+
+def test_latent_foreground_covers_the_subject_cells_only() -> None:
+    from aiprod.training.data import latent_foreground
+
+    frames = np.full((9, 32, 32, 3), 40, np.uint8)  # a dark background
+    frames[0, 8:16, 8:16] = 230  # frame 0: a subject filling latent cell (1, 1) of 4x4
+    frames[1:5, 0:8, 24:32] = 230  # frames 1-4 (latent frame 1): cell (0, 3)
+    frames[5:, 16:20, 0:8] = 230  # frames 5-8 (latent frame 2): half of cell (2, 0)
+    fg = latent_foreground(frames, (3, 4, 4))
+    assert fg.shape == (1, 3, 4, 4)
+    want = torch.zeros(1, 3, 4, 4)
+    want[0, 0, 1, 1] = want[0, 1, 0, 3] = 1.0
+    want[0, 2, 2, 0] = 0.5
+    # (the 3x3 blur widens a subject by a pixel: 1/8 of a neighbouring cell)
+    assert torch.allclose(fg, want, atol=0.13), fg
+    # the edge-case grain (std 0.1 of full scale) is not a subject
+    rng = np.random.default_rng(0)
+    grainy = (128 + rng.normal(0, 25.5, frames.shape)).clip(0, 255).astype(np.uint8)
+    assert float(latent_foreground(grainy, (3, 4, 4)).max()) < 0.1
+    with pytest.raises(ValueError, match="does not tile"):
+        latent_foreground(frames, (4, 4, 4))
+
+
+def test_fg_weight_weights_the_denoiser_loss_by_subject_cells(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "fg")
+    vae, p1 = data["phases"][0], data["phases"][1]
+    data["phases"] = [vae, {**p1, "fg_weight": 4.0}]
+    cfg = TrainConfig.model_validate(data)
+    trainer = Trainer(cfg)
+    trainer.train()
+    phase = cfg.phases[1]
+    prepared = trainer._prepare(phase)
+    assert len(prepared.fg) == len(prepared.latents) > 0
+    for fg, x0 in zip(prepared.fg, prepared.latents, strict=True):
+        assert fg.shape == (1, *x0.shape[1:])
+        assert 0 < float(fg.max()) <= 1  # every phase-1 clip has a subject
+    plain = phase.model_copy(update={"fg_weight": 0.0})
+    assert trainer._cache_key(phase, heldout=False) != trainer._cache_key(plain, heldout=False)
+    # one batch with the same noise: subject cells weighted, not weighted, and a map that
+    # weights every cell alike (the per-clip normalisation makes that the plain loss)
+    run = trainer._setup_phase(1)
+    maps = list(run.data.fg)
+
+    def loss(weight: float, fg: list[torch.Tensor]) -> torch.Tensor:
+        trainer.noise.manual_seed(7)
+        run.cfg = phase.model_copy(update={"fg_weight": weight})
+        run.data.fg = fg
+        with torch.no_grad():
+            return trainer._fb_transformer(run, [0, 1])[1]["per_sample"]
+
+    plain = loss(0.0, maps)
+    assert plain.shape == (2,)
+    assert torch.allclose(loss(4.0, [torch.ones_like(m) for m in maps]), plain, rtol=1e-5)
+    assert not torch.allclose(loss(4.0, maps), plain, rtol=1e-3)

@@ -134,8 +134,10 @@ class PhaseConfig(_Strict):
     # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
     # deterministic autoencoder, which learns far faster on a small compute budget)
     posterior_noise: float = Field(default=1.0, ge=0, le=1)
-    # vae phases: extra loss weight on pixels far from their frame's median colour (the
-    # subjects), so small objects are not drowned by the background; 0 = plain mean
+    # extra loss weight on the subjects, so small objects are not drowned by the background;
+    # 0 = plain mean. vae phases: on pixels far from their frame's median colour; denoiser
+    # phases: on each latent cell by its share of such pixels (data.latent_foreground), the
+    # per-clip mean weight kept at 1 so the loss scale (and the lr) means what it did
     fg_weight: float = Field(default=0.0, ge=0)
     l1_weight: float = Field(default=0.5, ge=0, description="vae phases: loss = mse + this * L1")
 

@@ -143,6 +143,31 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
+def latent_foreground(frames: np.ndarray, latent_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Share of each latent cell covered by subjects: (F, H, W, 3) uint8 -> (1, f, h, w) in [0, 1].
+
+    A pixel is a subject's when, after a 3x3 box blur (which takes the "heavy noise" edge
+    case's grain from 0.2 to about 0.07), one of its channels is more than 0.25 (on [-1, 1])
+    from its frame's median colour, the background. Cells follow the LTX autoencoder's causal
+    layout: latent frame 0 is frame 0, latent frame k >= 1 the next ``(F - 1) / (f - 1)``
+    frames; spatially each cell is an ``H / h`` x ``W / w`` block.
+    """
+    f, h, w = latent_shape
+    x = frames_to_tensor(frames)  # (3, F, H, W)
+    n, height, width = x.shape[1:]
+    if (n - 1) % max(f - 1, 1) or height % h or width % w:
+        raise ValueError(f"clip {tuple(x.shape[1:])} does not tile latent {latent_shape}")
+    x = torch.nn.functional.avg_pool2d(
+        x.transpose(0, 1), 3, stride=1, padding=1, count_include_pad=False
+    )  # (F, 3, H, W)
+    med = x.flatten(2).median(dim=-1).values[..., None, None]
+    fg = ((x - med).abs().amax(dim=1) > 0.25).float()  # (F, H, W)
+    t = (n - 1) // (f - 1) if f > 1 else n
+    fg = torch.cat([fg[:1].expand(t, -1, -1), fg[1:]]) if f > 1 else fg  # frame 0 fills cell 0
+    fg = fg.reshape(f, t, h, height // h, w, width // w)
+    return fg.mean(dim=(1, 3, 5)).unsqueeze(0)
+
+
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     """(3, F, H, W) float in [-1, 1] -> (F, H, W, 3) uint8."""
     x = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

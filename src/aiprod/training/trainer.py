@@ -36,6 +36,7 @@ from aiprod.training.data import (
     BucketBatcher,
     Clip,
     frames_to_tensor,
+    latent_foreground,
     load_clips,
     tensors_digest,
 )
@@ -106,6 +107,8 @@ class PhaseData:
     # refiner phases with refine_from: the upsampled half-size latent (normalised), where the
     # two-stage path starts the refinement from
     start: list[torch.Tensor] = field(default_factory=list)
+    # denoiser phases with fg_weight: each latent cell's share of subject pixels (1, f, h, w)
+    fg: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -312,6 +315,8 @@ class Trainer:
         if phase.refine_from is not None:  # its items hold the upsampler's output too
             assert self.comp.upsampler is not None
             parts["upsampler"] = tensors_digest(self.comp.upsampler.state_dict())
+        if phase.fg_weight and phase.target in DENOISERS:  # its items hold the subject maps
+            parts["fg"] = 1
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @torch.no_grad()
@@ -351,6 +356,8 @@ class Trainer:
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
+                if phase.fg_weight:
+                    data.fg.append(latent_foreground(c.frames, tuple(z.shape[-3:])))
                 if phase.refine_from is not None:
                     data.start.append(self._upsampled(_half(c)))
             data.emb, data.mask, data.ids = self._embed([c.caption for c in clips])
@@ -505,7 +512,11 @@ class Trainer:
         v = velocity(
             run.module, self.comp.vae, xt, sig.to(dev), emb.to(dev), mask.to(dev), fps=d.fps[idx[0]]
         )
-        per = (v.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
+        err = (v.float() - target).pow(2)
+        if run.cfg.fg_weight:  # subjects' cells count 1 + fg_weight times, the mean kept at 1
+            w = 1 + run.cfg.fg_weight * torch.stack([d.fg[i] for i in idx]).to(dev)
+            err = err * (w / w.mean(dim=(1, 2, 3, 4), keepdim=True))
+        per = err.mean(dim=(1, 2, 3, 4))
         return per.mean(), {
             "per_sample": per.detach().cpu(),
             "sigmas": sig,
