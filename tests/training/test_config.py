@@ -126,6 +126,15 @@ def test_text_encoder_lr_is_for_full_transformer_phases(tmp_path: Path) -> None:
         load_config(_write(tmp_path, data))
 
 
+def test_fg_weight_is_not_for_upsampler_phases(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "f")
+    data["phases"][1]["fg_weight"] = 4.0  # a transformer phase (the vae phase has one too)
+    TrainConfig.model_validate(data)
+    data["phases"][-1]["fg_weight"] = 4.0  # the upsampler phase
+    with pytest.raises(ConfigError, match="fg_weight applies to vae, transformer and refiner"):
+        load_config(_write(tmp_path, data))
+
+
 def test_synth_mix_is_checked(tmp_path: Path) -> None:
     data = tiny_config(tmp_path / "m")
     synth = data["phases"][1]["data"]["synth"]

@@ -160,6 +160,11 @@ class PhaseConfig(_Strict):
                 f"phase '{self.name}': text_encoder_lr applies to transformer phases only (the "
                 f"refiner shares stage 1's text encoder); remove it from this {self.target} phase"
             )
+        if self.fg_weight and self.target == "upsampler":
+            raise ValueError(
+                f"phase '{self.name}': fg_weight applies to vae, transformer and refiner phases; "
+                "remove it from this upsampler phase"
+            )
         if self.refine_from is not None:
             if self.target != "refiner":
                 raise ValueError(
