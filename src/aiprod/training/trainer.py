@@ -91,6 +91,11 @@ class TrainState:
     best_heldout: float | None = None
 
 
+def _weighted(phase: PhaseConfig, heldout: bool) -> bool:
+    """Whether a phase's cached items need subject maps: denoiser training items with fg_weight."""
+    return bool(phase.fg_weight) and phase.target in DENOISERS and not heldout
+
+
 @dataclass
 class PhaseData:
     """Cached training items of one phase (one entry per clip)."""
@@ -315,7 +320,7 @@ class Trainer:
         if phase.refine_from is not None:  # its items hold the upsampler's output too
             assert self.comp.upsampler is not None
             parts["upsampler"] = tensors_digest(self.comp.upsampler.state_dict())
-        if phase.fg_weight and phase.target in DENOISERS:  # its items hold the subject maps
+        if _weighted(phase, heldout):  # its items hold the subject maps
             parts["fg"] = 1
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -356,7 +361,7 @@ class Trainer:
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
-                if phase.fg_weight:
+                if _weighted(phase, heldout):  # (the held-out loss is unweighted)
                     data.fg.append(latent_foreground(c.frames, tuple(z.shape[-3:])))
                 if phase.refine_from is not None:
                     data.start.append(self._upsampled(_half(c)))
