@@ -217,3 +217,18 @@ def test_bucket_the_autoencoder_cannot_divide_is_named_before_training(tmp_path:
     with pytest.raises(ConfigError, match=r"phase 'p2': bucket 48x64 .* divisible by 32"):
         Trainer(cfg)
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_verifier_phases_take_flow_but_not_fg_weight(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "v")
+    ver = {**data["phases"][1], "name": "ver", "target": "verifier"}
+    ver["flow"] = {"sampler": "uniform", "shift": 2.5}  # the noise levels it is trained at
+    data["phases"] = [ver]
+    TrainConfig.model_validate(data)
+    data["phases"] = [{**ver, "fg_weight": 2.0}]
+    with pytest.raises(ConfigError, match="remove it from this verifier phase"):
+        load_config(_write(tmp_path, data))
+    data["phases"] = [ver]
+    data["model"] = {"source": "registry", "registry_id": "ltxv"}
+    with pytest.raises(ConfigError, match="a verifier phase is only for the built-in"):
+        load_config(_write(tmp_path, data))

@@ -88,7 +88,7 @@ def test_cli_eval_defaults_to_the_served_settings(run_dir: Path, tmp_path: Path)
         'default = "small"\n\n[[models]]\nid = "small"\nfamily = "builtin"\n'
         "[models.defaults]\nwidth = 64\nheight = 64\nnum_frames = 9\n"
         "num_inference_steps = 2\nguidance_scale = 2.0\n"
-        "[models.options]\nrefine_steps = 1\nrefine_guidance_scale = 1.0\n"
+        "[models.options]\nrefine_steps = 1\nrefine_guidance_scale = 1.0\ncandidates = 2\n"
     )
     out = tmp_path / "ev"
     res = CliRunner().invoke(
@@ -101,6 +101,15 @@ def test_cli_eval_defaults_to_the_served_settings(run_dir: Path, tmp_path: Path)
     assert (got["width"], got["height"], got["num_frames"]) == (64, 64, 9)
     assert (got["guidance"], got["refine_steps"], got["refine_guidance"]) == (2.0, 1, 1.0)
     assert got["two_stage"] is True and got["steps"] == 1  # --steps given
+    # served with 2 drafts, but this model has no prompt verifier to rank them: one draft,
+    # said so; asked for explicitly, refused
+    assert got["candidates"] == 1 and "has no prompt verifier" in res.output
+    res = CliRunner().invoke(
+        app,
+        ["eval", str(run_dir / "final"), "--num-prompts", "1", "--candidates", "2"],
+        env={"AIPROD_MODELS_FILE": str(models)},
+    )
+    assert res.exit_code == 1 and "pass --candidates 1" in res.output
 
 
 def test_eval_shift_is_checked_before_any_work(tmp_path: Path) -> None:
@@ -204,7 +213,9 @@ def test_register_into_new_models_file_uses_the_builtin_settings(
     shipped = load_registry().get("builtin")
     assert load_registry(models).default == "fresh"
     assert entry.defaults == shipped.defaults and entry.defaults.width < 512
-    assert entry.options == shipped.options and entry.limits == shipped.limits
+    # ... but one stage-1 draft per clip: the tiny run has no prompt verifier to rank more
+    assert entry.options == shipped.options.model_copy(update={"candidates": 1})
+    assert entry.limits == shipped.limits
     assert entry.defaults.two_stage is True  # the tiny run trained an upsampler
     assert entry.description.startswith("trained by aiprod train")
 

@@ -391,3 +391,43 @@ def test_fg_weight_weights_the_denoiser_loss_by_subject_cells(tmp_path: Path) ->
     assert plain.shape == (2,)
     assert torch.allclose(loss(4.0, [torch.ones_like(m) for m in maps]), plain, rtol=1e-5)
     assert not torch.allclose(loss(4.0, maps), plain, rtol=1e-3)
+
+
+def test_verifier_phase_trains_the_verifier_only_and_ships_it(tmp_path: Path) -> None:
+    from aiprod.engine.verifier import IGNORE
+    from aiprod.training.components import load_folder
+    from aiprod.training.data import synth_clips
+
+    base_comp, base = tiny_base_folder(tmp_path / "base")
+    assert base_comp.verifier is None
+    ft = finetune_config(base, tmp_path / "v")
+    ft["phases"][0].update(
+        name="ver",
+        target="verifier",
+        data={"synth": {"phase": 5, "count": 6, "seed": 4}},
+        flow={"sampler": "uniform", "shift": 2.5},
+    )
+    cfg = TrainConfig.model_validate(ft)
+    trainer = Trainer(cfg)
+    assert trainer.comp.verifier is not None
+    before = {k: v.clone() for k, v in trainer.comp.verifier.state_dict().items()}
+    trainer.train()
+    # its items: each clip's normalised latent and what its caption states
+    prepared = trainer._prepare(cfg.phases[0])
+    clips = synth_clips(phase=5, count=6, seed=4, buckets=[(32, 32, 9)])
+    assert trainer.comp.verifier is not None
+    want = trainer.comp.verifier.labels([c.caption for c in clips])
+    assert torch.equal(torch.stack(prepared.labels), want)
+    assert (want != IGNORE).all()  # synthetic captions state all four
+    assert len(prepared.latents) == 6 and prepared.latents[0].shape[-2:] == (4, 4)
+    final = load_folder(tmp_path / "v" / "final")
+    assert final.verifier is not None
+    after = final.verifier.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # its phase moved it
+    # nothing else was trained
+    for name in ("transformer", "vae", "text_encoder"):
+        for k, v in getattr(base_comp, name).state_dict().items():
+            assert torch.equal(v, getattr(final, name).state_dict()[k]), (name, k)
+    # a checkpoint of the run holds it too, so `aiprod eval --candidates 2` can rank with it
+    comp, _, _ = load_checkpoint(tmp_path / "v")
+    assert comp.verifier is not None

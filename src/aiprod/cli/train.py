@@ -142,6 +142,13 @@ def eval_cmd(
             "time); " + _SERVED + ", where unset means --guidance"
         ),
     ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            help="stage-1 drafts per clip, ranked by the model's prompt verifier (two-stage "
+            "only); " + _SERVED + ", 1 with --single-stage"
+        ),
+    ] = None,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
     seed: int = 20_261_121,
     backend: Annotated[
@@ -174,10 +181,13 @@ def eval_cmd(
         "refine_steps": refine_steps,
         "refine_sigma": refine_strength,
         "refine_guidance": refine_guidance,
+        "candidates": candidates,
     }
     try:
         served = served_settings()
         settings = {**served, **{k: v for k, v in asked.items() if v is not None}}
+        if candidates is None and not settings.get("two_stage", True):
+            settings["candidates"] = 1  # drafts are ranked for the two-stage path only
         with Progress(transient=True) as bar:
             task = bar.add_task("generating", total=num_prompts)
             result = evaluate(
@@ -190,10 +200,14 @@ def eval_cmd(
                 seed=seed,
                 backend=backend,
                 shift=shift,
+                candidates_fallback=candidates is None,
                 on_progress=lambda d, t: bar.update(task, completed=d),
             )
     except (AiprodError, ValueError) as exc:
         raise _fail(exc) from None
+    used = result["settings"]["candidates"]
+    if used != settings.get("candidates", 1):
+        out.print(f"{checkpoint} has no prompt verifier: scored with {used} stage-1 draft per clip")
     m = result["metrics"]
     table = Table("metric", "value")
     for k, v in m.items():

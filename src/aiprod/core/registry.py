@@ -81,6 +81,8 @@ class Components(BaseModel):
     distilled_lora: Path | None = None
     # ltxv/builtin: a second transformer that runs the two-stage refinement (default <path>/refiner)
     refiner: Path | None = None
+    # builtin: the prompt verifier that ranks stage-1 drafts (default <path>/verifier)
+    verifier: Path | None = None
     config: Path | None = None  # local config for an original single-file checkpoint
     # LTX-2 only
     audio_vae: Path | None = None
@@ -98,6 +100,10 @@ class Options(BaseModel):
     compile: bool = False
     attention_backend: str | None = None
     refine_steps: int = Field(default=3, ge=1, le=50)
+    # builtin, two-stage text-to-video: stage-1 drafts per clip; the model's prompt verifier
+    # (verifier/) keeps the one that best shows what the prompt states, and only that one is
+    # refined. Each extra draft costs one more stage-1 pass (docs/performance.md).
+    candidates: int = Field(default=1, ge=1, le=8)
     distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
     refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
@@ -140,6 +146,11 @@ class ModelEntry(BaseModel):
     def _version_defaults_to_id(self) -> ModelEntry:
         if not self.version:
             self.version = self.id
+        if self.options.candidates > 1 and self.family != "builtin":
+            raise ValueError(
+                f"model '{self.id}': options.candidates ranks stage-1 drafts with the built-in "
+                f"model's prompt verifier; family '{self.family}' has none: remove it"
+            )
         return self
 
     def resolve_paths(self, base: Path) -> ModelEntry:

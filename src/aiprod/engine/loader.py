@@ -246,6 +246,9 @@ def build_ltxv_engine(
     refiner = comps.get("refiner")
     if refiner is not None:
         prepare_refiner(entry, refiner, device)
+    verifier = comps.get("verifier")
+    if verifier is not None:
+        verifier.to(device).eval()
     i2v_cls = on_vae_grid(LTXImageToVideoPipeline) if on_grid else LTXImageToVideoPipeline
     i2v = i2v_cls.from_pipe(pipe) if mode == "classic" else None
     upsample_pipe = None
@@ -273,6 +276,7 @@ def build_ltxv_engine(
         mode=mode,
         i2v_pipe=i2v,
         refiner=refiner,
+        verifier=verifier,
     )
 
 
@@ -331,5 +335,18 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
             lambda: LTXVideoTransformer3DModel.from_pretrained(
                 ref, torch_dtype=dtype, local_files_only=True
             ),
+        )
+    ver = component_path(entry, "verifier", required=False) if entry.family == "builtin" else None
+    if ver is not None and entry.options.candidates > 1:
+        from aiprod.engine.verifier import PromptVerifier
+
+        comps["verifier"] = load_or_fail(
+            entry, "prompt verifier", lambda: PromptVerifier.from_pretrained(ver)
+        )
+    elif entry.options.candidates > 1:
+        raise ConfigError(
+            f"model '{entry.id}': options.candidates = {entry.options.candidates} needs a prompt "
+            f"verifier (a verifier/ folder in {entry.path}, trained by a verifier phase of "
+            "`aiprod train`); add one or set candidates = 1"
         )
     return comps

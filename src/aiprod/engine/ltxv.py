@@ -147,6 +147,7 @@ class LTXVideoEngine:
         mode: str = "condition",
         i2v_pipe: Any | None = None,
         refiner: Any | None = None,
+        verifier: Any | None = None,
     ) -> None:
         self.entry = entry
         self.mode = mode
@@ -157,6 +158,7 @@ class LTXVideoEngine:
         )
         self.upsample_pipe = upsample_pipe
         self.refiner = refiner  # stage-2 transformer (None: the stage-1 transformer refines)
+        self.verifier = verifier  # ranks stage-1 drafts (options.candidates; builtin only)
         self.device = device
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
@@ -220,10 +222,17 @@ class LTXVideoEngine:
             return a
         return 0.0 if self.mode == "classic" else 1.0
 
-    def _tokens(self, st: StagePlan, num_frames: int) -> float:
+    def drafts(self, request: GenerationRequest, image: Any) -> int:
+        """Stage-1 drafts for this request: ``options.candidates`` for two-stage text-to-video
+        with a prompt verifier loaded, else 1."""
+        if self.verifier is None or image is not None or not request.two_stage:
+            return 1
+        return self.entry.options.candidates
+
+    def _tokens(self, st: StagePlan, num_frames: int, drafts: int = 1) -> float:
         f = (num_frames - 1) // self.temporal_ratio + 1
         tokens = f * (st.height // self.spatial_ratio) * (st.width // self.spatial_ratio)
-        return float(tokens * (2 if st.guidance_scale > 1.0 else 1))
+        return float(tokens * (2 if st.guidance_scale > 1.0 else 1) * drafts)
 
     # -- running ----------------------------------------------------------------------------
     def __call__(
@@ -240,14 +249,18 @@ class LTXVideoEngine:
             has_upsampler=self.upsample_pipe is not None,
         )
         stages = self.plan(request)
+        drafts = self.drafts(request, image)
         tracker = StepTracker(
-            [(s.steps, self._tokens(s, request.num_frames)) for s in stages],
+            [
+                (s.steps, self._tokens(s, request.num_frames, drafts if i == 0 else 1))
+                for i, s in enumerate(stages)
+            ],
             on_progress=on_progress,
             should_cancel=should_cancel,
         )
         tracker.check_cancel()
         with torch.inference_mode(), ltx_oom_guard(self.entry.id, request):
-            frames, info = self._run(request, stages, image, tracker)
+            frames, info = self._run(request, stages, image, tracker, drafts)
         return Video(frames=frames, fps=request.fps, info=info)
 
     def _run(
@@ -256,6 +269,7 @@ class LTXVideoEngine:
         stages: list[StagePlan],
         image: Any,
         tracker: StepTracker,
+        drafts: int = 1,
     ) -> tuple[Any, dict[str, object]]:
         pipe, opts = self.pipe, self.entry.options
         generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -284,18 +298,22 @@ class LTXVideoEngine:
         classic = self.mode == "classic"
         call = self.i2v_pipe if image is not None else pipe
 
-        def run_stage(index: int, st: StagePlan, **kw: Any) -> Any:
+        def run_stage(index: int, st: StagePlan, k: int = 1, **kw: Any) -> Any:
             tracker.start_stage(index)
             use_cfg = st.guidance_scale > 1.0
             if index == 0 and use_cfg:
                 kw = {**opts.call_kwargs, **kw}
             if not classic:
                 kw["denoise_strength"] = st.denoise_strength
+
+            def rep(t: Any) -> Any:  # k drafts: the prompt's embeddings k times
+                return t if t is None or k == 1 else t.repeat(k, *[1] * (t.dim() - 1))
+
             return call(
-                prompt_embeds=pe,
-                prompt_attention_mask=pm,
-                negative_prompt_embeds=ne if use_cfg else None,
-                negative_prompt_attention_mask=nm if use_cfg else None,
+                prompt_embeds=rep(pe),
+                prompt_attention_mask=rep(pm),
+                negative_prompt_embeds=rep(ne) if use_cfg else None,
+                negative_prompt_attention_mask=rep(nm) if use_cfg else None,
                 width=st.width,
                 height=st.height,
                 num_inference_steps=st.scheduler_steps,
@@ -311,9 +329,20 @@ class LTXVideoEngine:
             info["stage1_s"] = tracker.step_end_times[-1] - t1
         else:
             s1, s2 = stages
-            latents = run_stage(0, s1, output_type="latent")
+            latents = run_stage(0, s1, k=drafts, output_type="latent")
             if classic:  # LTXPipeline returns packed tokens (B, S, C)
                 latents = self._unpack(latents, request.num_frames, s1)
+            if drafts > 1:  # keep the draft the verifier scores highest (normalised latents)
+                from aiprod.engine.verifier import pick_best
+
+                latents, chosen, scores = pick_best(
+                    self.verifier, latents, [request.prompt], drafts
+                )
+                info.update(
+                    candidates=drafts,
+                    chosen_candidate=int(chosen[0]),
+                    verifier_scores=[round(float(v), 4) for v in scores[:, 0]],
+                )
             t2 = time.perf_counter()
             info["stage1_s"] = t2 - t1
             tracker.check_cancel()

@@ -82,6 +82,8 @@ class Components:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     refiner: torch.nn.Module | None = None  # stage-2 denoiser; None = the transformer refines
+    # ranks stage-1 drafts (aiprod.engine.verifier); None = one draft per prompt
+    verifier: torch.nn.Module | None = None
 
     @property
     def stage2(self) -> torch.nn.Module:
@@ -118,7 +120,17 @@ class Components:
             mods["upsampler"] = self.upsampler
         if self.refiner is not None:
             mods["refiner"] = self.refiner
+        if self.verifier is not None:
+            mods["verifier"] = self.verifier
         return mods
+
+    def ensure_verifier(self) -> torch.nn.Module:
+        """The prompt verifier, first made (random) for this autoencoder's latents."""
+        if self.verifier is None:
+            from aiprod.engine.verifier import PromptVerifier
+
+            self.verifier = PromptVerifier(in_channels=self.vae.config.latent_channels)
+        return self.verifier
 
 
 def scheduler_config() -> dict[str, Any]:
@@ -221,6 +233,8 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import AutoTokenizer, T5EncoderModel
 
+    from aiprod.engine.verifier import PromptVerifier
+
     path = Path(path)
     for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
         if not (path / sub).is_dir():
@@ -228,7 +242,7 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
                 f"{path} is not an LTX-Video model folder: {sub}/ is missing "
                 "(expected transformer/, vae/, text_encoder/, tokenizer/)"
             )
-    up_dir, ref_dir = path / "latent_upsampler", path / "refiner"
+    up_dir, ref_dir, ver_dir = path / "latent_upsampler", path / "refiner", path / "verifier"
     if need_upsampler and not up_dir.is_dir():
         raise ConfigError(f"{path}: latent_upsampler/ is missing but an upsampler phase needs it")
     info_file = path / "aiprod.json"
@@ -242,6 +256,7 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
         vae=AutoencoderKLLTXVideo.from_pretrained(path / "vae"),
         upsampler=LTXLatentUpsamplerModel.from_pretrained(up_dir) if up_dir.is_dir() else None,
         refiner=LTXVideoTransformer3DModel.from_pretrained(ref_dir) if ref_dir.is_dir() else None,
+        verifier=PromptVerifier.from_pretrained(ver_dir) if ver_dir.is_dir() else None,
         scheduler_config=json.loads(sched_file.read_text())
         if sched_file.is_file()
         else scheduler_config(),
@@ -356,6 +371,8 @@ def save_folder(comp: Components, dest: Path, *, info: dict[str, Any] | None = N
             comp.upsampler.save_pretrained(tmp / "latent_upsampler")
         if comp.refiner is not None:
             comp.refiner.save_pretrained(tmp / "refiner")
+        if comp.verifier is not None:
+            comp.verifier.save_pretrained(tmp / "verifier")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(
             json.dumps(comp.scheduler_config, indent=2)

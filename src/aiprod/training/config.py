@@ -4,7 +4,9 @@ A run is a list of phases executed in order. Each phase trains one *target*:
 
 - ``vae``: the video autoencoder (reconstruction + KL), only for the built-in architecture;
 - ``transformer``: the denoiser, with the flow-matching objective (the curriculum phases);
-- ``upsampler``: the x2 latent upsampler used by the two-stage path.
+- ``upsampler``: the x2 latent upsampler used by the two-stage path;
+- ``verifier``: the built-in model's prompt verifier, a classifier of noisy stage-1 latents
+  that picks the best of several stage-1 drafts (``aiprod.engine.verifier``).
 
 Example (see ``configs/builtin.yaml`` for the full one)::
 
@@ -102,7 +104,9 @@ class PhaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # refiner: a copy of the denoiser used only for the two-stage refinement (stage 2), so
     # training it at full size and low noise cannot make stage 1 forget (see components.py)
-    target: Literal["transformer", "refiner", "vae", "upsampler"] = "transformer"
+    # verifier: a classifier of noisy stage-1 latents (count, shape, colour, direction as
+    # the captions state them) that ranks stage-1 drafts (models.toml ``candidates``)
+    target: Literal["transformer", "refiner", "vae", "upsampler", "verifier"] = "transformer"
     data: DataConfig
     steps: int | None = Field(default=None, ge=1)
     epochs: int | None = Field(default=None, ge=1)
@@ -117,7 +121,8 @@ class PhaseConfig(_Strict):
     # min(decay, (1 + n) / (10 + n))): held-out loss and validation videos use the average,
     # and the phase ends with it (so later phases and the export start from it)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
-    # transformer/refiner phases: this phase's noise-level sampler instead of the run's ``flow``
+    # transformer/refiner phases: this phase's noise-level sampler instead of the run's
+    # ``flow``; verifier phases: the noise levels its latents are trained at
     flow: FlowConfig | None = None
     # transformer phases: also train the text encoder, at this peak lr (same warm-up and decay
     # as ``lr``). A frozen encoder may not tell word order apart: the built-in one gave "moving
@@ -150,9 +155,10 @@ class PhaseConfig(_Strict):
                 raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 16")
             if f < 1 or (f - 1) % 8:
                 raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
-        if self.flow is not None and self.target not in DENOISERS:
+        if self.flow is not None and self.target not in (*DENOISERS, "verifier"):
             raise ValueError(
-                f"phase '{self.name}': flow applies to transformer and refiner phases only; "
+                f"phase '{self.name}': flow applies to transformer, refiner and verifier "
+                "phases only; "
                 f"remove it from this {self.target} phase"
             )
         if self.text_encoder_lr is not None and self.target != "transformer":
@@ -160,10 +166,10 @@ class PhaseConfig(_Strict):
                 f"phase '{self.name}': text_encoder_lr applies to transformer phases only (the "
                 f"refiner shares stage 1's text encoder); remove it from this {self.target} phase"
             )
-        if self.fg_weight and self.target == "upsampler":
+        if self.fg_weight and self.target in ("upsampler", "verifier"):
             raise ValueError(
                 f"phase '{self.name}': fg_weight applies to vae, transformer and refiner phases; "
-                "remove it from this upsampler phase"
+                f"remove it from this {self.target} phase"
             )
         if self.refine_from is not None:
             if self.target != "refiner":
@@ -301,8 +307,9 @@ class TrainConfig(_Strict):
             )
         if self.mode == "lora" and any(p.text_encoder_lr for p in self.phases):
             raise ValueError("mode=lora trains the transformer only: remove text_encoder_lr")
-        if self.model.source == "registry" and any(p.target == "vae" for p in self.phases):
-            raise ValueError("a vae phase is only for the built-in architecture")
+        for target in ("vae", "verifier"):
+            if self.model.source == "registry" and any(p.target == target for p in self.phases):
+                raise ValueError(f"a {target} phase is only for the built-in architecture")
         return self
 
     def fingerprint(self) -> str:

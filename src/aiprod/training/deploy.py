@@ -55,6 +55,8 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
             raise ConfigError(f"{path}: has upsampler weights but the model has no upsampler")
         elif name == "refiner":
             comp.ensure_refiner().load_state_dict(sd)
+        elif name == "verifier":
+            comp.ensure_verifier().load_state_dict(sd)
         else:
             comp.modules()[name].load_state_dict(sd)
     ema = ckpt.load_state(path).get("ema")
@@ -201,6 +203,8 @@ def register(
         entry["price_per_gpu_second"] = price_per_gpu_second
     if comp.upsampler is None:
         entry.setdefault("defaults", {})["two_stage"] = False
+    if comp.verifier is None and "options" in entry:  # no verifier: one stage-1 draft
+        entry["options"].pop("candidates", None)
     ModelEntry.model_validate(entry)  # fail before writing anything
     save_folder(
         comp,

@@ -63,6 +63,7 @@ def served_settings(models_file: Path | None = None) -> dict[str, Any]:
         "refine_steps": o.refine_steps,
         "refine_sigma": o.refine_strength,
         "refine_guidance": o.refine_guidance_scale,
+        "candidates": o.candidates,
     }
 
 
@@ -97,6 +98,8 @@ def evaluate(
     refine_steps: int = 3,
     refine_sigma: float = 0.4,
     refine_guidance: float | None = None,
+    candidates: int = 1,
+    candidates_fallback: bool = False,
     batch_size: int = 4,
     seed: int = EVAL_SEED,
     i3d: Path | None = None,
@@ -110,6 +113,10 @@ def evaluate(
     model folders); ``backend="engine"`` runs a model folder through the serving engine's
     ``builtin`` backend (``aiprod.engine.loader``) with its own defaults for the two-stage
     refinement, i.e. exactly what the API serves, one clip at a time.
+
+    ``candidates`` > 1 ranks that many stage-1 drafts per clip with the model's prompt
+    verifier; a model without one is refused, or with ``candidates_fallback`` (the CLI, when
+    the number came from the served settings) scored with one draft.
     """
     from aiprod.data import synth
     from aiprod.training.deploy import load_any
@@ -133,7 +140,22 @@ def evaluate(
             f"--refine-guidance {refine_guidance}: give 1 (none) or more; leave it out to "
             "refine with --guidance"
         )
+    if candidates < 1:
+        raise ValueError(f"--candidates {candidates}: give 1 (one stage-1 draft) or more")
+    if candidates > 1 and not two_stage:
+        raise ValueError(
+            f"--candidates {candidates} ranks the stage-1 drafts of the two-stage path: drop "
+            "--single-stage or pass --candidates 1"
+        )
     refine_guidance = guidance if refine_guidance is None else refine_guidance
+    comp, info = load_any(Path(model_path))
+    if candidates > 1 and comp.verifier is None:
+        if not candidates_fallback:
+            raise ValueError(
+                f"{model_path} has no prompt verifier (verifier/), so it cannot rank "
+                f"{candidates} stage-1 drafts: pass --candidates 1"
+            )
+        candidates = 1
     if backend == "engine":
         batch_size = 1
         engine_pipe = _engine_pipeline(
@@ -141,8 +163,8 @@ def evaluate(
             refine_steps=refine_steps,
             refine_strength=refine_sigma,
             refine_guidance=refine_guidance,
+            candidates=candidates,
         )
-    comp, info = load_any(Path(model_path))
     if two_stage and comp.upsampler is None:
         raise ValueError(f"{model_path} has no latent upsampler: pass --single-stage")
     if shift is None:
@@ -182,6 +204,7 @@ def evaluate(
                 refine_sigma=refine_sigma,
                 shift=shift,
                 refine_guidance=refine_guidance,
+                candidates=candidates,
             )
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
@@ -251,6 +274,7 @@ def evaluate(
             "refine_steps": refine_steps,
             "refine_sigma": refine_sigma,
             "refine_guidance": refine_guidance,
+            "candidates": candidates,
             "seed": seed,
             "threads": torch.get_num_threads(),
             "backend": backend,
@@ -341,7 +365,12 @@ def _stage2_ceiling(
 
 
 def _engine_pipeline(
-    folder: Path, *, refine_steps: int, refine_strength: float, refine_guidance: float
+    folder: Path,
+    *,
+    refine_steps: int,
+    refine_strength: float,
+    refine_guidance: float,
+    candidates: int = 1,
 ) -> Any:
     from aiprod.core.registry import ModelEntry, Options
     from aiprod.engine.loader import load_pipeline
@@ -357,6 +386,7 @@ def _engine_pipeline(
             refine_steps=refine_steps,
             refine_strength=refine_strength,
             refine_guidance_scale=refine_guidance,
+            candidates=candidates,
         ),
     )
     return load_pipeline(entry, "cuda" if torch.cuda.is_available() else "cpu")

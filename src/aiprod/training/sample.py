@@ -10,8 +10,11 @@ partial noise level at full size (with the model's ``refiner`` when it has one).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from aiprod.engine.verifier import pick_best
 from aiprod.training.components import Components
 from aiprod.training.flow import inference_sigmas
 
@@ -151,14 +154,29 @@ def generate(
     negative_prompt: str = "",
     shift: float | None = None,
     refine_guidance: float | None = None,
+    candidates: int = 1,
 ) -> torch.Tensor:
     """Generate videos: (B, 3, F, H, W) float in [-1, 1].
 
     ``shift`` shifts the stage-1 schedule toward high noise as the model's
     FlowMatchEulerDiscreteScheduler does; None uses the model's own (``scheduler_config``).
     ``refine_guidance`` is the two-stage refinement's guidance (models.toml's
-    ``refine_guidance_scale``); None uses ``guidance``.
+    ``refine_guidance_scale``); None uses ``guidance``. ``candidates`` > 1 draws that many
+    stage-1 latents per prompt and keeps the one the model's prompt verifier scores highest
+    (models.toml's ``candidates``; :mod:`aiprod.engine.verifier`).
     """
+    if candidates < 1:
+        raise ValueError(f"candidates={candidates}: give 1 (one draft) or more")
+    if candidates > 1 and comp.verifier is None:
+        raise ValueError(
+            f"candidates={candidates} needs the model's prompt verifier (verifier/ in its "
+            "folder, trained by a verifier phase); this model has none: use candidates=1"
+        )
+    if candidates > 1 and not two_stage:
+        raise ValueError(
+            f"candidates={candidates} ranks stage-1 drafts of the two-stage path: use "
+            "two_stage=True or candidates=1"
+        )
     if shift is None:
         shift = model_shift(comp)
     dev = next(comp.transformer.parameters()).device
@@ -174,7 +192,27 @@ def generate(
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
     x = torch.randn((b, *shape), generator=gen).to(dev)
     sigmas = inference_sigmas(steps, shift=shift)
-    x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
+    if candidates > 1:  # candidate-major: rows k*b + i are prompt i's draft k (0 = as above)
+        more = torch.randn(((candidates - 1) * b, *shape), generator=gen).to(dev)
+
+        def rep(t: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+            return (
+                None if t is None else tuple(u.repeat(candidates, *[1] * (u.dim() - 1)) for u in t)
+            )
+
+        drafts = _denoise(
+            comp,
+            comp.transformer,
+            torch.cat([x, more]),
+            sigmas,
+            rep(cond),
+            rep(uncond),
+            guidance=guidance,
+            fps=fps,
+        )
+        x = pick_best(comp.verifier, drafts, prompts, candidates)[0]
+    else:
+        x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
     if two_stage:
         x = refine(
             comp,

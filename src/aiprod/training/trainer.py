@@ -114,6 +114,8 @@ class PhaseData:
     start: list[torch.Tensor] = field(default_factory=list)
     # denoiser phases with fg_weight: each latent cell's share of subject pixels (1, f, h, w)
     fg: list[torch.Tensor] = field(default_factory=list)
+    # verifier phases: (4,) class indices of what the caption states (verifier.IGNORE: silent)
+    labels: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -258,6 +260,8 @@ class Trainer:
         self._refiner_copies = comp.refiner is None
         if any(p.target == "refiner" for p in cfg.phases):
             comp.ensure_refiner()
+        if any(p.target == "verifier" for p in cfg.phases):
+            comp.ensure_verifier()
         if any(p.refine_from is not None for p in cfg.phases) and comp.upsampler is None:
             raise ConfigError(
                 "refine_from trains the refiner on the latent upsampler's output, and this "
@@ -298,6 +302,7 @@ class Trainer:
             "refiner": self.comp.refiner,
             "vae": self.comp.vae,
             "upsampler": self.comp.upsampler,
+            "verifier": self.comp.verifier,
         }[target]
         assert m is not None
         return m
@@ -366,6 +371,12 @@ class Trainer:
                 if phase.refine_from is not None:
                     data.start.append(self._upsampled(_half(c)))
             data.emb, data.mask, data.ids = self._embed([c.caption for c in clips])
+        elif phase.target == "verifier":
+            assert self.comp.verifier is not None
+            for c in clips:
+                z = self._encode_video(c.frames).unsqueeze(0)
+                data.latents.append(normalize_latents(self.comp.vae, z)[0])
+            data.labels = list(self.comp.verifier.labels([c.caption for c in clips]))
         else:  # upsampler: (half-size latent, full-size latent) pairs
             for c in clips:
                 data.high.append(self._encode_video(c.frames))
@@ -476,6 +487,7 @@ class Trainer:
             "refiner": self._fb_transformer,  # run.module is the refiner
             "vae": self._fb_vae,
             "upsampler": self._fb_upsampler,
+            "verifier": self._fb_verifier,
         }[run.cfg.target]
         with self.accelerator.autocast():
             loss, extra = fn(run, idx)
@@ -557,6 +569,17 @@ class Trainer:
         vae = self.comp.vae
         loss = (normalize_latents(vae, pred.float()) - normalize_latents(vae, hi)).pow(2).mean()
         return loss, {"shape": tuple(lo.shape), "out_shape": tuple(pred.shape)}
+
+    def _fb_verifier(self, run: PhaseRun, idx: list[int]) -> tuple[torch.Tensor, dict]:
+        from aiprod.engine.verifier import classification_loss
+
+        x0 = torch.stack([run.data.latents[i] for i in idx]).to(self.device)
+        labels = torch.stack([run.data.labels[i] for i in idx]).to(self.device)
+        sig = sample_sigmas(x0.shape[0], self._flow(run), generator=self.noise).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.noise).to(self.device)
+        logits = run.module(add_noise(x0, noise, sig), sig)
+        loss = classification_loss(logits, labels)
+        return loss, {"shape": tuple(x0.shape), "sigmas": sig.cpu()}
 
     def train_step(self, run: PhaseRun) -> tuple[float, dict[str, Any]]:
         """One optimizer step: next batch, forward/backward, clip, step, schedule."""

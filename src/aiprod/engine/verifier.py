@@ -1,0 +1,155 @@
+"""Prompt verifier of the built-in model: picks the best of several stage-1 drafts.
+
+A small noise-aware 3D-conv classifier over stage-1 latents that predicts what a clip of the
+synthetic grammar shows (subject count, shape, colour, direction of motion). Sampling draws
+``candidates`` stage-1 latents per prompt from different noise, scores each by the log
+likelihood of what the prompt states (``attributes``, count and shape by default), and refines
+only the best: best-of-N with a learned verifier, trading one stage-1 pass per extra
+candidate for prompt adherence. It is trained by a ``target: verifier`` phase on encoded
+training clips with the labels their captions state (``aiprod train``), never on the
+evaluation's scorer, and it only knows the built-in model's caption grammar.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from aiprod.data.synth import COLORS, DIRECTIONS, SHAPES, CaptionFacts, parse_caption
+
+ATTRIBUTES = ("count", "shape", "color", "direction")
+IGNORE = -100  # label of an attribute the caption does not state (cross-entropy ignore_index)
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, channels)
+        self.conv1 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(8, channels)
+        self.conv2 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.film = nn.Linear(embed_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return x + self.conv2(F.silu(h))
+
+
+class PromptVerifier(ModelMixin, ConfigMixin):
+    """p(count, shape, colour, direction | noisy normalised latent x_t, noise level)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 16,
+        channels: int = 48,
+        embed_dim: int = 64,
+        counts: Sequence[int] = (1, 2, 3),
+        shapes: Sequence[str] = SHAPES,
+        colors: Sequence[str] = tuple(COLORS),
+        directions: Sequence[str] = DIRECTIONS,
+        attributes: Sequence[str] = ("count", "shape"),
+    ) -> None:
+        super().__init__()
+        if unknown := set(attributes) - set(ATTRIBUTES):
+            raise ValueError(f"attributes {sorted(unknown)}: choose from {list(ATTRIBUTES)}")
+        self.classes = {
+            "count": list(counts),
+            "shape": list(shapes),
+            "color": list(colors),
+            "direction": list(directions),
+        }
+        self.embed = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
+        self.conv_in = nn.Conv3d(in_channels, channels, 3, padding=1)
+        self.block1 = _Block(channels, embed_dim)
+        self.down = nn.Conv3d(channels, 2 * channels, 3, stride=2, padding=1)
+        self.block2 = _Block(2 * channels, embed_dim)
+        self.block3 = _Block(2 * channels, embed_dim)
+        self.norm_out = nn.GroupNorm(8, 2 * channels)
+        # mean and max pooled features: a count is about how many places light up
+        self.head = nn.Linear(4 * channels, sum(len(v) for v in self.classes.values()))
+
+    def _sigma_embedding(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.config.embed_dim // 2
+        freqs = torch.exp(
+            -math.log(1000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half
+        )
+        angles = (sigma.float() * 1000.0)[:, None] * freqs[None]
+        return self.embed(torch.cat([angles.sin(), angles.cos()], dim=1).to(self.dtype))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x (B, C, f, h, w) at noise level ``sigma`` (B,) -> logits per attribute."""
+        emb = self._sigma_embedding(sigma)
+        h = self.block1(self.conv_in(x), emb)
+        h = self.block3(self.block2(self.down(h), emb), emb)
+        h = F.silu(self.norm_out(h))
+        h = torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1)
+        logits = self.head(h).split([len(v) for v in self.classes.values()], dim=1)
+        return dict(zip(self.classes, logits, strict=True))
+
+    def labels(self, captions: Sequence[str | CaptionFacts]) -> torch.Tensor:
+        """(B, 4) class indices of what each caption states, ``IGNORE`` where it is silent or
+        states a value this verifier does not know."""
+        rows = []
+        for c in captions:
+            facts = parse_caption(c) if isinstance(c, str) else c
+            row = []
+            for attr in ATTRIBUTES:
+                v = getattr(facts, attr)
+                row.append(self.classes[attr].index(v) if v in self.classes[attr] else IGNORE)
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.long)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) log likelihood of the stated ``attributes`` for clean latents x (sigma 0)."""
+        logits = self(x.to(self.dtype), torch.zeros(x.shape[0], device=x.device))
+        out = torch.zeros(x.shape[0], device=x.device)
+        for attr in self.config.attributes:
+            k = ATTRIBUTES.index(attr)
+            y = labels[:, k].to(x.device)
+            logp = torch.log_softmax(logits[attr].float(), dim=1)
+            picked = logp.gather(1, y.clamp(min=0)[:, None])[:, 0]
+            out = out + torch.where(y != IGNORE, picked, torch.zeros_like(picked))
+        return out
+
+
+def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the four attributes (each over the captions that state it)."""
+    total = torch.zeros((), device=labels.device)
+    for k, attr in enumerate(ATTRIBUTES):
+        y = labels[:, k]
+        if (y != IGNORE).any():
+            total = total + F.cross_entropy(logits[attr].float(), y, ignore_index=IGNORE)
+    return total
+
+
+def pick_best(
+    verifier: PromptVerifier, latents: torch.Tensor, captions: Sequence[str], candidates: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of ``candidates`` latents per caption, laid out candidate-major ((K*B, ...): rows
+    ``k*B + i`` are caption i's candidate k), keep the one the verifier scores highest.
+
+    Returns (best latents (B, ...), chosen candidate per caption (B,), scores (K, B)).
+    """
+    b = len(captions)
+    if latents.shape[0] != candidates * b:
+        raise ValueError(f"{latents.shape[0]} latents for {candidates} x {b} candidates")
+    scores = verifier.score(latents, verifier.labels(list(captions) * candidates))
+    scores = scores.view(candidates, b)
+    chosen = scores.argmax(dim=0)
+    rows = chosen.to(latents.device) * b + torch.arange(b, device=latents.device)
+    return latents[rows], chosen, scores
+
+
+__all__ = ["ATTRIBUTES", "IGNORE", "PromptVerifier", "classification_loss", "pick_best"]
