@@ -35,6 +35,7 @@ def test_score_is_the_log_likelihood_of_the_stated_attributes() -> None:
     got = v.score(x, labels)
     assert torch.allclose(got[0], want, atol=1e-5)
     assert got[1] == 0  # says neither count nor shape: no preference
+    assert v.judges([CAPTION]) and not v.judges(["a red ball bouncing"])
     both = _verifier(attributes=("count", "shape", "color")).score(x, labels)
     assert both[1] < 0  # the colour it does state now counts
 
@@ -148,6 +149,10 @@ def test_engine_ranks_drafts_as_the_trainers_sampler_does(
     # single-stage requests run one draft: there is no refinement to spend it on
     single = pipe(build_request(entry, {**params, "two_stage": False}))
     assert "candidates" not in single.info
+    # nor do prompts that state neither a count nor a shape: every draft would score 0
+    assert loaded.verifier.judges(["a red square"])  # a shape (and so a count) is enough
+    plain = pipe(build_request(entry, {**params, "prompt": "a red thing moving left"}))
+    assert "candidates" not in plain.info
 
 
 def test_candidates_need_a_verifier_and_the_builtin_family(builtin_entry, tmp_path: Path) -> None:  # noqa: ANN001

@@ -224,8 +224,10 @@ class LTXVideoEngine:
 
     def drafts(self, request: GenerationRequest, image: Any) -> int:
         """Stage-1 drafts for this request: ``options.candidates`` for two-stage text-to-video
-        with a prompt verifier loaded, else 1."""
+        with a prompt verifier loaded and a prompt that states what it scores, else 1."""
         if self.verifier is None or image is not None or not request.two_stage:
+            return 1
+        if not self.verifier.judges([request.prompt]):
             return 1
         return self.entry.options.candidates
 

@@ -110,6 +110,13 @@ class PromptVerifier(ModelMixin, ConfigMixin):
             rows.append(row)
         return torch.tensor(rows, dtype=torch.long)
 
+    def judges(self, captions: Sequence[str]) -> bool:
+        """Whether any caption states something this verifier scores (else drafts are equal
+        to it, and one is enough)."""
+        lab = self.labels(list(captions))
+        cols = [ATTRIBUTES.index(a) for a in self.config.attributes]
+        return bool((lab[:, cols] != IGNORE).any())
+
     @torch.no_grad()
     def score(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B,) log likelihood of the stated ``attributes`` for clean latents x (sigma 0)."""

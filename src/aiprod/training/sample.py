@@ -163,7 +163,8 @@ def generate(
     ``refine_guidance`` is the two-stage refinement's guidance (models.toml's
     ``refine_guidance_scale``); None uses ``guidance``. ``candidates`` > 1 draws that many
     stage-1 latents per prompt and keeps the one the model's prompt verifier scores highest
-    (models.toml's ``candidates``; :mod:`aiprod.engine.verifier`).
+    (models.toml's ``candidates``; :mod:`aiprod.engine.verifier`), unless no prompt states
+    what the verifier scores.
     """
     if candidates < 1:
         raise ValueError(f"candidates={candidates}: give 1 (one draft) or more")
@@ -177,6 +178,8 @@ def generate(
             f"candidates={candidates} ranks stage-1 drafts of the two-stage path: use "
             "two_stage=True or candidates=1"
         )
+    if candidates > 1 and not comp.verifier.judges(prompts):  # type: ignore[union-attr]
+        candidates = 1  # the prompts state nothing it scores: every draft would tie
     if shift is None:
         shift = model_shift(comp)
     dev = next(comp.transformer.parameters()).device
