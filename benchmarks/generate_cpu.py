@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             "guidance_scale": req.guidance_scale,
             "two_stage": req.two_stage,
             "refine_steps": entry.options.refine_steps,
+            # stage-1 drafts ranked by the prompt verifier (1: none)
+            "candidates": int(video.info.get("candidates", 1)),
         },
         "runs": runs,
         "median": med,
