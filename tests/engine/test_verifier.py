@@ -155,22 +155,25 @@ def test_engine_ranks_drafts_as_the_trainers_sampler_does(
     assert "candidates" not in plain.info
 
 
-def test_candidates_need_a_verifier_and_the_builtin_family(builtin_entry, tmp_path: Path) -> None:  # noqa: ANN001
-    from aiprod.core.errors import ConfigError
+def test_candidates_without_a_verifier_serve_one_draft_and_other_families_refuse(
+    builtin_entry,  # noqa: ANN001
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from aiprod.core.registry import ModelEntry
-    from aiprod.engine import load_pipeline
+    from aiprod.engine import build_request, load_pipeline
     from aiprod.training import components
     from aiprod.training.config import BuiltinArch
 
-    comp = components.build_builtin(BuiltinArch(), vocab={"a", "red", "ball"}, seed=0)
+    comp = components.build_builtin(BuiltinArch(), vocab=set(CAPTION.split()), seed=0)
     folder = components.save_folder(comp, tmp_path / "m")
-    entry = builtin_entry.model_copy(
-        update={
-            "path": folder,
-            "options": builtin_entry.options.model_copy(update={"candidates": 2}),
-        }
-    )
-    with pytest.raises(ConfigError, match="needs a prompt verifier"):
-        load_pipeline(entry, "cpu")
+    opts = builtin_entry.options.model_copy(update={"candidates": 2})
+    entry = builtin_entry.model_copy(update={"path": folder, "options": opts})
+    with caplog.at_level("WARNING", logger="aiprod.engine.loader"):
+        pipe = load_pipeline(entry, "cpu")
+    assert "has no prompt verifier" in caplog.text and "serving one" in caplog.text
+    params = {"prompt": CAPTION, "width": 64, "height": 64, "num_frames": 9, "seed": 1}
+    video = pipe(build_request(entry, {**params, "num_inference_steps": 2, "two_stage": True}))
+    assert "candidates" not in video.info
     with pytest.raises(ValueError, match="family 'ltxv' has none"):
         ModelEntry(id="x", family="ltxv", path=folder, options={"candidates": 2})

@@ -103,7 +103,7 @@ def test_phase_flow_is_for_transformer_phases_and_in_the_fingerprint(tmp_path: P
     data["phases"][1]["flow"] = {"max_sigma": 0.5}
     assert TrainConfig.model_validate(data).fingerprint() != base.fingerprint()
     data["phases"][0]["flow"] = {"max_sigma": 0.5}  # the vae phase
-    with pytest.raises(ConfigError, match="transformer and refiner phases only"):
+    with pytest.raises(ConfigError, match="transformer, refiner and verifier phases only"):
         load_config(_write(tmp_path, data))
     data["phases"][0].pop("flow")
     data["phases"][1]["target"] = "refiner"  # a refiner phase takes a flow too

@@ -343,10 +343,13 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
         comps["verifier"] = load_or_fail(
             entry, "prompt verifier", lambda: PromptVerifier.from_pretrained(ver)
         )
-    elif entry.options.candidates > 1:
-        raise ConfigError(
-            f"model '{entry.id}': options.candidates = {entry.options.candidates} needs a prompt "
-            f"verifier (a verifier/ folder in {entry.path}, trained by a verifier phase of "
-            "`aiprod train`); add one or set candidates = 1"
+    elif entry.options.candidates > 1:  # an optional part, like refiner/: serve without it
+        log.warning(
+            "model '%s': options.candidates = %d, but %s has no prompt verifier (verifier/, "
+            "trained by a verifier phase of `aiprod train`) to rank drafts: serving one "
+            "stage-1 draft per clip (set candidates = 1 to silence this)",
+            entry.id,
+            entry.options.candidates,
+            entry.path,
         )
     return comps
