@@ -336,20 +336,23 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
                 ref, torch_dtype=dtype, local_files_only=True
             ),
         )
-    ver = component_path(entry, "verifier", required=False) if entry.family == "builtin" else None
-    if ver is not None and entry.options.candidates > 1:
-        from aiprod.engine.verifier import PromptVerifier
+    # Drafts need the verifier (only builtin entries may ask: the registry refuses the rest);
+    # it is an optional part, like refiner/: without it, serve one draft.
+    if entry.options.candidates > 1:
+        ver = component_path(entry, "verifier", required=False)
+        if ver is not None:
+            from aiprod.engine.verifier import PromptVerifier
 
-        comps["verifier"] = load_or_fail(
-            entry, "prompt verifier", lambda: PromptVerifier.from_pretrained(ver)
-        )
-    elif entry.options.candidates > 1:  # an optional part, like refiner/: serve without it
-        log.warning(
-            "model '%s': options.candidates = %d, but %s has no prompt verifier (verifier/, "
-            "trained by a verifier phase of `aiprod train`) to rank drafts: serving one "
-            "stage-1 draft per clip (set candidates = 1 to silence this)",
-            entry.id,
-            entry.options.candidates,
-            entry.path,
-        )
+            comps["verifier"] = load_or_fail(
+                entry, "prompt verifier", lambda: PromptVerifier.from_pretrained(ver)
+            )
+        else:
+            log.warning(
+                "model '%s': options.candidates = %d, but %s has no prompt verifier "
+                "(verifier/, trained by a verifier phase of `aiprod train`) to rank drafts: "
+                "serving one stage-1 draft per clip (set candidates = 1 to silence this)",
+                entry.id,
+                entry.options.candidates,
+                entry.path,
+            )
     return comps

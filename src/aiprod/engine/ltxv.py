@@ -273,6 +273,8 @@ class LTXVideoEngine:
         tracker: StepTracker,
         drafts: int = 1,
     ) -> tuple[Any, dict[str, object]]:
+        from aiprod.engine.verifier import pick_best, tile
+
         pipe, opts = self.pipe, self.entry.options
         generator = torch.Generator("cpu").manual_seed(request.seed)
         t0 = time.perf_counter()
@@ -308,14 +310,11 @@ class LTXVideoEngine:
             if not classic:
                 kw["denoise_strength"] = st.denoise_strength
 
-            def rep(t: Any) -> Any:  # k drafts: the prompt's embeddings k times
-                return t if t is None or k == 1 else t.repeat(k, *[1] * (t.dim() - 1))
-
-            return call(
-                prompt_embeds=rep(pe),
-                prompt_attention_mask=rep(pm),
-                negative_prompt_embeds=rep(ne) if use_cfg else None,
-                negative_prompt_attention_mask=rep(nm) if use_cfg else None,
+            return call(  # k drafts: the prompt's embeddings k times
+                prompt_embeds=tile(pe, k),
+                prompt_attention_mask=tile(pm, k),
+                negative_prompt_embeds=tile(ne, k) if use_cfg else None,
+                negative_prompt_attention_mask=tile(nm, k) if use_cfg else None,
                 width=st.width,
                 height=st.height,
                 num_inference_steps=st.scheduler_steps,
@@ -335,8 +334,6 @@ class LTXVideoEngine:
             if classic:  # LTXPipeline returns packed tokens (B, S, C)
                 latents = self._unpack(latents, request.num_frames, s1)
             if drafts > 1:  # keep the draft the verifier scores highest (normalised latents)
-                from aiprod.engine.verifier import pick_best
-
                 latents, chosen, scores = pick_best(
                     self.verifier, latents, [request.prompt], drafts
                 )

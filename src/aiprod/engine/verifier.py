@@ -141,6 +141,12 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -
     return total
 
 
+def tile(t: torch.Tensor | None, candidates: int) -> torch.Tensor | None:
+    """A batch repeated for ``candidates`` drafts in the candidate-major layout ``pick_best``
+    reads (rows ``k*B + i`` are row i's draft k); None stays None."""
+    return None if t is None else t.repeat(candidates, *[1] * (t.dim() - 1))
+
+
 def pick_best(
     verifier: PromptVerifier, latents: torch.Tensor, captions: Sequence[str], candidates: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,4 +165,4 @@ def pick_best(
     return latents[rows], chosen, scores
 
 
-__all__ = ["ATTRIBUTES", "IGNORE", "PromptVerifier", "classification_loss", "pick_best"]
+__all__ = ["ATTRIBUTES", "IGNORE", "PromptVerifier", "classification_loss", "pick_best", "tile"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from aiprod.engine.verifier import pick_best
+from aiprod.engine.verifier import pick_best, tile
 from aiprod.training.components import Components
 from aiprod.training.flow import inference_sigmas
 
@@ -199,9 +199,7 @@ def generate(
         more = torch.randn(((candidates - 1) * b, *shape), generator=gen).to(dev)
 
         def rep(t: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
-            return (
-                None if t is None else tuple(u.repeat(candidates, *[1] * (u.dim() - 1)) for u in t)
-            )
+            return None if t is None else tuple(tile(u, candidates) for u in t)
 
         drafts = _denoise(
             comp,

@@ -362,21 +362,20 @@ class Trainer:
         self.on_event("prepare", {"phase": phase.name, "clips": len(clips), "heldout": heldout})
         data = PhaseData(bucket_of=[c.bucket for c in clips], fps=[c.fps for c in clips])
         self.comp.vae.eval()
-        if phase.target in DENOISERS:
+        if phase.target in (*DENOISERS, "verifier"):  # each clip's normalised latent
             for c in clips:
                 z = self._encode_video(c.frames).unsqueeze(0)
                 data.latents.append(normalize_latents(self.comp.vae, z)[0])
                 if _weighted(phase, heldout):  # (the held-out loss is unweighted)
                     data.fg.append(latent_foreground(c.frames, tuple(z.shape[-3:])))
-                if phase.refine_from is not None:
+                if phase.refine_from is not None:  # (refiner phases only)
                     data.start.append(self._upsampled(_half(c)))
-            data.emb, data.mask, data.ids = self._embed([c.caption for c in clips])
-        elif phase.target == "verifier":
-            assert self.comp.verifier is not None
-            for c in clips:
-                z = self._encode_video(c.frames).unsqueeze(0)
-                data.latents.append(normalize_latents(self.comp.vae, z)[0])
-            data.labels = list(self.comp.verifier.labels([c.caption for c in clips]))
+            captions = [c.caption for c in clips]
+            if phase.target == "verifier":  # ... and what its caption states
+                assert self.comp.verifier is not None
+                data.labels = list(self.comp.verifier.labels(captions))
+            else:
+                data.emb, data.mask, data.ids = self._embed(captions)
         else:  # upsampler: (half-size latent, full-size latent) pairs
             for c in clips:
                 data.high.append(self._encode_video(c.frames))
