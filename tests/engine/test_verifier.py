@@ -82,17 +82,29 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
-def test_unknown_attribute_is_refused() -> None:
+def test_unknown_attribute_or_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="choose from"):
         PromptVerifier(attributes=("count", "size"))
+    with pytest.raises(ValueError, match="give 1 .* or 2"):
+        PromptVerifier(stage=3)
+    v = _verifier()
+    with pytest.raises(ValueError, match="at least one"):
+        v.rank_by([])
+    with pytest.raises(ValueError, match="choose from"):
+        v.rank_by(["count", "size"])
+    v.rank_by(["shape"])
+    assert list(v.config.attributes) == ["shape"]
 
 
+@pytest.mark.parametrize("stage", [1, 2])
 def test_engine_ranks_drafts_as_the_trainers_sampler_does(
     builtin_entry,  # noqa: ANN001
     tmp_path: Path,
+    stage: int,
 ) -> None:
-    """With ``candidates = 2`` the served path drafts two stage-1 latents, keeps the one the
-    verifier scores highest and refines it: the same frames as ``aiprod eval``'s sampler."""
+    """With ``candidates = 2`` the served path drafts two stage-1 latents and keeps the one the
+    verifier scores highest, before the refinement (a stage-1 verifier) or after refining both
+    (stage 2): the same frames as ``aiprod eval``'s sampler."""
     from aiprod.engine import build_request, load_pipeline
     from aiprod.training import components, sample
     from aiprod.training.config import BuiltinArch
@@ -100,10 +112,12 @@ def test_engine_ranks_drafts_as_the_trainers_sampler_does(
     words = set(components.caption_words(CAPTION))
     comp = components.build_builtin(BuiltinArch(), vocab=words, seed=0)
     torch.manual_seed(1)
-    comp.verifier = PromptVerifier(in_channels=comp.vae.config.latent_channels, channels=16)
+    comp.verifier = PromptVerifier(
+        in_channels=comp.vae.config.latent_channels, channels=16, stage=stage
+    )
     folder = components.save_folder(comp, tmp_path / "m")
     loaded = components.load_folder(folder)
-    assert loaded.verifier is not None
+    assert loaded.verifier is not None and loaded.verifier.config.stage == stage
     kw = {"width": 64, "height": 64, "num_frames": 9, "steps": 3, "guidance": 3.0, "seed": 5}
     opts = builtin_entry.options
     two = {

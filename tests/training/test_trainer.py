@@ -431,3 +431,45 @@ def test_verifier_phase_trains_the_verifier_only_and_ships_it(tmp_path: Path) ->
     # a checkpoint of the run holds it too, so `aiprod eval --candidates 2` can rank with it
     comp, _, _ = load_checkpoint(tmp_path / "v")
     assert comp.verifier is not None
+
+
+def test_verifier_arch_stage_keeps_or_replaces_a_loaded_verifier(tmp_path: Path) -> None:
+    """A verifier phase on a model that has a verifier goes on training it, unless
+    ``model.architecture.verifier.stage`` asks for the other stage: then a new one."""
+    from aiprod.engine.verifier import PromptVerifier
+    from aiprod.training.components import load_folder, save_folder
+
+    base_comp, base = tiny_base_folder(tmp_path / "base")
+    base_comp.verifier = PromptVerifier(in_channels=base_comp.vae.config.latent_channels)
+    folder = save_folder(base_comp, tmp_path / "with-verifier")
+    assert load_folder(folder).verifier.config.stage == 1  # type: ignore[union-attr]
+
+    def run(arch: dict, out: Path) -> Trainer:
+        ft = finetune_config(folder, out)
+        ft["model"]["architecture"] = {"verifier": arch}
+        ft["phases"][0].update(
+            name="ver", target="verifier", data={"synth": {"phase": 5, "count": 2, "seed": 4}}
+        )
+        return Trainer(TrainConfig.model_validate(ft))
+
+    kept = run({}, tmp_path / "kept").comp.verifier
+    assert kept is not None and kept.config.stage == 1
+    assert list(kept.config.attributes) == ["count"]  # the default ranking
+    loaded = base_comp.verifier.state_dict()
+    assert all(torch.equal(v, kept.state_dict()[k]) for k, v in loaded.items())
+    # what drafts are ranked by can change without a new verifier
+    both = run({"attributes": ["count", "shape"]}, tmp_path / "both").comp.verifier
+    assert both is not None and list(both.config.attributes) == ["count", "shape"]
+    assert all(torch.equal(v, both.state_dict()[k]) for k, v in loaded.items())
+    trainer = run({"stage": 2, "channels": 16}, tmp_path / "new")
+    new = trainer.comp.verifier
+    assert new is not None and new.config.stage == 2 and new.config.channels == 16
+    trainer.train()  # and the checkpoint and the exported folder hold the stage-2 one
+    comp, _, _ = load_checkpoint(tmp_path / "new")
+    shipped = load_folder(tmp_path / "new" / "final")
+    for v in (comp.verifier, shipped.verifier):
+        assert v is not None and v.config.stage == 2 and v.config.channels == 16
+    bad = finetune_config(folder, tmp_path / "x")
+    bad["model"]["architecture"] = {"verifier": {"channels": 12}}  # its GroupNorms take 8s
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TrainConfig.model_validate(bad)

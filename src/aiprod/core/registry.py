@@ -81,7 +81,7 @@ class Components(BaseModel):
     distilled_lora: Path | None = None
     # ltxv/builtin: a second transformer that runs the two-stage refinement (default <path>/refiner)
     refiner: Path | None = None
-    # builtin: the prompt verifier that ranks stage-1 drafts (default <path>/verifier)
+    # builtin: the prompt verifier that ranks the drafts of a clip (default <path>/verifier)
     verifier: Path | None = None
     config: Path | None = None  # local config for an original single-file checkpoint
     # LTX-2 only
@@ -101,8 +101,9 @@ class Options(BaseModel):
     attention_backend: str | None = None
     refine_steps: int = Field(default=3, ge=1, le=50)
     # builtin, two-stage text-to-video: stage-1 drafts per clip; the model's prompt verifier
-    # (verifier/) keeps the one that best shows what the prompt states, and only that one is
-    # refined. Each extra draft costs one more stage-1 pass (docs/performance.md).
+    # (verifier/) keeps the one that best shows what the prompt states: a stage-1 verifier
+    # before the refinement (each extra draft costs one more stage-1 pass), a stage-2 one
+    # after it (every draft refined; one more stage-1 and stage-2 pass each; docs/performance.md).
     candidates: int = Field(default=1, ge=1, le=8)
     distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.

@@ -158,7 +158,9 @@ class LTXVideoEngine:
         )
         self.upsample_pipe = upsample_pipe
         self.refiner = refiner  # stage-2 transformer (None: the stage-1 transformer refines)
-        self.verifier = verifier  # ranks stage-1 drafts (options.candidates; builtin only)
+        # ranks drafts (options.candidates; builtin only): stage-1 drafts before the refinement
+        # (config.stage 1) or the refined ones before decoding (stage 2)
+        self.verifier = verifier
         self.device = device
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
@@ -231,6 +233,10 @@ class LTXVideoEngine:
             return 1
         return self.entry.options.candidates
 
+    def _ranks_refined(self, drafts: int) -> bool:
+        """Whether the drafts are all refined and ranked after stage 2 (a stage-2 verifier)."""
+        return drafts > 1 and self.verifier is not None and self.verifier.config.stage == 2
+
     def _tokens(self, st: StagePlan, num_frames: int, drafts: int = 1) -> float:
         f = (num_frames - 1) // self.temporal_ratio + 1
         tokens = f * (st.height // self.spatial_ratio) * (st.width // self.spatial_ratio)
@@ -252,9 +258,10 @@ class LTXVideoEngine:
         )
         stages = self.plan(request)
         drafts = self.drafts(request, image)
+        refined = self._ranks_refined(drafts)
         tracker = StepTracker(
             [
-                (s.steps, self._tokens(s, request.num_frames, drafts if i == 0 else 1))
+                (s.steps, self._tokens(s, request.num_frames, drafts if i == 0 or refined else 1))
                 for i, s in enumerate(stages)
             ],
             on_progress=on_progress,
@@ -333,15 +340,19 @@ class LTXVideoEngine:
             latents = run_stage(0, s1, k=drafts, output_type="latent")
             if classic:  # LTXPipeline returns packed tokens (B, S, C)
                 latents = self._unpack(latents, request.num_frames, s1)
-            if drafts > 1:  # keep the draft the verifier scores highest (normalised latents)
-                latents, chosen, scores = pick_best(
-                    self.verifier, latents, [request.prompt], drafts
-                )
+            refined = self._ranks_refined(drafts)
+
+            def keep_best(latents: torch.Tensor) -> torch.Tensor:
+                best, chosen, scores = pick_best(self.verifier, latents, [request.prompt], drafts)
                 info.update(
                     candidates=drafts,
                     chosen_candidate=int(chosen[0]),
                     verifier_scores=[round(float(v), 4) for v in scores[:, 0]],
                 )
+                return best
+
+            if drafts > 1 and not refined:  # keep the stage-1 draft the verifier prefers
+                latents = keep_best(latents)
             t2 = time.perf_counter()
             info["stage1_s"] = t2 - t1
             tracker.check_cancel()
@@ -358,7 +369,13 @@ class LTXVideoEngine:
             if classic:
                 latents = self._renoise(latents, s2.denoise_strength, generator, image is not None)
             with self._stage2(call, classic):
-                video = run_stage(1, s2, latents=latents, output_type="pt")
+                if refined:  # refine every draft, keep the one the verifier prefers, decode it
+                    latents = run_stage(1, s2, k=drafts, latents=latents, output_type="latent")
+                    if classic:
+                        latents = self._unpack(latents, request.num_frames, s2)
+                    video = self._decode(keep_best(latents), generator)
+                else:
+                    video = run_stage(1, s2, latents=latents, output_type="pt")
             info["stage2_s"] = tracker.step_end_times[-1] - t3
         info["decode_s"] = time.perf_counter() - tracker.step_end_times[-1]
         frames = video_to_uint8(video, height=request.height, width=request.width)
@@ -383,6 +400,24 @@ class LTXVideoEngine:
             yield
         finally:
             call.transformer, call.scheduler = transformer, scheduler
+
+    def _decode(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Normalised latents (B, C, f, h, w) -> video as the pipelines' ``output_type="pt"``
+        decodes them (denormalised; decode noise when the autoencoder is timestep-conditioned)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        p, opts = self.pipe, self.entry.options
+        vae = p.vae
+        z = p._denormalize_latents(
+            latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+        ).to(self.dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            timestep = torch.full((z.shape[0],), opts.decode_timestep, device=z.device).to(z)
+            z = (1 - opts.decode_noise_scale) * z + opts.decode_noise_scale * noise
+        video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]
+        return p.video_processor.postprocess_video(video, output_type="pt")
 
     def _unpack(self, latents: torch.Tensor, num_frames: int, st: StagePlan) -> torch.Tensor:
         p = self.pipe

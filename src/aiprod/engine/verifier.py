@@ -1,13 +1,16 @@
-"""Prompt verifier of the built-in model: picks the best of several stage-1 drafts.
+"""Prompt verifier of the built-in model: picks the best of several drafts of a clip.
 
-A small noise-aware 3D-conv classifier over stage-1 latents that predicts what a clip of the
+A small noise-aware 3D-conv classifier over latents that predicts what a clip of the
 synthetic grammar shows (subject count, shape, colour, direction of motion). Sampling draws
 ``candidates`` stage-1 latents per prompt from different noise, scores each by the log
-likelihood of what the prompt states (``attributes``, count and shape by default), and refines
-only the best: best-of-N with a learned verifier, trading one stage-1 pass per extra
-candidate for prompt adherence. It is trained by a ``target: verifier`` phase on encoded
-training clips with the labels their captions state (``aiprod train``), never on the
-evaluation's scorer, and it only knows the built-in model's caption grammar.
+likelihood of what the prompt states (``attributes``; the count by default), and keeps
+only the best: best-of-N with a learned verifier. A ``stage`` 1 verifier reads the stage-1
+drafts (half size) and only the best is refined, for one stage-1 pass per extra candidate; a
+``stage`` 2 verifier reads the refined full-size latents, where shapes are sharper, so every
+draft is refined and only the best is decoded, for one stage-1 and one stage-2 pass per extra
+candidate. It is trained by a ``target: verifier`` phase on encoded training clips (at the
+size of the latents it reads) with the labels their captions state (``aiprod train``), never
+on the evaluation's scorer, and it only knows the built-in model's caption grammar.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ ATTRIBUTES = ("count", "shape", "color", "direction")
 IGNORE = -100  # label of an attribute the caption does not state (cross-entropy ignore_index)
 
 
+def _check_attributes(attributes: Sequence[str]) -> None:
+    if not attributes:
+        raise ValueError(f"attributes: give at least one of {list(ATTRIBUTES)}")
+    if unknown := set(attributes) - set(ATTRIBUTES):
+        raise ValueError(f"attributes {sorted(unknown)}: choose from {list(ATTRIBUTES)}")
+
+
 class _Block(nn.Module):
     def __init__(self, channels: int, embed_dim: int) -> None:
         super().__init__()
@@ -44,7 +54,11 @@ class _Block(nn.Module):
 
 
 class PromptVerifier(ModelMixin, ConfigMixin):
-    """p(count, shape, colour, direction | noisy normalised latent x_t, noise level)."""
+    """p(count, shape, colour, direction | noisy normalised latent x_t, noise level).
+
+    ``stage``: which latents it ranks, 1 = the stage-1 drafts of the two-stage path, 2 = those
+    drafts refined at full size (see the module docstring).
+    """
 
     @register_to_config
     def __init__(
@@ -56,11 +70,15 @@ class PromptVerifier(ModelMixin, ConfigMixin):
         shapes: Sequence[str] = SHAPES,
         colors: Sequence[str] = tuple(COLORS),
         directions: Sequence[str] = DIRECTIONS,
-        attributes: Sequence[str] = ("count", "shape"),
+        attributes: Sequence[str] = ("count",),
+        stage: int = 1,
     ) -> None:
         super().__init__()
-        if unknown := set(attributes) - set(ATTRIBUTES):
-            raise ValueError(f"attributes {sorted(unknown)}: choose from {list(ATTRIBUTES)}")
+        if stage not in (1, 2):
+            raise ValueError(
+                f"stage {stage}: give 1 (ranks stage-1 drafts) or 2 (ranks refined latents)"
+            )
+        _check_attributes(attributes)
         self.classes = {
             "count": list(counts),
             "shape": list(shapes),
@@ -96,6 +114,11 @@ class PromptVerifier(ModelMixin, ConfigMixin):
         h = torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1)
         logits = self.head(h).split([len(v) for v in self.classes.values()], dim=1)
         return dict(zip(self.classes, logits, strict=True))
+
+    def rank_by(self, attributes: Sequence[str]) -> None:
+        """Rank drafts by these stated attributes from now on (saved with the config)."""
+        _check_attributes(attributes)
+        self.register_to_config(attributes=list(attributes))
 
     def labels(self, captions: Sequence[str | CaptionFacts]) -> torch.Tensor:
         """(B, 4) class indices of what each caption states, ``IGNORE`` where it is silent or

@@ -82,7 +82,7 @@ class Components:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     refiner: torch.nn.Module | None = None  # stage-2 denoiser; None = the transformer refines
-    # ranks stage-1 drafts (aiprod.engine.verifier); None = one draft per prompt
+    # ranks the drafts of a clip (aiprod.engine.verifier); None = one draft per prompt
     verifier: torch.nn.Module | None = None
 
     @property
@@ -124,12 +124,31 @@ class Components:
             mods["verifier"] = self.verifier
         return mods
 
-    def ensure_verifier(self) -> torch.nn.Module:
-        """The prompt verifier, first made (random) for this autoencoder's latents."""
+    def ensure_verifier(
+        self, stage: int | None = None, channels: int = 48, attributes: list[str] | None = None
+    ) -> torch.nn.Module:
+        """The prompt verifier, first made (random) for this autoencoder's latents; a loaded
+        one that ranks another ``stage`` (None: any) is replaced by a new one. ``attributes``
+        (None: as it is) sets what it ranks drafts by."""
+        if self.verifier is not None and stage not in (None, self.verifier.config.stage):
+            log.info(
+                "replacing the loaded stage-%d prompt verifier by a new stage-%d one",
+                self.verifier.config.stage,
+                stage,
+            )
+            self.verifier = None
         if self.verifier is None:
             from aiprod.engine.verifier import PromptVerifier
 
-            self.verifier = PromptVerifier(in_channels=self.vae.config.latent_channels)
+            kw = {} if attributes is None else {"attributes": tuple(attributes)}
+            self.verifier = PromptVerifier(
+                in_channels=self.vae.config.latent_channels,
+                channels=channels,
+                stage=stage or 1,
+                **kw,
+            )
+        elif attributes is not None:
+            self.verifier.rank_by(attributes)
         return self.verifier
 
 

@@ -5,8 +5,8 @@ A run is a list of phases executed in order. Each phase trains one *target*:
 - ``vae``: the video autoencoder (reconstruction + KL), only for the built-in architecture;
 - ``transformer``: the denoiser, with the flow-matching objective (the curriculum phases);
 - ``upsampler``: the x2 latent upsampler used by the two-stage path;
-- ``verifier``: the built-in model's prompt verifier, a classifier of noisy stage-1 latents
-  that picks the best of several stage-1 drafts (``aiprod.engine.verifier``).
+- ``verifier``: the built-in model's prompt verifier, a classifier of noisy latents that picks
+  the best of several drafts of a clip (``aiprod.engine.verifier``).
 
 Example (see ``configs/builtin.yaml`` for the full one)::
 
@@ -104,8 +104,9 @@ class PhaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # refiner: a copy of the denoiser used only for the two-stage refinement (stage 2), so
     # training it at full size and low noise cannot make stage 1 forget (see components.py)
-    # verifier: a classifier of noisy stage-1 latents (count, shape, colour, direction as
-    # the captions state them) that ranks stage-1 drafts (models.toml ``candidates``)
+    # verifier: a classifier of noisy latents (count, shape, colour, direction as the captions
+    # state them) that ranks the drafts of a clip (models.toml ``candidates``); its stage and
+    # ranking rule are set by ``model.architecture.verifier``
     target: Literal["transformer", "refiner", "vae", "upsampler", "verifier"] = "transformer"
     data: DataConfig
     steps: int | None = Field(default=None, ge=1)
@@ -212,11 +213,27 @@ class UpsamplerArch(_Strict):
     num_blocks_per_stage: int = 1
 
 
+class VerifierArch(_Strict):
+    """The prompt verifier a verifier phase trains (``aiprod.engine.verifier``)."""
+
+    # 1: ranks stage-1 drafts (train it on half-size buckets); 2: ranks the drafts refined at
+    # full size (train it on full-size buckets). None: a loaded model's verifier as it is,
+    # else 1. A loaded verifier of the other stage is replaced by a new one.
+    stage: Literal[1, 2] | None = None
+    channels: int = Field(default=48, ge=8, multiple_of=8)
+    # what a draft is ranked by: the summed log likelihood of these stated attributes (all
+    # four heads are trained either way). None: a loaded verifier's own, else count only.
+    attributes: list[Literal["count", "shape", "color", "direction"]] | None = Field(
+        default=None, min_length=1
+    )
+
+
 class BuiltinArch(_Strict):
     text_encoder: TextEncoderArch = Field(default_factory=TextEncoderArch)
     transformer: TransformerArch = Field(default_factory=TransformerArch)
     vae: VaeArch = Field(default_factory=VaeArch)
     upsampler: UpsamplerArch = Field(default_factory=UpsamplerArch)
+    verifier: VerifierArch = Field(default_factory=VerifierArch)
 
 
 class ModelConfig(_Strict):

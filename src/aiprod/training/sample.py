@@ -164,7 +164,8 @@ def generate(
     ``refine_guidance_scale``); None uses ``guidance``. ``candidates`` > 1 draws that many
     stage-1 latents per prompt and keeps the one the model's prompt verifier scores highest
     (models.toml's ``candidates``; :mod:`aiprod.engine.verifier`), unless no prompt states
-    what the verifier scores.
+    what the verifier scores: a stage-1 verifier ranks the drafts before the refinement, a
+    stage-2 one after it (every draft refined, the best decoded).
     """
     if candidates < 1:
         raise ValueError(f"candidates={candidates}: give 1 (one draft) or more")
@@ -195,37 +196,43 @@ def generate(
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
     x = torch.randn((b, *shape), generator=gen).to(dev)
     sigmas = inference_sigmas(steps, shift=shift)
+    # a stage-2 verifier ranks the refined drafts: every draft is refined, the best decoded
+    rank_refined = candidates > 1 and comp.verifier.config.stage == 2  # type: ignore[union-attr]
+
+    def rep(t: tuple[torch.Tensor, torch.Tensor] | None, k: int) -> Any:
+        return None if t is None else tuple(tile(u, k) for u in t)
+
     if candidates > 1:  # candidate-major: rows k*b + i are prompt i's draft k (0 = as above)
         more = torch.randn(((candidates - 1) * b, *shape), generator=gen).to(dev)
-
-        def rep(t: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
-            return None if t is None else tuple(tile(u, candidates) for u in t)
-
-        drafts = _denoise(
+        x = _denoise(
             comp,
             comp.transformer,
             torch.cat([x, more]),
             sigmas,
-            rep(cond),
-            rep(uncond),
+            rep(cond, candidates),
+            rep(uncond, candidates),
             guidance=guidance,
             fps=fps,
         )
-        x = pick_best(comp.verifier, drafts, prompts, candidates)[0]
+        if not rank_refined:
+            x = pick_best(comp.verifier, x, prompts, candidates)[0]
     else:
         x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
     if two_stage:
+        k = candidates if rank_refined else 1
         x = refine(
             comp,
             x,
-            cond,
-            uncond,
+            rep(cond, k),
+            rep(uncond, k),
             generator=gen,
             guidance=g2,
             fps=fps,
             steps=refine_steps,
             sigma=refine_sigma,
         )
+        if rank_refined:
+            x = pick_best(comp.verifier, x, prompts, candidates)[0]
     video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0]
     return video.clamp(-1, 1)
 
