@@ -65,18 +65,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from aiprod.engine.verifier import ATTRIBUTES, tile
+    from aiprod.engine.verifier import ATTRIBUTES
     from aiprod.training.data import tensor_to_frames
     from aiprod.training.deploy import load_any
     from aiprod.training.evaluate import heldout_prompts, served_settings
     from aiprod.training.flow import inference_sigmas
     from aiprod.training.sample import (
-        _denoise,
         denormalize_latents,
+        draft,
         encode_prompts,
         latent_shape,
         model_shift,
         refine,
+        tile_prompts,
     )
     from aiprod.training.scoring import score
 
@@ -96,24 +97,27 @@ def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         caps, b = [c for c, _, _ in chunk], len(chunk)
         with torch.no_grad():
             cond, uncond = encode_prompts(comp, caps), encode_prompts(comp, [""] * b)
-            rep = [tuple(tile(u, k) for u in t) for t in (cond, uncond)]
             gen = torch.Generator().manual_seed(args.seed + s)  # as `aiprod eval` seeds
-            shape = latent_shape(comp.vae, width=w // 2, height=h // 2, num_frames=f)
-            x = torch.randn((b, *shape), generator=gen)
-            x = torch.cat([x, torch.randn(((k - 1) * b, *shape), generator=gen)])
-            drafts = _denoise(
-                comp, comp.transformer, x, sigmas, *rep, guidance=st["guidance"], fps=st["fps"]
+            drafts = draft(  # the served path's drafts (sample.generate draws the same)
+                comp,
+                cond,
+                uncond,
+                shape=latent_shape(comp.vae, width=w // 2, height=h // 2, num_frames=f),
+                generator=gen,
+                candidates=k,
+                sigmas=sigmas,
+                guidance=st["guidance"],
+                fps=st["fps"],
             )
             logits = comp.verifier(drafts, torch.zeros(drafts.shape[0]))
             logp = {a: torch.log_softmax(v.float(), 1) for a, v in logits.items()}
-            g2 = st["guidance"] if st["refine_guidance"] is None else st["refine_guidance"]
-            refined = refine(
+            refined = refine(  # every draft, as a stage-2 ranking would
                 comp,
                 drafts,
-                rep[0],
-                rep[1] if g2 != 1.0 else None,
+                tile_prompts(cond, k),
+                tile_prompts(uncond, k),
                 generator=gen,
-                guidance=g2,
+                guidance=st["guidance"] if st["refine_guidance"] is None else st["refine_guidance"],
                 fps=st["fps"],
                 steps=st["refine_steps"],
                 sigma=st["refine_sigma"],

@@ -13,6 +13,23 @@ import pytest
 
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 
+# the tiny random built-in model, two-stage at 64x64x9: what the benchmarks' tests run
+TINY = """[[models]]
+id = "tiny"
+family = "builtin"
+version = "tiny-1"
+
+[models.defaults]
+width = 64
+height = 64
+num_frames = 9
+num_inference_steps = 2
+two_stage = true
+
+[models.options]
+refine_steps = 1
+"""
+
 
 def write_models_toml(path: Path, body: str, default: str) -> Registry:
     path.write_text(f'default = "{default}"\n\n{body}')

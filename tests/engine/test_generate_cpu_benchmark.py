@@ -8,23 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import load_benchmark, write_models_toml
-
-TINY = """[[models]]
-id = "tiny"
-family = "builtin"
-version = "tiny-1"
-
-[models.defaults]
-width = 64
-height = 64
-num_frames = 9
-num_inference_steps = 2
-two_stage = true
-
-[models.options]
-refine_steps = 1
-"""
+from tests.engine.conftest import TINY, load_benchmark, write_models_toml
 
 
 def _load():  # noqa: ANN202

@@ -9,24 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine.conftest import load_benchmark, write_models_toml
-
-TINY = """[[models]]
-id = "tiny"
-family = "builtin"
-path = "unused"
-
-[models.defaults]
-width = 64
-height = 64
-num_frames = 9
-num_inference_steps = 2
-two_stage = true
-
-[models.options]
-refine_steps = 1
-candidates = 2
-"""
+from tests.engine.conftest import TINY, load_benchmark, write_models_toml
 
 
 def _row(prompt: int, draft: int, *, count_ok: bool, logp_count: float) -> dict:

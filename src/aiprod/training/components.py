@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
-from aiprod.training.config import BuiltinArch, ModelConfig
+from aiprod.training.config import BuiltinArch, ModelConfig, VerifierArch
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,13 @@ class Components:
             mods["verifier"] = self.verifier
         return mods
 
-    def ensure_verifier(
-        self, stage: int | None = None, channels: int = 48, attributes: list[str] | None = None
-    ) -> torch.nn.Module:
-        """The prompt verifier, first made (random) for this autoencoder's latents; a loaded
-        one that ranks another ``stage`` (None: any) is replaced by a new one. ``attributes``
-        (None: as it is) sets what it ranks drafts by."""
+    def ensure_verifier(self, arch: VerifierArch | None = None) -> torch.nn.Module:
+        """The prompt verifier a config's ``model.architecture.verifier`` asks for: first made
+        (random) for this autoencoder's latents; a loaded one that ranks another ``stage``
+        (None: any) is replaced by a new one; ``attributes`` (None: as it is) sets what it
+        ranks drafts by."""
+        arch = arch or VerifierArch()
+        stage, attributes = arch.stage, arch.attributes
         if self.verifier is not None and stage not in (None, self.verifier.config.stage):
             log.info(
                 "replacing the loaded stage-%d prompt verifier by a new stage-%d one",
@@ -143,7 +144,7 @@ class Components:
             kw = {} if attributes is None else {"attributes": tuple(attributes)}
             self.verifier = PromptVerifier(
                 in_channels=self.vae.config.latent_channels,
-                channels=channels,
+                channels=arch.channels,
                 stage=stage or 1,
                 **kw,
             )

@@ -56,8 +56,7 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
         elif name == "refiner":
             comp.ensure_refiner().load_state_dict(sd)
         elif name == "verifier":
-            va = cfg.model.architecture.verifier
-            comp.ensure_verifier(va.stage, va.channels, va.attributes).load_state_dict(sd)
+            comp.ensure_verifier(cfg.model.architecture.verifier).load_state_dict(sd)
         else:
             comp.modules()[name].load_state_dict(sd)
     ema = ckpt.load_state(path).get("ema")

@@ -10,8 +10,6 @@ partial noise level at full size (with the model's ``refiner`` when it has one).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from aiprod.engine.verifier import pick_best, tile
@@ -194,37 +192,28 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     w1, h1 = (width // 2, height // 2) if two_stage else (width, height)
     shape = latent_shape(comp.vae, width=w1, height=h1, num_frames=num_frames)
-    x = torch.randn((b, *shape), generator=gen).to(dev)
-    sigmas = inference_sigmas(steps, shift=shift)
     # a stage-2 verifier ranks the refined drafts: every draft is refined, the best decoded
     rank_refined = candidates > 1 and comp.verifier.config.stage == 2  # type: ignore[union-attr]
-
-    def rep(t: tuple[torch.Tensor, torch.Tensor] | None, k: int) -> Any:
-        return None if t is None else tuple(tile(u, k) for u in t)
-
-    if candidates > 1:  # candidate-major: rows k*b + i are prompt i's draft k (0 = as above)
-        more = torch.randn(((candidates - 1) * b, *shape), generator=gen).to(dev)
-        x = _denoise(
-            comp,
-            comp.transformer,
-            torch.cat([x, more]),
-            sigmas,
-            rep(cond, candidates),
-            rep(uncond, candidates),
-            guidance=guidance,
-            fps=fps,
-        )
-        if not rank_refined:
-            x = pick_best(comp.verifier, x, prompts, candidates)[0]
-    else:
-        x = _denoise(comp, comp.transformer, x, sigmas, cond, uncond, guidance=guidance, fps=fps)
+    x = draft(
+        comp,
+        cond,
+        uncond,
+        shape=shape,
+        generator=gen,
+        candidates=candidates,
+        sigmas=inference_sigmas(steps, shift=shift),
+        guidance=guidance,
+        fps=fps,
+    )
+    if candidates > 1 and not rank_refined:
+        x = pick_best(comp.verifier, x, prompts, candidates)[0]
     if two_stage:
         k = candidates if rank_refined else 1
         x = refine(
             comp,
             x,
-            rep(cond, k),
-            rep(uncond, k),
+            tile_prompts(cond, k),
+            tile_prompts(uncond, k),
             generator=gen,
             guidance=g2,
             fps=fps,
@@ -235,6 +224,39 @@ def generate(
             x = pick_best(comp.verifier, x, prompts, candidates)[0]
     video = comp.vae.decode(denormalize_latents(comp.vae, x), return_dict=False)[0]
     return video.clamp(-1, 1)
+
+
+def tile_prompts(
+    t: tuple[torch.Tensor, torch.Tensor] | None, candidates: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(embeddings, mask) repeated for ``candidates`` drafts (``verifier.tile``'s layout)."""
+    return None if t is None else tuple(tile(u, candidates) for u in t)  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def draft(
+    comp: Components,
+    cond: tuple[torch.Tensor, torch.Tensor],
+    uncond: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    shape: tuple,
+    generator: torch.Generator,
+    candidates: int,
+    sigmas: list[float],
+    guidance: float,
+    fps: float,
+) -> torch.Tensor:
+    """Stage 1: ``candidates`` normalised latents (C, f, h, w) per prompt, candidate-major
+    (rows ``k*B + i`` are prompt i's draft k, as ``pick_best`` reads them). Draft 0 starts from
+    the noise a single draft draws; the others from noise drawn after it."""
+    b, dev = cond[0].shape[0], cond[0].device
+    x = torch.randn((b, *shape), generator=generator).to(dev)
+    if candidates > 1:
+        more = torch.randn(((candidates - 1) * b, *shape), generator=generator).to(dev)
+        x = torch.cat([x, more])
+    emb, neg = tile_prompts(cond, candidates), tile_prompts(uncond, candidates)
+    assert emb is not None
+    return _denoise(comp, comp.transformer, x, sigmas, emb, neg, guidance=guidance, fps=fps)
 
 
 @torch.no_grad()

@@ -261,8 +261,7 @@ class Trainer:
         if any(p.target == "refiner" for p in cfg.phases):
             comp.ensure_refiner()
         if any(p.target == "verifier" for p in cfg.phases):
-            va = cfg.model.architecture.verifier
-            comp.ensure_verifier(va.stage, va.channels, va.attributes)
+            comp.ensure_verifier(cfg.model.architecture.verifier)
         if any(p.refine_from is not None for p in cfg.phases) and comp.upsampler is None:
             raise ConfigError(
                 "refine_from trains the refiner on the latent upsampler's output, and this "
