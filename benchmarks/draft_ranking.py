@@ -46,6 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drafts", type=int, default=4, help="stage-1 drafts per prompt (>= 2)")
     p.add_argument("--seed", type=int, default=VALIDATION_SEED, help="validation prompt seed")
     p.add_argument("--batch-size", type=int, default=4, help="prompts per batch")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="stage-1 guidance (default: the served one)"
+    )
+    p.add_argument(
+        "--guidance-min-sigma",
+        type=float,
+        default=None,
+        help="stage-1 guidance only at noise levels at or above this (default: the served one)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "draft_ranking")
     p.add_argument(
         "--analyze", type=Path, default=None, help="only analyse this folder's rows.json"
@@ -87,6 +96,9 @@ def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     for m in comp.modules().values():
         m.eval()
     st = served_settings()
+    for key in ("guidance", "guidance_min_sigma"):
+        if getattr(args, key) is not None:
+            st[key] = getattr(args, key)
     w, h, f, k = st["width"], st["height"], st["num_frames"], args.drafts
     sigmas = inference_sigmas(st["steps"], shift=model_shift(comp))
     prompts = heldout_prompts(args.num_prompts, seed=args.seed)
@@ -108,6 +120,7 @@ def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                 sigmas=sigmas,
                 guidance=st["guidance"],
                 fps=st["fps"],
+                guidance_min_sigma=st["guidance_min_sigma"],
             )
             logits = comp.verifier(drafts, torch.zeros(drafts.shape[0]))
             logp = {a: torch.log_softmax(v.float(), 1) for a, v in logits.items()}
@@ -180,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.analyze is None:
         settings = {"model_dir": str(args.model_dir), "seed": args.seed}
+        for key in ("guidance", "guidance_min_sigma"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
         data = {"settings": settings, "rows": generate_rows(args)}
         (out / "rows.json").write_text(json.dumps(data))
     else:

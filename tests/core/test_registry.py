@@ -44,6 +44,11 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
             "refine_strength = 2.0\n",
             "refine_strength",
         ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltx2"\n[models.options]\n'
+            "guidance_min_sigma = 0.7\n",
+            "LTX-2's guidance terms are set through options.call_kwargs",
+        ),
         ("default = ", "not valid TOML"),
     ],
 )

@@ -199,3 +199,34 @@ def test_ltx2_single_file_checkpoint(
     # Same weights; converted tensors may differ in memory layout, so allow float rounding.
     assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
     assert np.allclose(a.audio, b.audio, atol=1e-4)
+
+
+@pytest.mark.parametrize("image", [False, True], ids=["t2v", "i2v"])
+def test_ltxv_guidance_interval_skips_the_unconditional_pass_at_low_noise(
+    registry: Registry, pipes: dict, image: bool
+) -> None:
+    # LTX-Video's condition pipeline (and its image conditioning, whose timesteps vary per
+    # token): with options.guidance_min_sigma, stage 1 runs guided (batch 2) at high noise and
+    # the conditional pass alone (batch 1) below, and the video changes accordingly.
+    from aiprod.engine import load_pipeline
+
+    base = registry.get("tiny-ltxv")
+    # its 4-step schedule: noise levels 1, 0.99, 0.97, 0.72
+    opts = base.options.model_copy(update={"guidance_min_sigma": 0.9})
+    pipe = load_pipeline(base.model_copy(update={"options": opts}), "cpu")
+    params = {"prompt": "fog", "seed": 5, "num_inference_steps": 4, "two_stage": False}
+    if image:
+        params["image"] = png_bytes()
+    batches: list[int] = []
+    hook = pipe.pipe.transformer.proj_in.register_forward_pre_hook(
+        lambda m, args: batches.append(args[0].shape[0])
+    )
+    try:
+        video = pipe(build_request(base, params))
+    finally:
+        hook.remove()
+    k = batches.count(2)
+    assert 1 <= k < 4 and batches == [2] * k + [1] * (4 - k), batches
+    assert not pipe.pipe.transformer._forward_pre_hooks  # the interval is off again
+    guided = pipes["tiny-ltxv"](build_request(base, params))
+    assert not np.array_equal(video.frames, guided.frames)

@@ -177,12 +177,13 @@ def test_out_of_memory_fails_the_job_and_the_next_job_runs(builtin_entry, builti
 
 
 @pytest.mark.parametrize(
-    ("two_stage", "shift", "refiner", "size"),
+    ("two_stage", "shift", "refiner", "size", "min_sigma"),
     [
-        (False, 1.0, False, 64),
-        (True, 1.0, False, 64),
-        (False, 2.5, False, 64),
-        (True, 1.0, True, 96),
+        (False, 1.0, False, 64, 0.0),
+        (True, 1.0, False, 64, 0.0),
+        (False, 2.5, False, 64, 0.0),
+        (True, 1.0, True, 96, 0.0),
+        (True, 2.5, True, 64, 0.7),  # noise levels 1, 0.83, 0.56: the last step unguided
     ],
 )
 def test_engine_matches_the_trainers_sampler(
@@ -192,10 +193,12 @@ def test_engine_matches_the_trainers_sampler(
     shift: float,
     refiner: bool,
     size: int,
+    min_sigma: float,
 ) -> None:
     """A model saved by aiprod's trainer generates, through the engine, exactly the frames the
     trainer's own sampler (used for its evals) produces: same coordinates, schedule (with the
-    model's scheduler shift), CFG, and the refiner (refiner/) for stage 2 when it has one.
+    model's scheduler shift), CFG (only at the noise levels ``options.guidance_min_sigma``
+    leaves guided), and the refiner (refiner/) for stage 2 when it has one.
     At 96x96 two-stage, stage 1 runs at 48x48 (6x6 latents: the autoencoder's 8-px grid, not
     diffusers' multiple of 32), as the trainer's sampler and ``aiprod eval`` do."""
     import torch
@@ -218,7 +221,9 @@ def test_engine_matches_the_trainers_sampler(
     entry = builtin_entry.model_copy(
         update={
             "path": folder,
-            "options": builtin_entry.options.model_copy(update={"refine_steps": 2}),
+            "options": builtin_entry.options.model_copy(
+                update={"refine_steps": 2, "guidance_min_sigma": min_sigma}
+            ),
         }
     )
     pipe = load_pipeline(entry, "cpu")
@@ -235,6 +240,7 @@ def test_engine_matches_the_trainers_sampler(
         "refine_steps": 2,
         "refine_sigma": builtin_entry.options.refine_strength,
         "refine_guidance": builtin_entry.options.refine_guidance_scale,
+        "guidance_min_sigma": min_sigma,
     }
     ref = sample.generate(loaded, ["a red ball bouncing"], **kw)[0]  # (3, F, H, W) in [-1, 1]
     if shift != 1.0:  # the shift must matter for this to test anything
@@ -245,6 +251,9 @@ def test_engine_matches_the_trainers_sampler(
         no_refiner = components.Components(**{**loaded.__dict__, "refiner": None})
         other = sample.generate(no_refiner, ["a red ball bouncing"], **kw)[0]
         assert (other - ref).abs().max() > 0.05
+    if min_sigma:  # ... and so must the unguided steps
+        guided = sample.generate(loaded, ["a red ball bouncing"], **{**kw, "guidance_min_sigma": 0})
+        assert (guided[0] - ref).abs().max() > 0.05
     ref = ((ref.permute(1, 2, 3, 0) + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
     req = build_request(
         entry,
@@ -264,6 +273,7 @@ def test_engine_matches_the_trainers_sampler(
         assert video.info["stages"] == [(size // 2, size // 2, 3), (size, size, 2)]
     diff = np.abs(video.frames.astype(int) - ref.numpy().astype(int))
     assert pipe.pipe.transformer is not pipe.refiner  # stage 1's transformer is back
+    assert not pipe.pipe.transformer._forward_pre_hooks  # and the guidance interval is off
     # Equal up to the last rounding step (diffusers scales by x/2+0.5, the trainer by (x+1)/2).
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
 

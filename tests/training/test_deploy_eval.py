@@ -89,6 +89,7 @@ def test_cli_eval_defaults_to_the_served_settings(run_dir: Path, tmp_path: Path)
         "[models.defaults]\nwidth = 64\nheight = 64\nnum_frames = 9\n"
         "num_inference_steps = 2\nguidance_scale = 2.0\n"
         "[models.options]\nrefine_steps = 1\nrefine_guidance_scale = 1.0\ncandidates = 2\n"
+        "guidance_min_sigma = 0.5\n"
     )
     out = tmp_path / "ev"
     res = CliRunner().invoke(
@@ -101,6 +102,7 @@ def test_cli_eval_defaults_to_the_served_settings(run_dir: Path, tmp_path: Path)
     assert (got["width"], got["height"], got["num_frames"]) == (64, 64, 9)
     assert (got["guidance"], got["refine_steps"], got["refine_guidance"]) == (2.0, 1, 1.0)
     assert got["two_stage"] is True and got["steps"] == 1  # --steps given
+    assert got["guidance_min_sigma"] == 0.5
     # served with 2 drafts, but this model has no prompt verifier to rank them: one draft,
     # said so; asked for explicitly, refused
     assert got["candidates"] == 1 and "has no prompt verifier" in res.output

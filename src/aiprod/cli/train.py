@@ -149,6 +149,13 @@ def eval_cmd(
             "only); " + _SERVED + ", 1 with --single-stage"
         ),
     ] = None,
+    guidance_min_sigma: Annotated[
+        float | None,
+        typer.Option(
+            help="stage-1 guidance only at noise levels at or above this (0 = every step); "
+            + _SERVED
+        ),
+    ] = None,
     i3d: Annotated[Path | None, typer.Option(help="local TorchScript I3D for standard FVD")] = None,
     seed: int = 20_261_121,
     backend: Annotated[
@@ -182,6 +189,7 @@ def eval_cmd(
         "refine_sigma": refine_strength,
         "refine_guidance": refine_guidance,
         "candidates": candidates,
+        "guidance_min_sigma": guidance_min_sigma,
     }
     try:
         served = served_settings()

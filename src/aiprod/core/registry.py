@@ -105,6 +105,10 @@ class Options(BaseModel):
     # before the refinement (each extra draft costs one more stage-1 pass), a stage-2 one
     # after it (every draft refined; one more stage-1 and stage-2 pass each; docs/performance.md).
     candidates: int = Field(default=1, ge=1, le=8)
+    # builtin: stage 1's classifier-free guidance only at noise levels at or above this (the
+    # first steps, where layout and motion are decided); the later steps run one unguided pass
+    # each instead of two. 0 guides every step (docs/model_card.md).
+    guidance_min_sigma: float = Field(default=0.0, ge=0.0, le=1.0)
     distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
     refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
@@ -151,6 +155,12 @@ class ModelEntry(BaseModel):
             raise ValueError(
                 f"model '{self.id}': options.candidates ranks stage-1 drafts with the built-in "
                 f"model's prompt verifier; family '{self.family}' has none: remove it"
+            )
+        if self.options.guidance_min_sigma > 0 and self.family == "ltx2":
+            raise ValueError(
+                f"model '{self.id}': options.guidance_min_sigma applies to the LTX-Video "
+                "pipelines (families builtin and ltxv); LTX-2's guidance terms are set through "
+                "options.call_kwargs: remove it"
             )
         return self
 

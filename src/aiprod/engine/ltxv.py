@@ -132,6 +132,61 @@ def partial_scheduler(config: Any, strength: float) -> Any:
     )
 
 
+# The transformer inputs with one row per batch entry, which a guided call stacks as
+# (unconditional rows, conditional rows) in diffusers' LTX pipelines.
+_BATCHED_INPUTS = (
+    "hidden_states",
+    "encoder_hidden_states",
+    "timestep",
+    "encoder_attention_mask",
+    "video_coords",
+)
+
+
+@contextlib.contextmanager
+def guidance_interval(
+    transformer: torch.nn.Module, min_sigma: float, num_train_timesteps: float
+) -> Iterator[None]:
+    """Classifier-free guidance only at noise levels at or above ``min_sigma`` for the block.
+
+    Every call of ``transformer`` is a guided one (the pipeline's unconditional and conditional
+    rows stacked); below ``min_sigma`` (read from the call's timesteps) only the conditional
+    rows run and their prediction is returned for both halves, so the pipeline's
+    ``u + g * (c - u)`` is ``c``: an unguided step, at half the cost. The trainer's sampler
+    does the same (``aiprod.training.sample``)."""
+    skipped: list[bool] = []
+
+    def before(module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        t = kwargs.get("timestep")
+        low = not args and t is not None and float(t.max()) / num_train_timesteps < min_sigma
+        skipped.append(low)
+        if not low:
+            return None
+        half = {
+            k: v.chunk(2)[1]
+            for k, v in kwargs.items()
+            if k in _BATCHED_INPUTS and isinstance(v, torch.Tensor)
+        }
+        return args, {**kwargs, **half}
+
+    def after(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if not skipped.pop():
+            return None
+        first = output[0] if isinstance(output, tuple) else output.sample
+        both = torch.cat([first, first])
+        return (both, *output[1:]) if isinstance(output, tuple) else type(output)(sample=both)
+
+    hooks = [
+        transformer.register_forward_pre_hook(before, with_kwargs=True),
+        transformer.register_forward_hook(after, with_kwargs=True),
+    ]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 class LTXVideoEngine:
     """A loaded LTX-Video model; call it with a ``GenerationRequest``."""
 
@@ -316,20 +371,27 @@ class LTXVideoEngine:
                 kw = {**opts.call_kwargs, **kw}
             if not classic:
                 kw["denoise_strength"] = st.denoise_strength
-
-            return call(  # k drafts: the prompt's embeddings k times
-                prompt_embeds=tile(pe, k),
-                prompt_attention_mask=tile(pm, k),
-                negative_prompt_embeds=tile(ne, k) if use_cfg else None,
-                negative_prompt_attention_mask=tile(nm, k) if use_cfg else None,
-                width=st.width,
-                height=st.height,
-                num_inference_steps=st.scheduler_steps,
-                guidance_scale=st.guidance_scale,
-                return_dict=False,
-                **common,
-                **kw,
-            )[0]
+            interval: AbstractContextManager[None] = contextlib.nullcontext()
+            if index == 0 and use_cfg and opts.guidance_min_sigma > 0:
+                interval = guidance_interval(
+                    call.transformer,
+                    opts.guidance_min_sigma,
+                    call.scheduler.config.num_train_timesteps,
+                )
+            with interval:
+                return call(  # k drafts: the prompt's embeddings k times
+                    prompt_embeds=tile(pe, k),
+                    prompt_attention_mask=tile(pm, k),
+                    negative_prompt_embeds=tile(ne, k) if use_cfg else None,
+                    negative_prompt_attention_mask=tile(nm, k) if use_cfg else None,
+                    width=st.width,
+                    height=st.height,
+                    num_inference_steps=st.scheduler_steps,
+                    guidance_scale=st.guidance_scale,
+                    return_dict=False,
+                    **common,
+                    **kw,
+                )[0]
 
         t1 = time.perf_counter()
         if len(stages) == 1:

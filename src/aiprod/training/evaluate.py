@@ -64,6 +64,7 @@ def served_settings(models_file: Path | None = None) -> dict[str, Any]:
         "refine_sigma": o.refine_strength,
         "refine_guidance": o.refine_guidance_scale,
         "candidates": o.candidates,
+        "guidance_min_sigma": o.guidance_min_sigma,
     }
 
 
@@ -100,6 +101,7 @@ def evaluate(
     refine_guidance: float | None = None,
     candidates: int = 1,
     candidates_fallback: bool = False,
+    guidance_min_sigma: float = 0.0,
     batch_size: int = 4,
     seed: int = EVAL_SEED,
     i3d: Path | None = None,
@@ -116,7 +118,8 @@ def evaluate(
 
     ``candidates`` > 1 ranks that many stage-1 drafts per clip with the model's prompt
     verifier; a model without one is refused, or with ``candidates_fallback`` (the CLI, when
-    the number came from the served settings) scored with one draft.
+    the number came from the served settings) scored with one draft. ``guidance_min_sigma``
+    limits stage 1's guidance to the noise levels at or above it (models.toml's option).
     """
     from aiprod.data import synth
     from aiprod.training.deploy import load_any
@@ -142,6 +145,11 @@ def evaluate(
         )
     if candidates < 1:
         raise ValueError(f"--candidates {candidates}: give 1 (one stage-1 draft) or more")
+    if not 0 <= guidance_min_sigma <= 1:
+        raise ValueError(
+            f"--guidance-min-sigma {guidance_min_sigma}: give a noise level in [0, 1] "
+            "(0 guides every stage-1 step)"
+        )
     if candidates > 1 and not two_stage:
         raise ValueError(
             f"--candidates {candidates} ranks the stage-1 drafts of the two-stage path: drop "
@@ -164,6 +172,7 @@ def evaluate(
             refine_strength=refine_sigma,
             refine_guidance=refine_guidance,
             candidates=candidates,
+            guidance_min_sigma=guidance_min_sigma,
         )
     if two_stage and comp.upsampler is None:
         raise ValueError(f"{model_path} has no latent upsampler: pass --single-stage")
@@ -205,6 +214,7 @@ def evaluate(
                 shift=shift,
                 refine_guidance=refine_guidance,
                 candidates=candidates,
+                guidance_min_sigma=guidance_min_sigma,
             )
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
@@ -275,6 +285,7 @@ def evaluate(
             "refine_sigma": refine_sigma,
             "refine_guidance": refine_guidance,
             "candidates": candidates,
+            "guidance_min_sigma": guidance_min_sigma,
             "seed": seed,
             "threads": torch.get_num_threads(),
             "backend": backend,
@@ -371,6 +382,7 @@ def _engine_pipeline(
     refine_strength: float,
     refine_guidance: float,
     candidates: int = 1,
+    guidance_min_sigma: float = 0.0,
 ) -> Any:
     from aiprod.core.registry import ModelEntry, Options
     from aiprod.engine.loader import load_pipeline
@@ -387,6 +399,7 @@ def _engine_pipeline(
             refine_strength=refine_strength,
             refine_guidance_scale=refine_guidance,
             candidates=candidates,
+            guidance_min_sigma=guidance_min_sigma,
         ),
     )
     return load_pipeline(entry, "cuda" if torch.cuda.is_available() else "cpu")

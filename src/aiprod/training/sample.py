@@ -106,11 +106,14 @@ def _denoise(
     *,
     guidance: float,
     fps: float,
+    guidance_min_sigma: float = 0.0,
 ) -> torch.Tensor:
+    """Euler steps along ``sigmas``; classifier-free guidance at the steps whose noise level is
+    at least ``guidance_min_sigma`` (0: every step), one unguided pass at the others."""
     b = x.shape[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         sig = torch.full((b,), s, device=x.device)
-        if uncond is not None and guidance != 1.0:
+        if uncond is not None and guidance != 1.0 and s >= guidance_min_sigma:
             emb = torch.cat([uncond[0], cond[0]])
             mask = torch.cat([uncond[1], cond[1]])
             v_u, v_c = velocity(
@@ -153,8 +156,12 @@ def generate(
     shift: float | None = None,
     refine_guidance: float | None = None,
     candidates: int = 1,
+    guidance_min_sigma: float = 0.0,
 ) -> torch.Tensor:
     """Generate videos: (B, 3, F, H, W) float in [-1, 1].
+
+    ``guidance_min_sigma`` limits stage 1's guidance to the noise levels at or above it
+    (models.toml's ``guidance_min_sigma``; 0 guides every step).
 
     ``shift`` shifts the stage-1 schedule toward high noise as the model's
     FlowMatchEulerDiscreteScheduler does; None uses the model's own (``scheduler_config``).
@@ -204,6 +211,7 @@ def generate(
         sigmas=inference_sigmas(steps, shift=shift),
         guidance=guidance,
         fps=fps,
+        guidance_min_sigma=guidance_min_sigma,
     )
     if candidates > 1 and not rank_refined:
         x = pick_best(comp.verifier, x, prompts, candidates)[0]
@@ -245,6 +253,7 @@ def draft(
     sigmas: list[float],
     guidance: float,
     fps: float,
+    guidance_min_sigma: float = 0.0,
 ) -> torch.Tensor:
     """Stage 1: ``candidates`` normalised latents (C, f, h, w) per prompt, candidate-major
     (rows ``k*B + i`` are prompt i's draft k, as ``pick_best`` reads them). Draft 0 starts from
@@ -256,7 +265,17 @@ def draft(
         x = torch.cat([x, more])
     emb, neg = tile_prompts(cond, candidates), tile_prompts(uncond, candidates)
     assert emb is not None
-    return _denoise(comp, comp.transformer, x, sigmas, emb, neg, guidance=guidance, fps=fps)
+    return _denoise(
+        comp,
+        comp.transformer,
+        x,
+        sigmas,
+        emb,
+        neg,
+        guidance=guidance,
+        fps=fps,
+        guidance_min_sigma=guidance_min_sigma,
+    )
 
 
 @torch.no_grad()
