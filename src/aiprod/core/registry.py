@@ -105,9 +105,9 @@ class Options(BaseModel):
     # before the refinement (each extra draft costs one more stage-1 pass), a stage-2 one
     # after it (every draft refined; one more stage-1 and stage-2 pass each; docs/performance.md).
     candidates: int = Field(default=1, ge=1, le=8)
-    # builtin: stage 1's classifier-free guidance only at noise levels at or above this (the
-    # first steps, where layout and motion are decided); the later steps run one unguided pass
-    # each instead of two. 0 guides every step (docs/model_card.md).
+    # builtin and ltxv: stage 1's classifier-free guidance only at noise levels at or above
+    # this (the first steps, where layout and motion are decided); the later steps run one
+    # unguided pass each instead of two. 0 guides every step (docs/models.md).
     guidance_min_sigma: float = Field(default=0.0, ge=0.0, le=1.0)
     distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
