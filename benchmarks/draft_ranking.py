@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The served stage-1 settings this run replaces (``--guidance``, ``--guidance-min-sigma``)."""
+    keys = ("guidance", "guidance_min_sigma")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
 def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
@@ -95,10 +101,7 @@ def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise SystemExit(f"{args.model_dir}: needs a prompt verifier and a latent upsampler")
     for m in comp.modules().values():
         m.eval()
-    st = served_settings()
-    for key in ("guidance", "guidance_min_sigma"):
-        if getattr(args, key) is not None:
-            st[key] = getattr(args, key)
+    st = {**served_settings(), **overrides(args)}
     w, h, f, k = st["width"], st["height"], st["num_frames"], args.drafts
     sigmas = inference_sigmas(st["steps"], shift=model_shift(comp))
     prompts = heldout_prompts(args.num_prompts, seed=args.seed)
@@ -192,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.analyze or args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.analyze is None:
-        settings = {"model_dir": str(args.model_dir), "seed": args.seed}
-        for key in ("guidance", "guidance_min_sigma"):
-            if getattr(args, key) is not None:
-                settings[key] = getattr(args, key)
+        settings = {"model_dir": str(args.model_dir), "seed": args.seed, **overrides(args)}
         data = {"settings": settings, "rows": generate_rows(args)}
         (out / "rows.json").write_text(json.dumps(data))
     else:
