@@ -51,8 +51,8 @@ def _cpu_s() -> float:
 
 
 def _make_sources(folder: Path, *, n: int, width: int, height: int, fps: float, seconds: float):
+    from aiprod.builtin import synth
     from aiprod.core.media import write_mp4
-    from aiprod.data import synth
 
     rng = np.random.default_rng(0)
     paths = []
@@ -153,7 +153,7 @@ def _time_items(ds, passes: int) -> dict[str, float]:
 def _loader_rows(normalized_manifest: Path, tmp: Path, passes: int) -> list[dict]:
     import torch
 
-    from aiprod.data import synth
+    from aiprod.builtin import synth
     from aiprod.data.dataset import CurriculumVideoDataset
 
     class PoolVAE(torch.nn.Module):

@@ -4,7 +4,7 @@ For each of ``--num-prompts`` held-out prompts drawn with a *validation* seed (n
 `aiprod eval` scores with, so choosing a rule here does not tune on the evaluation), draws
 ``--drafts`` stage-1 drafts as the served two-stage path does (the model's served settings
 from models.toml, the trainer's sampler), refines and decodes *every* draft, scores each
-clip exactly (``aiprod.training.scoring``) and stores the verifier's log likelihood of each
+clip exactly (``aiprod.builtin.scoring``) and stores the verifier's log likelihood of each
 stated attribute. Then, for best-of-2 .. best-of-``--drafts``, it compares:
 
 - one draft (the first), as served without a verifier;
@@ -80,12 +80,7 @@ def overrides(args: argparse.Namespace) -> dict[str, float]:
 def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from aiprod.engine.verifier import ATTRIBUTES
-    from aiprod.training.data import tensor_to_frames
-    from aiprod.training.deploy import load_any
-    from aiprod.training.evaluate import heldout_prompts, served_settings
-    from aiprod.training.flow import inference_sigmas
-    from aiprod.training.sample import (
+    from aiprod.builtin.sample import (
         denormalize_latents,
         draft,
         encode_prompts,
@@ -94,7 +89,12 @@ def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         refine,
         tile_prompts,
     )
-    from aiprod.training.scoring import score
+    from aiprod.builtin.scoring import score
+    from aiprod.builtin.verifier import ATTRIBUTES
+    from aiprod.training.data import tensor_to_frames
+    from aiprod.training.deploy import load_any
+    from aiprod.training.evaluate import heldout_prompts, served_settings
+    from aiprod.training.flow import inference_sigmas
 
     comp, _ = load_any(args.model_dir)
     if comp.verifier is None or comp.upsampler is None:

@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
+from aiprod.builtin import synth
 from aiprod.core.media import write_mp4
-from aiprod.data import synth
 
 W, H = 320, 256  # 256p: just passes validate.min_short_side
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from aiprod.builtin import synth
 from aiprod.core.errors import AiprodError
 from aiprod.core.media import read_video
-from aiprod.data import synth
 from aiprod.data.dataset import BucketBatchSampler, CurriculumVideoDataset, sample_indices
 from aiprod.data.manifest import read_manifest
 

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from aiprod.data import synth
+from aiprod.builtin import synth
 from aiprod.data.manifest import read_manifest
 
 

@@ -203,7 +203,7 @@ def test_engine_matches_the_trainers_sampler(
     diffusers' multiple of 32), as the trainer's sampler and ``aiprod eval`` do."""
     import torch
 
-    sample = pytest.importorskip("aiprod.training.sample")
+    sample = pytest.importorskip("aiprod.builtin.sample")
     components = pytest.importorskip("aiprod.training.components")
     config = pytest.importorskip("aiprod.training.config")
     from aiprod.engine import load_pipeline

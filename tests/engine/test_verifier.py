@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from aiprod.engine.verifier import IGNORE, PromptVerifier, classification_loss, pick_best
+from aiprod.builtin.verifier import IGNORE, PromptVerifier, classification_loss, pick_best
 
 CAPTION = "two red squares moving left on a black background"
 
@@ -105,8 +105,9 @@ def test_engine_ranks_drafts_as_the_trainers_sampler_does(
     """With ``candidates = 2`` the served path drafts two stage-1 latents and keeps the one the
     verifier scores highest, before the refinement (a stage-1 verifier) or after refining both
     (stage 2): the same frames as ``aiprod eval``'s sampler."""
+    from aiprod.builtin import sample
     from aiprod.engine import build_request, load_pipeline
-    from aiprod.training import components, sample
+    from aiprod.training import components
     from aiprod.training.config import BuiltinArch
 
     words = set(components.caption_words(CAPTION))

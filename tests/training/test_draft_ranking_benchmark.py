@@ -45,7 +45,7 @@ def test_analysis_follows_each_rule_and_the_oracle() -> None:
 def test_generates_every_draft_of_a_tiny_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aiprod.engine.verifier import PromptVerifier
+    from aiprod.builtin.verifier import PromptVerifier
     from aiprod.training import components
     from aiprod.training.config import BuiltinArch
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiprod.data import synth
+from aiprod.builtin import synth
+from aiprod.builtin.scoring import aggregate, measure, motion_magnitude, score, temporal_flicker
 from aiprod.training.fvd import PixelStatsFeatures, frechet_distance, fvd, fvd_from_features
-from aiprod.training.scoring import aggregate, measure, motion_magnitude, score, temporal_flicker
 
 
 def test_identical_sets_give_zero() -> None:
@@ -96,7 +96,7 @@ def test_shape_vote_ties_do_not_depend_on_the_hash_seed(tmp_path) -> None:
     assert measure(clip).shape == "square"  # the tie goes to the shape seen first
     np.save(tmp_path / "clip.npy", clip)
     code = (
-        "import numpy as np; from aiprod.training.scoring import measure; "
+        "import numpy as np; from aiprod.builtin.scoring import measure; "
         f"print(measure(np.load({str(tmp_path / 'clip.npy')!r})).shape)"
     )
     # String hashes (and so set order) change with PYTHONHASHSEED; the vote must not.

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aiprod.builtin.sample import model_shift
 from aiprod.core.errors import ConfigError
 from aiprod.training import trainer as trainer_mod
 from aiprod.training.config import TrainConfig
 from aiprod.training.deploy import load_checkpoint
-from aiprod.training.sample import model_shift
 from aiprod.training.trainer import Trainer
 
 from .conftest import finetune_config, tiny_base_folder, tiny_config
@@ -212,8 +212,8 @@ def test_phase_flow_overrides_the_runs_noise_levels(tmp_path: Path) -> None:
 
 
 def test_refiner_phase_trains_a_copy_and_stage_one_stays(tmp_path: Path) -> None:
+    from aiprod.builtin.sample import generate
     from aiprod.training.components import load_folder
-    from aiprod.training.sample import generate
 
     data = tiny_config(tmp_path / "r")
     vae, p1, up = data["phases"][0], data["phases"][1], data["phases"][-1]
@@ -394,7 +394,7 @@ def test_fg_weight_weights_the_denoiser_loss_by_subject_cells(tmp_path: Path) ->
 
 
 def test_verifier_phase_trains_the_verifier_only_and_ships_it(tmp_path: Path) -> None:
-    from aiprod.engine.verifier import IGNORE
+    from aiprod.builtin.verifier import IGNORE
     from aiprod.training.components import load_folder
     from aiprod.training.data import synth_clips
 
@@ -436,7 +436,7 @@ def test_verifier_phase_trains_the_verifier_only_and_ships_it(tmp_path: Path) ->
 def test_verifier_arch_stage_keeps_or_replaces_a_loaded_verifier(tmp_path: Path) -> None:
     """A verifier phase on a model that has a verifier goes on training it, unless
     ``model.architecture.verifier.stage`` asks for the other stage: then a new one."""
-    from aiprod.engine.verifier import PromptVerifier
+    from aiprod.builtin.verifier import PromptVerifier
     from aiprod.training.components import load_folder, save_folder
 
     base_comp, base = tiny_base_folder(tmp_path / "base")

@@ -313,7 +313,7 @@ def synth(
 
     Example: aiprod data synth ./synth -n 16 --width 64 --height 64 -f 17
     """
-    from aiprod.data.synth import PHASES, write_synth_dataset
+    from aiprod.builtin.synth import PHASES, write_synth_dataset
 
     phases = tuple(phase) if phase else PHASES
     try:

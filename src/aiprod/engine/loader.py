@@ -341,7 +341,7 @@ def _load_ltxv_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     if entry.options.candidates > 1:
         ver = component_path(entry, "verifier", required=False)
         if ver is not None:
-            from aiprod.engine.verifier import PromptVerifier
+            from aiprod.builtin.verifier import PromptVerifier
 
             comps["verifier"] = load_or_fail(
                 entry, "prompt verifier", lambda: PromptVerifier.from_pretrained(ver)

@@ -153,7 +153,7 @@ def guidance_interval(
     rows stacked); below ``min_sigma`` (read from the call's timesteps) only the conditional
     rows run and their prediction is returned for both halves, so the pipeline's
     ``u + g * (c - u)`` is ``c``: an unguided step, at half the cost. The trainer's sampler
-    does the same (``aiprod.training.sample``)."""
+    does the same (``aiprod.builtin.sample``)."""
     skipped: list[bool] = []
 
     def before(module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -335,7 +335,7 @@ class LTXVideoEngine:
         tracker: StepTracker,
         drafts: int = 1,
     ) -> tuple[Any, dict[str, object]]:
-        from aiprod.engine.verifier import pick_best, tile
+        from aiprod.builtin.verifier import pick_best, tile
 
         pipe, opts = self.pipe, self.entry.options
         generator = torch.Generator("cpu").manual_seed(request.seed)

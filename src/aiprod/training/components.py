@@ -82,7 +82,7 @@ class Components:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     refiner: torch.nn.Module | None = None  # stage-2 denoiser; None = the transformer refines
-    # ranks the drafts of a clip (aiprod.engine.verifier); None = one draft per prompt
+    # ranks the drafts of a clip (aiprod.builtin.verifier); None = one draft per prompt
     verifier: torch.nn.Module | None = None
 
     @property
@@ -139,7 +139,7 @@ class Components:
             )
             self.verifier = None
         if self.verifier is None:
-            from aiprod.engine.verifier import PromptVerifier
+            from aiprod.builtin.verifier import PromptVerifier
 
             kw = {} if attributes is None else {"attributes": tuple(attributes)}
             self.verifier = PromptVerifier(
@@ -253,7 +253,7 @@ def load_folder(path: Path, *, need_upsampler: bool = False) -> Components:
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    from aiprod.engine.verifier import PromptVerifier
+    from aiprod.builtin.verifier import PromptVerifier
 
     path = Path(path)
     for sub in ("transformer", "vae", "text_encoder", "tokenizer"):

@@ -6,7 +6,7 @@ A run is a list of phases executed in order. Each phase trains one *target*:
 - ``transformer``: the denoiser, with the flow-matching objective (the curriculum phases);
 - ``upsampler``: the x2 latent upsampler used by the two-stage path;
 - ``verifier``: the built-in model's prompt verifier, a classifier of noisy latents that picks
-  the best of several drafts of a clip (``aiprod.engine.verifier``).
+  the best of several drafts of a clip (``aiprod.builtin.verifier``).
 
 Example (see ``configs/builtin.yaml`` for the full one)::
 
@@ -40,7 +40,7 @@ class _Strict(BaseModel):
 
 
 class SynthData(_Strict):
-    """Procedural clips from ``aiprod.data.synth`` (rendered at each bucket's size)."""
+    """Procedural clips from ``aiprod.builtin.synth`` (rendered at each bucket's size)."""
 
     phase: int = Field(ge=1, le=5)
     count: int = Field(ge=1, description="number of clips")
@@ -54,7 +54,7 @@ class SynthData(_Strict):
 
     @model_validator(mode="after")
     def _check_synth(self) -> SynthData:
-        from aiprod.data.synth import check_min_gap, check_mix
+        from aiprod.builtin.synth import check_min_gap, check_mix
 
         if self.mix is not None:
             check_mix(self.mix, self.phase)
@@ -214,7 +214,7 @@ class UpsamplerArch(_Strict):
 
 
 class VerifierArch(_Strict):
-    """The prompt verifier a verifier phase trains (``aiprod.engine.verifier``)."""
+    """The prompt verifier a verifier phase trains (``aiprod.builtin.verifier``)."""
 
     # 1: ranks stage-1 drafts (train it on half-size buckets); 2: ranks the drafts refined at
     # full size (train it on full-size buckets). None: a loaded model's verifier as it is,

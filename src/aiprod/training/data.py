@@ -1,7 +1,7 @@
 """Clips for a phase, the one-time cache of latents/embeddings, and a resumable batcher.
 
 A phase's clips come from a manifest (MP4 files, decoded once) or from the procedural
-generator ``aiprod.data.synth`` (rendered at each bucket's size). Each clip is assigned to
+generator ``aiprod.builtin.synth`` (rendered at each bucket's size). Each clip is assigned to
 one (width, height, frames) bucket; a batch never mixes buckets.
 
 :class:`BucketBatcher` is the data position: its whole state is ``(epoch, cursor)`` and the
@@ -76,8 +76,8 @@ def synth_clips(
 ) -> list[Clip]:
     """Render ``count`` captioned clips of curriculum ``phase``; clip i goes to bucket i % n.
 
-    ``min_gap``: the subjects' spacing, passed to :func:`aiprod.data.synth.render`."""
-    from aiprod.data import synth
+    ``min_gap``: the subjects' spacing, passed to :func:`aiprod.builtin.synth.render`."""
+    from aiprod.builtin import synth
 
     out = []
     for i, (params, rng) in enumerate(synth.draws(phase, count, seed, mix=mix)):

@@ -1,6 +1,6 @@
 """``aiprod eval``: generate from held-out synthetic prompts and score the videos exactly.
 
-Prompts come from ``aiprod.data.synth`` with a seed no training config uses (the default
+Prompts come from ``aiprod.builtin.synth`` with a seed no training config uses (the default
 ``EVAL_SEED``), so the parameter draws are held out; the grammar is small, so the same
 *sentence* can also occur in training (as it would for any user). For each prompt the
 reference clip (the synthetic renderer's ground truth) is rendered too: the scorer's accuracy
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiprod.builtin.scoring import aggregate, score
 from aiprod.training.data import tensor_to_frames
 from aiprod.training.fvd import FeatureExtractor, I3DFeatures, PixelStatsFeatures, fvd
 from aiprod.training.report import contact_sheet, write_html, write_png
-from aiprod.training.scoring import aggregate, score
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def heldout_prompts(
     n: int, *, seed: int = EVAL_SEED, phases: tuple[int, ...] = (1, 2, 3, 4, 5)
 ) -> list[tuple[str, Any, int]]:
     """``n`` (caption, params, render seed) triples cycling through ``phases``."""
-    from aiprod.data import synth
+    from aiprod.builtin import synth
 
     out = []
     for i in range(n):
@@ -111,7 +111,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Generate, score and write ``eval.json``, ``report.html`` and ``samples.png``.
 
-    ``backend="trainer"`` samples with :func:`aiprod.training.sample.generate` (checkpoints or
+    ``backend="trainer"`` samples with :func:`aiprod.builtin.sample.generate` (checkpoints or
     model folders); ``backend="engine"`` runs a model folder through the serving engine's
     ``builtin`` backend (``aiprod.engine.loader``) with its own defaults for the two-stage
     refinement, i.e. exactly what the API serves, one clip at a time.
@@ -121,9 +121,9 @@ def evaluate(
     the number came from the served settings) scored with one draft. ``guidance_min_sigma``
     limits stage 1's guidance to the noise levels at or above it (models.toml's option).
     """
-    from aiprod.data import synth
+    from aiprod.builtin import synth
+    from aiprod.builtin.sample import generate, model_shift
     from aiprod.training.deploy import load_any
-    from aiprod.training.sample import generate, model_shift
 
     if shift is not None and shift <= 0:
         raise ValueError(f"--shift {shift}: give a number > 0 (1 = none, > 1 = toward high noise)")
@@ -340,14 +340,14 @@ def _stage2_ceiling(
 ) -> list[np.ndarray]:
     """Each prompt's reference rendered at half size and encoded (a perfect stage 1), then the
     model's own stage 2 (upsampler + refinement, as sampled) -> decoded full-size clips."""
-    from aiprod.data import synth
-    from aiprod.training.data import frames_to_tensor
-    from aiprod.training.sample import (
+    from aiprod.builtin import synth
+    from aiprod.builtin.sample import (
         denormalize_latents,
         encode_prompts,
         normalize_latents,
         refine,
     )
+    from aiprod.training.data import frames_to_tensor
 
     dev = next(comp.vae.parameters()).device
     half = [

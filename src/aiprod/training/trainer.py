@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiprod.builtin.sample import embed_ids, normalize_latents, tokenize, velocity
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components
@@ -49,7 +50,6 @@ from aiprod.training.flow import (
     velocity_target,
 )
 from aiprod.training.lora import add_lora, lora_state_dict
-from aiprod.training.sample import embed_ids, normalize_latents, tokenize, velocity
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _vocab_from_configs(cfg: TrainConfig) -> set[str]:
 def _captions_only(p: PhaseConfig) -> list[str]:
     d = p.data
     if d.synth is not None:
-        from aiprod.data import synth
+        from aiprod.builtin import synth
 
         s = d.synth
         return [
@@ -570,7 +570,7 @@ class Trainer:
         return loss, {"shape": tuple(lo.shape), "out_shape": tuple(pred.shape)}
 
     def _fb_verifier(self, run: PhaseRun, idx: list[int]) -> tuple[torch.Tensor, dict]:
-        from aiprod.engine.verifier import classification_loss
+        from aiprod.builtin.verifier import classification_loss
 
         x0 = torch.stack([run.data.latents[i] for i in idx]).to(self.device)
         labels = torch.stack([run.data.labels[i] for i in idx]).to(self.device)
@@ -694,8 +694,8 @@ class Trainer:
         return out
 
     def _validation_videos(self, run: PhaseRun) -> None:
+        from aiprod.builtin.sample import generate
         from aiprod.training.report import save_video_grid
-        from aiprod.training.sample import generate
 
         prompts = self.cfg.monitor.video_prompts
         if not prompts:

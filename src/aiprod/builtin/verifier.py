@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from aiprod.data.synth import COLORS, DIRECTIONS, SHAPES, CaptionFacts, parse_caption
+from aiprod.builtin.synth import COLORS, DIRECTIONS, SHAPES, CaptionFacts, parse_caption
 
 ATTRIBUTES = ("count", "shape", "color", "direction")
 IGNORE = -100  # label of an attribute the caption does not state (cross-entropy ignore_index)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from aiprod.engine.verifier import pick_best, tile
+from aiprod.builtin.verifier import pick_best, tile
 from aiprod.training.components import Components
 from aiprod.training.flow import inference_sigmas
 
@@ -168,7 +168,7 @@ def generate(
     ``refine_guidance`` is the two-stage refinement's guidance (models.toml's
     ``refine_guidance_scale``); None uses ``guidance``. ``candidates`` > 1 draws that many
     stage-1 latents per prompt and keeps the one the model's prompt verifier scores highest
-    (models.toml's ``candidates``; :mod:`aiprod.engine.verifier`), unless no prompt states
+    (models.toml's ``candidates``; :mod:`aiprod.builtin.verifier`), unless no prompt states
     what the verifier scores: a stage-1 verifier ranks the drafts before the refinement, a
     stage-2 one after it (every draft refined, the best decoded).
     """
