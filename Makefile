@@ -1,4 +1,4 @@
-.PHONY: setup serve test lint
+.PHONY: setup serve test test-fast lint
 
 setup:
 	bash scripts/setup.sh
@@ -10,4 +10,4 @@ test:
 	bash scripts/test.sh
 
 lint:
-	.venv/bin/ruff check src tests benchmarks
+	bash scripts/lint.sh
