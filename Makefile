@@ -9,5 +9,8 @@ serve:
 test:
 	bash scripts/test.sh
 
+test-fast:
+	bash scripts/test-fast.sh
+
 lint:
 	bash scripts/lint.sh
