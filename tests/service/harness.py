@@ -171,6 +171,8 @@ class Stack:
             stderr=self.log,
             cwd=tmp,
             preexec_fn=_die_with_parent,
+            # its own process group, which its worker subprocesses join: stop() waits for all
+            start_new_session=True,
         )
         try:
             self.admin_key = self._read_admin_key()
@@ -231,17 +233,44 @@ class Stack:
         text = (self.tmp / "serve.log").read_text(errors="replace")
         return text if full else text[-6000:]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM the server and wait until it and every worker it started have exited.
+
+        Workers outlive a server that was killed (they get SIGTERM from PR_SET_PDEATHSIG and
+        finish their step), and on a loaded machine that takes a while: a test that then drops
+        its database or reads its files must not race them. After ``timeout`` the whole
+        process group is killed."""
         if self.log.closed:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        group = self.proc.pid  # start_new_session: the group id is the server's pid
+        deadline = time.monotonic() + timeout
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(group):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            wait_for(lambda: not _group_alive(group), 30, 0.1, f"process group {group} to exit")
         self.log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which hold nothing, do not
+    count: an orphan's zombie waits for a reaper this test does not control)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "") -> Any:
