@@ -117,6 +117,7 @@ def cli_errors(
                     raise
                 raise exit_ from None
 
+        wrapper.cli_errors = True  # type: ignore[attr-defined]  # checked by tests/cli
         return wrapper  # type: ignore[return-value]
 
     return decorate(fn) if fn is not None else decorate
