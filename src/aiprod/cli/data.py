@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -63,7 +63,7 @@ def _load(dataset: Path) -> list[ClipRecord]:
     return read_manifest(dataset)
 
 
-def _table(title: str, rows: dict[str, object]) -> None:
+def _table(title: str, rows: Mapping[str, object]) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_header=False)

@@ -48,9 +48,10 @@ class Supervisor:
 
     def _spawn(self, i: int) -> None:
         cmd = [sys.executable, "-m", "aiprod.cli.main", "worker"]
-        self.procs[i] = subprocess.Popen(cmd, env=self.env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, env=self.env, preexec_fn=_die_with_parent)
+        self.procs[i] = proc
         self.started[i] = time.monotonic()
-        logging.getLogger("aiprod.serve").info("worker %d started (pid %d)", i, self.procs[i].pid)
+        logging.getLogger("aiprod.serve").info("worker %d started (pid %d)", i, proc.pid)
 
     def start(self) -> None:
         for i in range(self.count):
