@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from aiprod.cli.main import _die_with_parent
+from aiprod.cli.serve import _die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}

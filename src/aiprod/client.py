@@ -232,6 +232,7 @@ class Client:
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        # Read here, not through aiprod.core.settings: this module imports nothing from aiprod.
         key = api_key if api_key is not None else os.environ.get("AIPROD_API_KEY")
         if not key:
             raise ValueError("no API key: pass api_key=... or set AIPROD_API_KEY")

@@ -215,6 +215,7 @@ def test_api_applies_retention_in_the_background(tmp_path, monkeypatch):
     from aiprod.core.settings import Settings
     from aiprod.service.app import create_app
 
+    monkeypatch.setenv("AIPROD_RETENTION_DAYS", "2")  # read with the app's settings
     settings = Settings(data_dir=tmp_path / "data")
     upgrade(settings.resolved_database_url)
     outputs = Path(settings.resolved_storage_url)
@@ -237,7 +238,6 @@ def test_api_applies_retention_in_the_background(tmp_path, monkeypatch):
                 output_path="old.mp4",
             )
         )
-    monkeypatch.setenv("AIPROD_RETENTION_DAYS", "2")
     app = create_app(settings)
     with TestClient(app):  # runs the lifespan, which starts the retention task
 

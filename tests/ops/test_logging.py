@@ -72,3 +72,19 @@ def test_env_forces_format_and_bad_values_are_named(monkeypatch):
         configure_logging(fmt="xml", stream=io.StringIO())
     with pytest.raises(ValueError, match="log level"):
         configure_logging(level="LOUD", stream=io.StringIO())
+
+
+def test_format_and_level_come_from_the_settings_dotenv_too(monkeypatch, tmp_path):
+    # AIPROD_LOG_FORMAT / AIPROD_LOG_LEVEL are Settings fields, so a .env line works as well
+    monkeypatch.delenv("AIPROD_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("AIPROD_LOG_LEVEL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AIPROD_LOG_FORMAT=json\nAIPROD_LOG_LEVEL=warning\n")
+    tty = _Tty()
+    configure_logging(stream=tty)  # a terminal, yet JSON from .env
+    logging.getLogger("x").info("dropped")
+    logging.getLogger("x").warning("kept")
+    assert [json.loads(line)["msg"] for line in tty.getvalue().splitlines()] == ["kept"]
+    monkeypatch.setenv("AIPROD_LOG_LEVEL", "loud")  # the environment wins over .env
+    with pytest.raises(ValueError, match="log level"):
+        configure_logging(stream=io.StringIO())

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from aiprod.cli.main import _die_with_parent
+from aiprod.cli.serve import _die_with_parent
 from aiprod.client import (
     AuthenticationError,
     Client,

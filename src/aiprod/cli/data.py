@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from aiprod.core.errors import AiprodError
+from aiprod.cli.errors import EXIT_FAILED, cli_errors
 
 if TYPE_CHECKING:
     from aiprod.data.config import DataConfig
@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console(stderr=True)
+# The data config is a file named on the command line: a bad one is bad input (exit 1).
+data_errors = cli_errors(config_status=EXIT_FAILED)
 
 
 @app.callback()
@@ -41,12 +43,6 @@ def _progress() -> Progress:
         console=console,
         transient=True,
     )
-
-
-def _fail(err: Exception) -> typer.Exit:
-    msg = err.message if isinstance(err, AiprodError) else str(err)
-    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 ConfigOpt = Annotated[
@@ -67,7 +63,7 @@ def _load(dataset: Path) -> list[ClipRecord]:
     return read_manifest(dataset)
 
 
-def _table(title: str, rows: dict[str, object]) -> None:
+def _table(title: str, rows: Mapping[str, object]) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
@@ -90,23 +86,21 @@ def _stage(
     from aiprod.data.config import load_config
     from aiprod.data.manifest import write_manifest
 
-    try:
-        cfg = load_config(config)
-        before = _load(dataset)
-        with _progress() as progress:
-            task = progress.add_task(name, total=max(1, len(before)))
-            after = run(
-                cfg,
-                before,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        write_manifest(after, dataset)
-    except AiprodError as err:
-        raise _fail(err) from err
+    cfg = load_config(config)
+    before = _load(dataset)
+    with _progress() as progress:
+        task = progress.add_task(name, total=max(1, len(before)))
+        after = run(
+            cfg,
+            before,
+            lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    write_manifest(after, dataset)
     return before, after
 
 
 @app.command()
+@data_errors
 def ingest(
     sources: Annotated[
         list[str], typer.Argument(help="Folders, .txt/.csv lists (paths or URLs), files, URLs.")
@@ -123,24 +117,22 @@ def ingest(
     """
     from aiprod.data import ingest as ing
 
-    try:
-        with _progress() as progress:
-            task = progress.add_task("ingesting", total=None)
-            recs = ing.ingest(
-                sources,
-                out,
-                license=license,
-                attribution=attribution,
-                copy=copy,
-                retries=retries,
-                on_progress=lambda d, t: progress.update(task, completed=d, total=t),
-            )
-    except AiprodError as err:
-        raise _fail(err) from err
+    with _progress() as progress:
+        task = progress.add_task("ingesting", total=None)
+        recs = ing.ingest(
+            sources,
+            out,
+            license=license,
+            attribution=attribution,
+            copy=copy,
+            retries=retries,
+            on_progress=lambda d, t: progress.update(task, completed=d, total=t),
+        )
     _table(f"ingest -> {out}", ing.summarize(recs))
 
 
 @app.command()
+@data_errors
 def probe(
     paths: Annotated[list[Path], typer.Argument(help="Video files to probe.")],
 ) -> None:
@@ -168,10 +160,11 @@ def probe(
         )  # fmt: skip
     Console().print(t)
     if bad:
-        raise typer.Exit(code=1)
+        raise typer.Exit(EXIT_FAILED)  # the table names each file that failed
 
 
 @app.command()
+@data_errors
 def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
     """Probe and check every clip (fps, size, duration, corrupt, black, frozen, motion).
 
@@ -193,6 +186,7 @@ def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt 
 
 
 @app.command()
+@data_errors
 def split(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
     """Cut accepted clips into scenes (PySceneDetect) within the min/max clip length.
 
@@ -212,6 +206,7 @@ def split(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = N
 
 
 @app.command()
+@data_errors
 def normalize(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
     """Re-encode accepted clips to H.264 yuv420p at 24 fps, short side resized (skips done).
 
@@ -231,6 +226,7 @@ def normalize(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt
 
 
 @app.command()
+@data_errors
 def organize(
     dataset: DatasetArg,
     config: ConfigOpt = None,
@@ -251,21 +247,19 @@ def organize(
     from aiprod.data.organize import read_overrides
     from aiprod.data.report import summary
 
-    try:
-        cfg = load_config(config)
-        recs = run(
-            _load(dataset),
-            cfg.organize,
-            overrides=read_overrides(overrides) if overrides else None,
-            reassign=reassign,
-        )
-        write_manifest(recs, dataset)
-    except AiprodError as err:
-        raise _fail(err) from err
+    cfg = load_config(config)
+    recs = run(
+        _load(dataset),
+        cfg.organize,
+        overrides=read_overrides(overrides) if overrides else None,
+        reassign=reassign,
+    )
+    write_manifest(recs, dataset)
     _table("phases", summary(recs)["per_phase"])
 
 
 @app.command()
+@data_errors
 def report(dataset: DatasetArg, config: ConfigOpt = None) -> None:
     """Write manifest Parquet+CSV, report/summary.json and a contact sheet PNG per phase.
 
@@ -276,11 +270,8 @@ def report(dataset: DatasetArg, config: ConfigOpt = None) -> None:
     from aiprod.data.config import load_config
     from aiprod.data.report import write_report
 
-    try:
-        cfg = load_config(config)
-        info = write_report(_load(dataset), dataset, cfg.report)
-    except AiprodError as err:
-        raise _fail(err) from err
+    cfg = load_config(config)
+    info = write_report(_load(dataset), dataset, cfg.report)
     _table(
         f"report: {dataset}",
         {k: json.dumps(v) if isinstance(v, dict) else v for k, v in info.items()},
@@ -288,6 +279,7 @@ def report(dataset: DatasetArg, config: ConfigOpt = None) -> None:
 
 
 @app.command()
+@cli_errors(config_status=EXIT_FAILED, expected=(ValueError,))
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write clips/ and manifest into.")],
     n_per_phase: Annotated[int, typer.Option("--n-per-phase", "-n", min=1)] = 8,
@@ -316,23 +308,20 @@ def synth(
     from aiprod.builtin.synth import PHASES, write_synth_dataset
 
     phases = tuple(phase) if phase else PHASES
-    try:
-        with _progress() as progress:
-            task = progress.add_task("rendering", total=n_per_phase * len(phases))
-            manifest = write_synth_dataset(
-                out_dir,
-                n_per_phase=n_per_phase,
-                width=width,
-                height=height,
-                num_frames=num_frames,
-                fps=fps,
-                seed=seed,
-                phases=phases,
-                min_gap=min_gap,
-                on_progress=lambda done, _total: progress.update(task, completed=done),
-            )
-    except (AiprodError, ValueError) as err:
-        raise _fail(err) from err
+    with _progress() as progress:
+        task = progress.add_task("rendering", total=n_per_phase * len(phases))
+        manifest = write_synth_dataset(
+            out_dir,
+            n_per_phase=n_per_phase,
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            fps=fps,
+            seed=seed,
+            phases=phases,
+            min_gap=min_gap,
+            on_progress=lambda done, _total: progress.update(task, completed=done),
+        )
     console.print(f"wrote {n_per_phase * len(phases)} clips; manifest: {manifest}")
 
 

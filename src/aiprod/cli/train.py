@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aiprod.core.errors import AiprodError
+from aiprod.cli.errors import EXIT_FAILED, cli_errors
 
 app = typer.Typer(
     help="Train and evaluate models.\n\nExample: aiprod train configs/builtin.yaml --dry-run",
@@ -27,12 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(1)
+# The training config is a file named on the command line: a bad one is bad input (exit 1),
+# and so are the ValueErrors its checks raise.
+train_errors = cli_errors(config_status=EXIT_FAILED, expected=(ValueError,))
 
 
 def _event_printer() -> Any:
@@ -61,6 +58,7 @@ def _event_printer() -> Any:
 
 
 @app.command("train")
+@train_errors
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="training YAML (see configs/builtin.yaml)")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="one batch per phase")] = False,
@@ -76,30 +74,27 @@ def train_cmd(
     from aiprod.training.config import load_config
     from aiprod.training.trainer import Trainer
 
-    try:
-        cfg = load_config(config)
-        trainer = Trainer(cfg, on_event=_event_printer())
-        if dry_run:
-            table = Table(
-                "phase", "target", "batch", "out", "loss", "prep s", "step s", "params", "RSS MiB"
+    cfg = load_config(config)
+    trainer = Trainer(cfg, on_event=_event_printer())
+    if dry_run:
+        table = Table(
+            "phase", "target", "batch", "out", "loss", "prep s", "step s", "params", "RSS MiB"
+        )
+        for r in trainer.dry_run():
+            table.add_row(
+                r["phase"],
+                r["target"],
+                str(r["batch_shape"]),
+                str(r["out_shape"] or "-"),
+                f"{r['loss']:.4f}",
+                f"{r['prepare_s']:.2f}",
+                f"{r['step_s']:.3f}",
+                f"{r['trainable_params']:,}",
+                f"{r['rss_peak_mib']:.0f}",
             )
-            for r in trainer.dry_run():
-                table.add_row(
-                    r["phase"],
-                    r["target"],
-                    str(r["batch_shape"]),
-                    str(r["out_shape"] or "-"),
-                    f"{r['loss']:.4f}",
-                    f"{r['prepare_s']:.2f}",
-                    f"{r['step_s']:.3f}",
-                    f"{r['trainable_params']:,}",
-                    f"{r['rss_peak_mib']:.0f}",
-                )
-            out.print(table)
-            return
-        result = trainer.train(resume=resume)
-    except (AiprodError, ValueError) as exc:
-        raise _fail(exc) from None
+        out.print(table)
+        return
+    result = trainer.train(resume=resume)
     out.print(json.dumps(result, indent=2))
 
 
@@ -107,6 +102,7 @@ _SERVED = "default: the served built-in model's (models.toml)"
 
 
 @app.command("eval")
+@train_errors
 def eval_cmd(
     checkpoint: Annotated[
         Path,
@@ -176,7 +172,7 @@ def eval_cmd(
     try:
         ph = tuple(int(p) for p in phases.split(",") if p.strip())
     except ValueError:
-        raise _fail(ValueError(f"--phases {phases!r}: give numbers 1..5, e.g. 1,2,3")) from None
+        raise ValueError(f"--phases {phases!r}: give numbers 1..5, e.g. 1,2,3") from None
     dest = out_dir or (Path(checkpoint) / "eval")
     asked = {
         "width": width,
@@ -191,28 +187,25 @@ def eval_cmd(
         "candidates": candidates,
         "guidance_min_sigma": guidance_min_sigma,
     }
-    try:
-        served = served_settings()
-        settings = {**served, **{k: v for k, v in asked.items() if v is not None}}
-        if candidates is None and not settings.get("two_stage", True):
-            settings["candidates"] = 1  # drafts are ranked for the two-stage path only
-        with Progress(transient=True) as bar:
-            task = bar.add_task("generating", total=num_prompts)
-            result = evaluate(
-                checkpoint,
-                out_dir=dest,
-                num_prompts=num_prompts,
-                phases=ph,
-                **settings,
-                i3d=i3d,
-                seed=seed,
-                backend=backend,
-                shift=shift,
-                candidates_fallback=candidates is None,
-                on_progress=lambda d, t: bar.update(task, completed=d),
-            )
-    except (AiprodError, ValueError) as exc:
-        raise _fail(exc) from None
+    served = served_settings()
+    settings = {**served, **{k: v for k, v in asked.items() if v is not None}}
+    if candidates is None and not settings.get("two_stage", True):
+        settings["candidates"] = 1  # drafts are ranked for the two-stage path only
+    with Progress(transient=True) as bar:
+        task = bar.add_task("generating", total=num_prompts)
+        result = evaluate(
+            checkpoint,
+            out_dir=dest,
+            num_prompts=num_prompts,
+            phases=ph,
+            **settings,
+            i3d=i3d,
+            seed=seed,
+            backend=backend,
+            shift=shift,
+            candidates_fallback=candidates is None,
+            on_progress=lambda d, t: bar.update(task, completed=d),
+        )
     used = result["settings"]["candidates"]
     if used != settings.get("candidates", 1):
         out.print(f"{checkpoint} has no prompt verifier: scored with {used} stage-1 draft per clip")

@@ -2,7 +2,8 @@
 
 ``configure_logging()`` installs one handler on the root logger. The format is JSON unless the
 stream is a terminal (then text); ``AIPROD_LOG_FORMAT=json|text`` and ``AIPROD_LOG_LEVEL``
-override it. Anything passed through ``extra=`` becomes a field of the line::
+override it (``Settings.log_format`` / ``log_level``, so a ``.env`` line works too). Anything
+passed through ``extra=`` becomes a field of the line::
 
     logger.info("request", extra={"event": "http.request", "route": "/api/v1/jobs/{job_id}",
                                   "status": 200, "latency_ms": 3.1})
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
+
+from aiprod.core.settings import Settings
 
 LogFormat = Literal["json", "text", "auto"]
 
@@ -97,7 +99,7 @@ class TextFormatter(logging.Formatter):
 
 def resolve_format(fmt: LogFormat | str | None, stream: IO[str]) -> Literal["json", "text"]:
     """``json``/``text`` as asked (or from AIPROD_LOG_FORMAT); ``auto``: text on a terminal."""
-    chosen = (fmt or os.environ.get("AIPROD_LOG_FORMAT") or "auto").lower()
+    chosen = (fmt or Settings().log_format or "auto").lower()
     if chosen not in {"json", "text", "auto"}:
         raise ValueError(f"log format must be json, text or auto, not {chosen!r}")
     if chosen == "auto":
@@ -120,7 +122,7 @@ def configure_logging(
     """
     out = stream if stream is not None else sys.stderr
     chosen = resolve_format(fmt, out)
-    lvl = level if level is not None else os.environ.get("AIPROD_LOG_LEVEL", "INFO")
+    lvl = level if level is not None else Settings().log_level
     if isinstance(lvl, str):
         numeric = logging.getLevelName(lvl.upper())
         if not isinstance(numeric, int):

@@ -1,4 +1,15 @@
-"""Settings (pydantic-settings): environment variables with the AIPROD_ prefix, or a .env file."""
+"""Settings (pydantic-settings): environment variables with the AIPROD_ prefix, or a .env file.
+
+``Settings`` is the one place aiprod reads its own configuration: every ``AIPROD_*`` variable
+is a field here (``AIPROD_DATA_DIR`` is ``data_dir``, and so on). What stays outside, and why:
+
+- ``CUDA_VISIBLE_DEVICES`` and ``PROMETHEUS_MULTIPROC_DIR`` (read in ``service/metrics.py``):
+  they belong to CUDA and prometheus_client, which read them themselves; aiprod reads them
+  as those libraries see them, not as settings of its own.
+- ``AIPROD_API_KEY`` (read in ``aiprod/client.py``): the Python client is a light module for
+  integrators that imports nothing else from aiprod (nor pydantic-settings).
+- The AWS chain (``AWS_ACCESS_KEY_ID``, ...) is boto3's, read by boto3.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +59,18 @@ class Settings(BaseSettings):
     # Benchmarks/tests only: sleep this long after every denoising step so a tiny model's job
     # lasts long enough to cancel or kill it mid-run. The real pipeline still runs.
     worker_step_delay: float = Field(default=0.0, ge=0)
+
+    # Operations (see docs/OPERATIONS.md): readiness, retention, logs.
+    min_free_disk_mb: float = Field(default=1024.0, ge=0)  # /readyz fails below this
+    ready_requires_worker: bool = True  # /readyz fails with no live worker
+    worker_live_seconds: float | None = Field(default=None, gt=0)  # default: 2 x lease_seconds
+    retention_days: float | None = Field(default=None, gt=0)  # delete outputs older than this
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)  # how often the API checks
+    log_requests: bool = True  # one structured log line per request
+    # json | text | auto (text on a terminal) and DEBUG | INFO | ...: checked by
+    # core/logging.py, which names the bad value (`--log-level` overrides the level).
+    log_format: str = "auto"
+    log_level: str = "INFO"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -427,9 +427,7 @@ def register_db_commands(db_app: typer.Typer) -> None:
 
             settings = _settings()
             if days is None:
-                from aiprod.service.health import ObservabilitySettings
-
-                chosen = ObservabilitySettings().retention_days
+                chosen = settings.retention_days
                 if chosen is None:
                     raise ConfigError("give --days N or set AIPROD_RETENTION_DAYS")
             else:

@@ -12,8 +12,9 @@ checks and one human sentence per failing check in ``reasons``::
 The checks: the database answers ``SELECT 1``; its Alembic revision is the code's head; at
 least one worker heartbeat is recent (``AIPROD_READY_REQUIRES_WORKER=false`` turns this off for
 an API that should stay in the load balancer with no workers); the output storage folder takes
-a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free. ``details.gpus`` lists
-the GPUs live workers reported with their last heartbeat (memory, utilization, temperature).
+a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free (these settings are
+fields of ``aiprod.core.settings.Settings``). ``details.gpus`` lists the GPUs live workers
+reported with their last heartbeat (memory, utilization, temperature).
 """
 
 from __future__ import annotations
@@ -26,27 +27,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
 from aiprod.service.metrics import load_gpu_stats
-
-
-class ObservabilitySettings(BaseSettings):
-    """Operations settings (env prefix ``AIPROD_``, also read from ``.env``)."""
-
-    model_config = SettingsConfigDict(env_prefix="AIPROD_", env_file=".env", extra="ignore")
-
-    min_free_disk_mb: float = Field(default=1024.0, ge=0)  # /readyz fails below this
-    ready_requires_worker: bool = True  # /readyz fails with no live worker
-    worker_live_seconds: float | None = Field(default=None, gt=0)  # default: 2 x lease_seconds
-    retention_days: float | None = Field(default=None, gt=0)  # delete outputs older than this
-    retention_interval_seconds: float = Field(default=3600.0, gt=0)  # how often the API checks
-    log_requests: bool = True  # one structured log line per request
 
 
 @dataclass

@@ -33,8 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiprod.core.logging import request_id_var
+from aiprod.core.settings import Settings
 from aiprod.db.backup import apply_retention
-from aiprod.service.health import ObservabilitySettings, check_readiness
+from aiprod.service.health import check_readiness
 from aiprod.service.metrics import ServiceMetrics
 from aiprod.service.storage import output_deleter
 
@@ -157,8 +158,8 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     if isinstance(existing, ServiceMetrics):
         return existing  # already installed: never stack a second middleware
     st = state if state is not None else app.state.aiprod
-    opts = ObservabilitySettings()
-    live_seconds = opts.worker_live_seconds or 2.0 * float(st.settings.lease_seconds)
+    opts: Settings = st.settings  # readiness, retention and request-log fields (AIPROD_*)
+    live_seconds = opts.worker_live_seconds or 2.0 * float(opts.lease_seconds)
     storage_root = st.storage.local_root  # None for S3: no local disk to measure
     reads = _read_sessions(st.engine, st.sessions)
     metrics = ServiceMetrics(
@@ -167,7 +168,6 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         worker_live_seconds=live_seconds,
     )
     app.state.metrics = metrics
-    app.state.observability = opts
 
     router = APIRouter(tags=["health"])
 
@@ -204,12 +204,13 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
     logging.getLogger("aiprod.access").disabled = opts.log_requests
     logging.getLogger("uvicorn.access").disabled = True
 
-    if opts.retention_days is not None:
+    retention_days = opts.retention_days
+    if retention_days is not None:
         _add_retention_task(
             app,
             lambda: apply_retention(
                 st.sessions,
-                days=float(opts.retention_days),  # type: ignore[arg-type]
+                days=retention_days,
                 delete_output=output_deleter(st.storage),
             ),
             interval=opts.retention_interval_seconds,

@@ -1,0 +1,41 @@
+"""Helpers shared by the ``aiprod`` command modules: settings, logging, consoles, database."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from aiprod.core.settings import Settings
+
+out = Console()
+
+
+def load_settings() -> Settings:
+    """Read the settings now (environment and .env), not the process-wide cached ones."""
+    from aiprod.core.settings import Settings
+
+    return Settings()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    from aiprod.core.logging import configure_logging
+
+    # JSON lines (text on a terminal; AIPROD_LOG_FORMAT overrides): see aiprod.core.logging.
+    configure_logging(level=level.upper())
+
+
+def table_console() -> Console:
+    """Tables at the terminal's width; piped output gets room for full ids."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def open_db(settings: Settings) -> Any:
+    """Migrate the database to head and return a sessionmaker for it."""
+    from aiprod.db.migrate import upgrade
+    from aiprod.db.session import make_engine, make_sessionmaker
+
+    upgrade(settings.resolved_database_url)
+    return make_sessionmaker(make_engine(settings.resolved_database_url))

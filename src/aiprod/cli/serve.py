@@ -1,0 +1,214 @@
+"""``aiprod serve`` (the API and its worker subprocesses) and ``aiprod worker``.
+
+Neither imports torch here: ``serve`` runs the FastAPI app, and the worker loads the engine
+only once it claims a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Annotated
+
+import typer
+
+from aiprod.cli.common import load_settings, out, setup_logging
+from aiprod.cli.errors import cli_errors
+
+
+def _die_with_parent() -> None:
+    """In a worker subprocess: get SIGTERM when `serve` dies, however it dies.
+
+    uvicorn re-raises the SIGTERM it caught once it has shut down, which kills `serve` before
+    its `finally` can stop the workers; without this they would run on as orphans.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class Supervisor:
+    """Runs N ``aiprod worker`` subprocesses and restarts any that die."""
+
+    def __init__(self, count: int, env: dict[str, str]) -> None:
+        self.count = count
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.started: list[float] = [0.0] * count
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+
+    def _spawn(self, i: int) -> None:
+        cmd = [sys.executable, "-m", "aiprod.cli.main", "worker"]
+        proc = subprocess.Popen(cmd, env=self.env, preexec_fn=_die_with_parent)
+        self.procs[i] = proc
+        self.started[i] = time.monotonic()
+        logging.getLogger("aiprod.serve").info("worker %d started (pid %d)", i, proc.pid)
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self._spawn(i)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            for i, p in enumerate(self.procs):
+                if p is not None and p.poll() is not None and not self.stop.is_set():
+                    logging.getLogger("aiprod.serve").warning(
+                        "worker %d (pid %d) exited with %s; restarting", i, p.pid, p.returncode
+                    )
+                    # A worker that keeps crashing at start is restarted at most every 5 s.
+                    if time.monotonic() - self.started[i] < 5:
+                        self.stop.wait(5)
+                    if not self.stop.is_set():
+                        self._spawn(i)
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        self.stop.set()
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            if p is None:
+                continue
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@cli_errors
+def worker(
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", help="Exit after this many jobs.")
+    ] = None,
+    exit_when_idle: Annotated[
+        bool, typer.Option("--exit-when-idle", help="Exit once the queue is empty.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run a worker: claim jobs from the database and generate them (one per GPU).
+
+    Example: AIPROD_DATABASE_URL=postgresql+psycopg://user@db/aiprod aiprod worker
+    """
+    from aiprod.db.migrate import upgrade
+    from aiprod.worker.runner import Worker
+
+    setup_logging(log_level)
+    settings = load_settings()
+    upgrade(settings.resolved_database_url)
+    w = Worker(settings, max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    w.install_signal_handlers()
+    w.run()
+
+
+@cli_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="API only; run `aiprod worker` elsewhere.")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker subprocesses.")] = 1,
+    api_processes: Annotated[
+        int,
+        typer.Option(
+            "--api-processes",
+            min=1,
+            help="API server processes sharing the port (one per CPU core is a good start).",
+        ),
+    ] = 1,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Start the API server and its worker subprocesses.
+
+    Applies migrations first; on first start creates an admin key and prints it once.
+
+    Example: aiprod serve --port 8000 --workers 1
+    """
+    import uvicorn
+
+    from aiprod.db.migrate import upgrade
+    from aiprod.db.repositories import ApiKeyRepository
+    from aiprod.db.session import make_engine, make_sessionmaker, session_scope
+    from aiprod.service.app import create_app
+    from aiprod.service.keys import create_key
+
+    setup_logging(log_level)
+    settings = load_settings()
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    secret = settings.resolved_secret_key()
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    admin_key = None
+    with session_scope(make_sessionmaker(engine)) as s:
+        if not ApiKeyRepository(s).has_admin():
+            _, admin_key = create_key(s, secret=secret, name="admin", admin=True)
+    engine.dispose()
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}"
+    n = 0 if no_worker else workers
+    out.print(
+        f"aiprod {url}  (API docs: {url}/docs, OpenAPI: {url}/openapi.json)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"database: {settings.resolved_database_url.split('@')[-1]}; workers: {n}", highlight=False
+    )
+    if admin_key is not None:
+        out.print("admin key (shown only once; keep it safe):", highlight=False)
+        out.print(admin_key, highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+
+    supervisor = None
+    if n:
+        env = dict(os.environ)
+        env.setdefault("AIPROD_DATA_DIR", str(settings.resolved_data_dir))
+        supervisor = Supervisor(n, env)
+        supervisor.start()
+    if api_processes > 1:
+        # The processes are spawned: they read their settings, log level and the shared
+        # Prometheus directory (so /metrics counts every process's requests) from the env.
+        os.environ["AIPROD_LOG_LEVEL"] = log_level.upper()
+        metrics_dir = settings.resolved_data_dir / "metrics-multiproc"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    config = uvicorn.Config(
+        create_app(settings) if api_processes == 1 else "aiprod.service.app:create_app_for_process",
+        factory=api_processes > 1,
+        workers=api_processes,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        log_config=None,  # uvicorn's own lines go through aiprod's (JSON) logging too
+        timeout_graceful_shutdown=5,
+    )
+    # uvicorn restores the previous handlers and re-raises the signal it caught once it has
+    # shut down; with these no-op handlers that re-raise is harmless, so the `finally` below
+    # still stops the workers gracefully (PR_SET_PDEATHSIG remains the backstop).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        if api_processes == 1:
+            uvicorn.Server(config).run()
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if supervisor is not None:
+            supervisor.shutdown()
