@@ -30,8 +30,8 @@ from rich.markup import escape
 from rich.table import Column, Table
 from typer.core import TyperGroup
 
+from aiprod.cli.db import register_db_commands
 from aiprod.core.errors import AiprodError
-from aiprod.db.backup import register_db_commands
 
 err = Console(stderr=True)
 out = Console()
@@ -93,7 +93,7 @@ models_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
-register_db_commands(db_app)  # db backup | restore | retention (aiprod.db.backup)
+register_db_commands(db_app)  # db backup | restore | retention (aiprod.cli.db)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -195,8 +195,8 @@ def keys_create(
     Example: aiprod keys create --name acme --budget 50
     """
     from aiprod.db.session import session_scope
+    from aiprod.jobs.webhooks import webhook_secret
     from aiprod.service.keys import create_key
-    from aiprod.service.security import webhook_secret
 
     settings = _settings()
     sessions = _open_db(settings)
@@ -275,7 +275,7 @@ def keys_webhook_secret(
     """
     from aiprod.db.repositories import ApiKeyRepository
     from aiprod.db.session import session_scope
-    from aiprod.service.security import webhook_secret
+    from aiprod.jobs.webhooks import webhook_secret
 
     settings = _settings()
     sessions = _open_db(settings)
@@ -583,11 +583,9 @@ def generate(
     if image is not None:
         if not image.is_file():
             raise AiprodError(f"--image {image}: no such file")
-        import base64
+        from aiprod.core.media import check_image  # a PNG/JPEG/WebP within the API's limits
 
-        from aiprod.service.jobs import decode_image  # checks it is a PNG/JPEG/WebP
-
-        image_bytes = decode_image(base64.b64encode(image.read_bytes()).decode())
+        image_bytes = check_image(image.read_bytes())
     settings = _settings()
     entry = load_registry(settings.models_file).get(model)
     params = dict(
