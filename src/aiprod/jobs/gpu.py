@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from aiprod.db.models import ServiceState
 
-log = logging.getLogger("aiprod.service.metrics")
+log = logging.getLogger(__name__)
 
 GPU_STATE_PREFIX = "gpu:"
 
