@@ -83,7 +83,7 @@ def test_openapi_has_the_job_schema_and_the_error_shape(app_keys) -> None:  # ty
     assert _ref(_json_schema(generate, "202")) == "JobOut"
     assert {"400", "401", "409", "413", "422", "429"} <= set(generate["responses"])
     listing = spec["paths"]["/api/v1/jobs"]["get"]
-    assert _ref(_json_schema(listing, "200")) == "Page_JobOut_"
+    assert _ref(_json_schema(listing, "200")) == "JobPage"
     assert _ref(_json_schema(spec["paths"]["/api/v1/admin/stats"]["get"], "403")) == "ErrorOut"
     # Every JSON route names its response model (none is a bare object any more).
     for path, ops in spec["paths"].items():

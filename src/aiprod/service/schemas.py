@@ -115,7 +115,8 @@ class Page(_Out, Generic[T]):
     next_cursor: str | None
 
 
-JobPage = Page[JobOut]
+class JobPage(Page[JobOut]):
+    """One page of the caller's jobs (GET /jobs)."""
 
 
 class EstimateOut(_Out):
