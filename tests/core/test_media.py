@@ -1,13 +1,25 @@
-"""MP4 write -> decode round trips with real PyAV encoding."""
+"""MP4 write -> decode round trips with real PyAV encoding; the conditioning-image checks."""
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from aiprod.core.media import MediaError, probe, read_video, write_mp4
+from aiprod.core.errors import InvalidRequest
+from aiprod.core.media import (
+    MAX_IMAGE_BYTES,
+    MediaError,
+    check_image,
+    decode_image,
+    image_from_base64,
+    probe,
+    read_video,
+    write_mp4,
+)
 
 
 def _frames(n: int = 9, h: int = 32, w: int = 48) -> np.ndarray:
@@ -99,3 +111,34 @@ def test_long_video_roundtrip(tmp_path: Path) -> None:
     assert info.num_frames == 121 and info.duration == pytest.approx(121 / 24, abs=1e-3)
     decoded, fps = read_video(path)
     assert decoded.shape == frames.shape and fps == pytest.approx(24)
+
+
+def _image_bytes(size: tuple[int, int], fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_one_image_decoder_with_one_set_of_limits() -> None:
+    """API (base64), CLI and engine (bytes) share these checks."""
+    png = _image_bytes((16, 12), "PNG")
+    assert check_image(png) == png
+    assert image_from_base64("data:image/png;base64," + base64.b64encode(png).decode()) == png
+    img = decode_image(_image_bytes((16, 12), "WEBP"))
+    assert img.mode == "RGB" and img.size == (16, 12)
+    bad = [
+        (b"", "empty"),
+        (b"\x89PNG" + b"0" * (MAX_IMAGE_BYTES), "larger than 10 MB"),
+        (b"definitely not a png", "not a readable"),
+        (_image_bytes((16, 16), "GIF"), "format GIF is not supported"),
+        (_image_bytes((4, 16), "PNG"), "at least 8x8"),
+    ]
+    for data, message in bad:
+        for decode in (check_image, decode_image):
+            with pytest.raises(InvalidRequest, match=message) as err:
+                decode(data)
+            assert err.value.field == "image"
+    with pytest.raises(InvalidRequest, match="not valid base64"):
+        image_from_base64("not base64!")

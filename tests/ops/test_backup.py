@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from aiprod.db.backup import BackupError, apply_retention, backup, delete_local_output, restore
+from aiprod.db.backup import BackupError, backup, restore
 from aiprod.db.migrate import upgrade
 from aiprod.db.models import ApiKey, Job
 from aiprod.db.session import make_engine, make_sessionmaker
+from aiprod.jobs.retention import apply_retention, delete_local_output
 
 
 def _seed(url: str) -> None:

@@ -13,13 +13,9 @@ from sqlalchemy.orm import sessionmaker
 from aiprod.db.migrate import upgrade
 from aiprod.db.models import ApiKey, Job, WebhookDelivery, Worker
 from aiprod.db.session import make_engine, make_sessionmaker
+from aiprod.jobs.gpu import GpuStat, publish_gpu_stats, read_gpu_stats
 from aiprod.service.health import check_readiness
-from aiprod.service.metrics import (
-    GpuStat,
-    ServiceMetrics,
-    publish_gpu_stats,
-    read_gpu_stats,
-)
+from aiprod.service.metrics import ServiceMetrics
 
 
 def _series(m: ServiceMetrics) -> dict[tuple[str, tuple], float]:

@@ -462,7 +462,7 @@ def test_health_docs_and_no_torch_in_the_api_process(stack: Stack) -> None:
 def test_importing_the_app_does_not_import_torch() -> None:
     code = (
         "import sys; from aiprod.service.app import create_app; import aiprod.cli.main; "
-        "import aiprod.service.webhooks; print('torch' in sys.modules)"
+        "import aiprod.jobs.webhooks, aiprod.jobs.transitions; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 from aiprod.core.settings import Settings
 from aiprod.db.models import RateLimitWindow
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
+from aiprod.jobs.webhooks import webhook_secret
 from aiprod.service.app import create_app
 from aiprod.service.ratelimit import RateLimiter
-from aiprod.service.security import generate_key, hash_key, webhook_secret
+from aiprod.service.security import generate_key, hash_key
 from tests.service.harness import write_models_toml
 
 

@@ -22,13 +22,8 @@ from aiprod.core.errors import ConfigError
 from aiprod.core.media import read_video
 from aiprod.core.settings import Settings
 from aiprod.db.models import Job
-from aiprod.service.storage import (
-    LocalStorage,
-    S3Storage,
-    StorageError,
-    open_storage,
-    output_deleter,
-)
+from aiprod.jobs.retention import output_deleter
+from aiprod.jobs.storage import LocalStorage, S3Storage, StorageError, open_storage
 from tests.service.harness import Stack, aiprod_cmd, free_port, wait_job
 
 boto3 = pytest.importorskip("boto3")
@@ -165,7 +160,7 @@ def test_without_boto3_local_works_and_s3_names_the_extra(tmp_path: Path) -> Non
         "import sys; sys.modules['boto3'] = None; sys.modules['botocore'] = None\n"
         "from aiprod.service.app import create_app\n"
         "from aiprod.core.settings import Settings\n"
-        "from aiprod.service.storage import open_storage\n"
+        "from aiprod.jobs.storage import open_storage\n"
         f"open_storage(Settings(storage_url={str(tmp_path)!r}))\n"
         "try:\n"
         "    open_storage(Settings(storage_url='s3://b/p'))\n"

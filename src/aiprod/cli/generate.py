@@ -49,11 +49,9 @@ def generate(
     if image is not None:
         if not image.is_file():
             raise AiprodError(f"--image {image}: no such file")
-        import base64
+        from aiprod.core.media import check_image  # a PNG/JPEG/WebP within the API's limits
 
-        from aiprod.service.jobs import decode_image  # checks it is a PNG/JPEG/WebP
-
-        image_bytes = decode_image(base64.b64encode(image.read_bytes()).decode())
+        image_bytes = check_image(image.read_bytes())
     settings = load_settings()
     entry = load_registry(settings.models_file).get(model)
     params = dict(

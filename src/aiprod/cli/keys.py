@@ -36,8 +36,8 @@ def keys_create(
     Example: aiprod keys create --name acme --budget 50
     """
     from aiprod.db.session import session_scope
+    from aiprod.jobs.webhooks import webhook_secret
     from aiprod.service.keys import create_key
-    from aiprod.service.security import webhook_secret
 
     settings = load_settings()
     sessions = open_db(settings)
@@ -116,7 +116,7 @@ def keys_webhook_secret(
     """
     from aiprod.db.repositories import ApiKeyRepository
     from aiprod.db.session import session_scope
-    from aiprod.service.security import webhook_secret
+    from aiprod.jobs.webhooks import webhook_secret
 
     settings = load_settings()
     sessions = open_db(settings)

@@ -18,8 +18,8 @@ from typer.core import TyperGroup
 
 from aiprod.cli import generate, keys, models, serve
 from aiprod.cli.common import load_settings, out
+from aiprod.cli.db import register_db_commands
 from aiprod.cli.errors import cli_errors
-from aiprod.db.backup import register_db_commands
 
 # Commands owned by other modules: name -> (module, command inside that module's typer `app`,
 # or None for the whole app as a group). Imported only when invoked or listed in --help.
@@ -72,7 +72,7 @@ app.add_typer(models.app, name="models")
 app.command("worker")(serve.worker)
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
-register_db_commands(db_app)  # db backup | restore | retention (aiprod.db.backup)
+register_db_commands(db_app)  # db backup | restore | retention (aiprod.cli.db)
 
 
 @db_app.command("upgrade")

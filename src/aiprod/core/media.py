@@ -7,22 +7,49 @@ pipeline (probe and decode source clips). Frames are always ``(F, H, W, 3)`` uin
   temp file in the destination folder and renamed, so a reader never sees half a file.
 - :func:`read_video`: decode every frame back to RGB, with the stream's frame rate.
 - :func:`probe`: size, fps, frame count, duration, codec and audio presence, without decoding.
+- :func:`image_from_base64`, :func:`check_image`, :func:`decode_image`: the one decoder of
+  conditioning images, with one set of limits, used by the API (at submit), the CLI and the
+  engine (before any tensor work).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
-from aiprod.core.errors import AiprodError
+from aiprod.core.errors import AiprodError, InvalidRequest
 
-__all__ = ["MediaError", "MediaInfo", "probe", "read_video", "write_mp4"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "MAX_IMAGE_BYTES",
+    "MIN_IMAGE_SIDE",
+    "MediaError",
+    "MediaInfo",
+    "check_image",
+    "decode_image",
+    "image_from_base64",
+    "probe",
+    "read_video",
+    "write_mp4",
+]
+
+#: Conditioning images: the limits for every way in (API, CLI, engine).
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MIN_IMAGE_SIDE = 8
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 
 
 class MediaError(AiprodError):
@@ -147,7 +174,7 @@ def write_mp4(
             stream.height = h
             stream.pix_fmt = "yuv420p"
             stream.time_base = 1 / rate
-            options = {"crf": str(crf), "preset": preset}
+            options: dict[str, object] = {"crf": str(crf), "preset": preset}
             if tune:  # e.g. "fastdecode" for training data that is decoded many times
                 options["tune"] = tune
             stream.options = options
@@ -238,3 +265,76 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             audio_sample_rate=int(a.codec_context.sample_rate) if a is not None else None,
             audio_channels=int(a.codec_context.channels) if a is not None else None,
         )
+
+
+# --- Conditioning images --------------------------------------------------------------------
+
+
+def image_from_base64(data: str) -> bytes:
+    """Base64 (or a ``data:`` URL) -> image bytes, checked by :func:`check_image`."""
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise InvalidRequest(
+            f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB", field="image"
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(
+            "image is not valid base64: send the PNG/JPEG/WebP file base64-encoded", field="image"
+        ) from exc
+    return check_image(raw)
+
+
+def check_image(raw: bytes) -> bytes:
+    """Return ``raw`` if it is a readable PNG/JPEG/WebP within the limits (size in bytes, at
+    least ``MIN_IMAGE_SIDE`` pixels a side), else raise InvalidRequest naming ``image``.
+    Reads the header and verifies the file; does not decode the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        raise InvalidRequest("image is empty: send PNG, JPEG or WebP bytes", field="image")
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise InvalidRequest(
+            f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB", field="image"
+        )
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            fmt, (width, height) = im.format, im.size
+            im.verify()
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise InvalidRequest(
+            "image is not a readable PNG, JPEG or WebP picture", field="image"
+        ) from exc
+    if fmt not in IMAGE_FORMATS:
+        raise InvalidRequest(
+            f"image format {fmt} is not supported: use PNG, JPEG or WebP", field="image"
+        )
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise InvalidRequest(
+            f"image is {width}x{height}; send at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels",
+            field="image",
+        )
+    return raw
+
+
+def decode_image(raw: bytes) -> Image.Image:
+    """PNG/JPEG/WebP bytes -> an RGB PIL image (checked by :func:`check_image` first)."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_image(raw)
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(
+            f"image could not be decoded ({exc}): send PNG, JPEG or WebP bytes", field="image"
+        ) from exc

@@ -1,4 +1,4 @@
-"""Database backup and restore (SQLite and PostgreSQL), and output retention.
+"""Database backup and restore (SQLite and PostgreSQL).
 
 - SQLite: the online backup API (``sqlite3.Connection.backup``) copies a consistent snapshot
   while the server keeps running; restore copies a backup file back into the live database the
@@ -9,8 +9,8 @@
 A backup is written to a temporary file next to the destination and renamed into place, so a
 failed or interrupted backup never leaves a half-written file under the final name.
 
-Retention (``apply_retention``) deletes the output files of jobs that finished more than N days
-ago and marks those jobs ``expired``; their rows (and billing) stay.
+Output retention lives in ``aiprod.jobs.retention``; the ``aiprod db`` commands in
+``aiprod.cli.db``.
 
 Remember the secret key: API keys are stored as keyed hashes, so a restored database only
 accepts the old keys with the same ``AIPROD_SECRET_KEY`` (or ``<data dir>/secret_key``).
@@ -23,24 +23,19 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiprod.core.errors import AiprodError, ConfigError
 
 if TYPE_CHECKING:  # SQLAlchemy is imported lazily: `aiprod --help` must stay fast
-    import typer
     from sqlalchemy.engine import URL
-    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PG_CUSTOM_MAGIC = b"PGDMP"
-EXPIRED = "expired"
 
 
 class BackupError(AiprodError):
@@ -243,207 +238,3 @@ def _pg_restore(url: URL, src: Path) -> None:
         [*cmd, "--single-transaction", "--exit-on-error", "--dbname", str(url.database), str(src)],
         env,
     )
-
-
-# --- Retention ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetentionResult:
-    expired_jobs: int
-    deleted_files: int
-    freed_bytes: int
-
-
-def apply_retention(
-    session_factory: sessionmaker[Session],
-    *,
-    days: float,
-    delete_output: Callable[[str], int],
-    now: datetime | None = None,
-    batch_size: int = 500,
-) -> RetentionResult:
-    """Delete outputs of jobs finished more than ``days`` ago and mark the jobs ``expired``.
-
-    ``delete_output(output_path)`` removes one stored output and returns the bytes freed (0 if
-    it was already gone). Each job is committed as expired right after its file is deleted, so
-    an interruption leaves no job pointing at a missing file.
-    """
-    from sqlalchemy import select
-
-    from aiprod.core.logging import log_job_transition
-    from aiprod.db.models import Job
-
-    if days <= 0:
-        raise ConfigError(f"retention must be a positive number of days, not {days}")
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
-    expired = deleted = freed = 0
-    while True:
-        with session_factory() as session:
-            jobs = session.scalars(
-                select(Job)
-                .where(
-                    Job.status == "succeeded",
-                    Job.completed_at.is_not(None),
-                    Job.completed_at < cutoff,
-                )
-                .order_by(Job.completed_at)
-                .limit(batch_size)
-            ).all()
-            if not jobs:
-                break
-            for job in jobs:
-                if job.output_path:
-                    n = delete_output(job.output_path)
-                    deleted += 1
-                    freed += n
-                job.status = EXPIRED
-                job.output_path = None
-                session.commit()
-                expired += 1
-                log_job_transition(job.id, old="succeeded", new=EXPIRED, model=job.model)
-    log.info(
-        "retention applied",
-        extra={
-            "event": "retention",
-            "days": days,
-            "expired_jobs": expired,
-            "deleted_files": deleted,
-            "freed_bytes": freed,
-        },
-    )
-    return RetentionResult(expired_jobs=expired, deleted_files=deleted, freed_bytes=freed)
-
-
-def delete_local_output(root: Path) -> Callable[[str], int]:
-    """A ``delete_output`` for local storage under ``root`` (relative or absolute paths)."""
-    base = root.expanduser().resolve()
-
-    def _delete(output_path: str) -> int:
-        path = Path(output_path)
-        if not path.is_absolute():
-            path = base / path
-        path = path.resolve()
-        if base not in path.parents:
-            raise BackupError(f"refusing to delete {path}: it is outside the storage root {base}")
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return size
-
-    return _delete
-
-
-# --- CLI: `aiprod db backup|restore|retention` ----------------------------------------------
-
-
-def register_db_commands(db_app: typer.Typer) -> None:
-    """Add ``backup``, ``restore`` and ``retention`` to the CLI's ``db`` group."""
-    import typer
-
-    def _settings() -> Any:
-        from aiprod.core.settings import Settings
-
-        return Settings()
-
-    def _guard(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except AiprodError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from None
-        except OSError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    @db_app.command("backup")
-    def db_backup(
-        output: Path | None = typer.Option(
-            None,
-            "-o",
-            "--output",
-            help="Backup file (default: <data dir>/backups/aiprod-<UTC time>.sqlite|.dump).",
-        ),
-    ) -> None:
-        """Back up the database (SQLite: online backup API; PostgreSQL: pg_dump).
-
-        Safe while the server runs. Also keep AIPROD_SECRET_KEY / <data dir>/secret_key.
-
-        Example: aiprod db backup -o backups/aiprod-2026-11-21.sqlite
-        """
-
-        def run() -> None:
-            settings = _settings()
-            url = settings.resolved_database_url
-            dest = output
-            if dest is None:
-                ext = "sqlite" if url.startswith("sqlite") else "dump"
-                stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-                dest = settings.resolved_data_dir / "backups" / f"aiprod-{stamp}.{ext}"
-            result = backup(url, dest)
-            typer.echo(f"backup of the {result.backend} database: {result.bytes} bytes")
-            typer.echo(str(result.path))
-
-        _guard(run)
-
-    @db_app.command("restore")
-    def db_restore(
-        backup_file: Path = typer.Argument(..., help="A file written by `aiprod db backup`."),
-        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    ) -> None:
-        """Replace the database's contents with a backup. Stop the workers first.
-
-        Example: aiprod db restore backups/aiprod-2026-11-21.sqlite --yes
-        """
-
-        def run() -> None:
-            settings = _settings()
-            url = settings.resolved_database_url
-            if not yes and not typer.confirm(
-                f"Replace everything in {url.split('@')[-1]} with {backup_file}?"
-            ):
-                raise typer.Exit(1)
-            backend = restore(url, backup_file)
-            typer.echo(f"restored the {backend} database from {backup_file}")
-
-        _guard(run)
-
-    @db_app.command("retention")
-    def db_retention(
-        days: float | None = typer.Option(
-            None, "--days", help="Age in days (default: AIPROD_RETENTION_DAYS)."
-        ),
-    ) -> None:
-        """Delete outputs of jobs finished more than N days ago; mark those jobs expired.
-
-        Example: aiprod db retention --days 30
-        """
-
-        def run() -> None:
-            from aiprod.db.session import make_engine, make_sessionmaker
-            from aiprod.service.storage import open_storage, output_deleter
-
-            settings = _settings()
-            if days is None:
-                chosen = settings.retention_days
-                if chosen is None:
-                    raise ConfigError("give --days N or set AIPROD_RETENTION_DAYS")
-            else:
-                chosen = days
-            engine = make_engine(settings.resolved_database_url)
-            try:
-                result = apply_retention(
-                    make_sessionmaker(engine),
-                    days=chosen,
-                    delete_output=output_deleter(open_storage(settings)),
-                )
-            finally:
-                engine.dispose()
-            typer.echo(
-                f"expired {result.expired_jobs} jobs, deleted {result.deleted_files} files, "
-                f"freed {result.freed_bytes} bytes"
-            )
-
-        _guard(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -38,8 +39,30 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
+
+class JobStatus(StrEnum):
+    """A job's status (the ``jobs.status`` column). Changed only by ``aiprod.jobs.transitions``.
+
+    Defined here, not in ``aiprod.jobs``, so the repositories and the queue can use it too
+    (db/ never imports jobs/); ``aiprod.jobs`` re-exports it.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"  # succeeded, and its output was deleted by retention
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the job will never run again (its row stays for billing)."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+)
 
 
 def utcnow() -> datetime:
@@ -110,7 +133,7 @@ class Job(Base):
     model_version: Mapped[str] = mapped_column(String(128))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     input_image_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)  # a JobStatus
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

@@ -10,6 +10,9 @@ LOCKED`` (concurrent workers skip it and take the next); SQLite transactions are
 ``BEGIN IMMEDIATE`` (see ``session.py``), so only one claim runs at a time. Every write a worker
 makes afterwards is conditional on it still holding the lease (``lease_owner``), so a worker
 whose job was reaped and handed to another can never overwrite the new owner's result.
+
+This is repository code: which status a job goes to, and what else happens then (cost row,
+webhook, log line), is decided in ``aiprod.jobs.transitions``, the only caller of the writes.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from aiprod.core.logging import log_job_transition
-from aiprod.db.models import ApiKey, Job, utcnow
+from aiprod.db.models import ApiKey, Job, JobStatus, utcnow
 
 
 def claim(
@@ -39,7 +42,7 @@ def claim(
     q = (
         select(Job)
         .join(ApiKey, ApiKey.id == Job.api_key_id)
-        .where(Job.status == "queued", Job.available_at <= now)
+        .where(Job.status == JobStatus.QUEUED, Job.available_at <= now)
         .order_by(
             Job.priority.desc(),
             # Round-robin: the key served longest ago (or never) goes first...
@@ -57,7 +60,7 @@ def claim(
     job = session.execute(q).scalars().first()
     if job is None:
         return None
-    job.status = "running"
+    job.status = JobStatus.RUNNING
     job.attempts += 1
     job.lease_owner = worker_id
     job.lease_expires_at = now + timedelta(seconds=lease_seconds)
@@ -68,7 +71,6 @@ def claim(
     job.error_message = None
     session.execute(update(ApiKey).where(ApiKey.id == job.api_key_id).values(last_claimed_at=now))
     session.flush()
-    log_job_transition(job.id, old="queued", new="running", model=job.model, worker=worker_id)
     return job
 
 
@@ -78,8 +80,13 @@ class LeaseState:
     cancel_requested: bool
 
 
-def _owned(job_id: str, worker_id: str):  # type: ignore[no-untyped-def]
-    return and_(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running")
+def _owned(job_id: str, worker_id: str) -> ColumnElement[bool]:
+    return and_(Job.id == job_id, Job.lease_owner == worker_id, Job.status == JobStatus.RUNNING)
+
+
+def _rowcount(session: Session, stmt: Update) -> int:
+    result = cast(CursorResult[Any], session.execute(stmt))
+    return int(result.rowcount)
 
 
 def _state(session: Session, job_id: str, worker_id: str, rowcount: int) -> LeaseState:
@@ -99,21 +106,23 @@ def heartbeat(
 ) -> LeaseState:
     """Renew the lease; tells the worker whether it still owns the job and if cancel was asked."""
     now = now or utcnow()
-    res = session.execute(
+    n = _rowcount(
+        session,
         update(Job)
         .where(_owned(job_id, worker_id))
-        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds)),
     )
-    return _state(session, job_id, worker_id, res.rowcount)
+    return _state(session, job_id, worker_id, n)
 
 
 def set_progress(session: Session, *, job_id: str, worker_id: str, progress: float) -> LeaseState:
-    res = session.execute(
+    n = _rowcount(
+        session,
         update(Job)
         .where(_owned(job_id, worker_id))
-        .values(progress=max(0.0, min(1.0, float(progress))))
+        .values(progress=max(0.0, min(1.0, float(progress)))),
     )
-    return _state(session, job_id, worker_id, res.rowcount)
+    return _state(session, job_id, worker_id, n)
 
 
 def finish(
@@ -121,22 +130,21 @@ def finish(
     *,
     job_id: str,
     worker_id: str,
-    status: str,
+    status: JobStatus,
     now: datetime | None = None,
     **values: object,
 ) -> Job | None:
-    """Move an owned running job to a terminal status; None if the lease was lost."""
+    """Move an owned running job to ``status`` (terminal); None if the lease was lost."""
     now = now or utcnow()
-    res = session.execute(
+    n = _rowcount(
+        session,
         update(Job)
         .where(_owned(job_id, worker_id))
-        .values(status=status, completed_at=now, lease_owner=None, lease_expires_at=None, **values)
+        .values(status=status, completed_at=now, lease_owner=None, lease_expires_at=None, **values),
     )
-    if res.rowcount != 1:
+    if n != 1:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
-    log_job_transition(job_id, old="running", new=status, model=job and job.model, worker=worker_id)
-    return job
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def retry_later(
@@ -153,7 +161,7 @@ def retry_later(
     """Put an owned running job back in the queue, available after ``delay_seconds``."""
     now = now or utcnow()
     values: dict[str, object] = dict(
-        status="queued",
+        status=JobStatus.QUEUED,
         lease_owner=None,
         lease_expires_at=None,
         progress=0.0,
@@ -163,10 +171,7 @@ def retry_later(
     )
     if not count_attempt:
         values["attempts"] = Job.attempts - 1
-    res = session.execute(update(Job).where(_owned(job_id, worker_id)).values(**values))
-    if res.rowcount == 1:
-        log_job_transition(job_id, old="running", new="queued", worker=worker_id, reason=error_code)
-    return res.rowcount == 1
+    return _rowcount(session, update(Job).where(_owned(job_id, worker_id)).values(**values)) == 1
 
 
 def backoff_seconds(base: float, attempts: int) -> float:
@@ -179,7 +184,7 @@ def expired_jobs(session: Session, *, now: datetime | None = None, limit: int = 
     now = now or utcnow()
     q = (
         select(Job)
-        .where(Job.status == "running", Job.lease_expires_at < now)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
         .order_by(Job.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -194,17 +199,17 @@ def queue_position(session: Session, job: Job) -> int:
     and from every other key of the same priority as many jobs as it gets turns before ours.
     """
     higher = session.execute(
-        select(func.count()).where(Job.status == "queued", Job.priority > job.priority)
+        select(func.count()).where(Job.status == JobStatus.QUEUED, Job.priority > job.priority)
     ).scalar_one()
     rows = session.execute(
         select(Job.api_key_id, func.count(), ApiKey.last_claimed_at, func.min(Job.created_at))
         .join(ApiKey, ApiKey.id == Job.api_key_id)
-        .where(Job.status == "queued", Job.priority == job.priority)
+        .where(Job.status == JobStatus.QUEUED, Job.priority == job.priority)
         .group_by(Job.api_key_id, ApiKey.last_claimed_at)
     ).all()
     older_mine = session.execute(
         select(func.count()).where(
-            Job.status == "queued",
+            Job.status == JobStatus.QUEUED,
             Job.api_key_id == job.api_key_id,
             Job.priority == job.priority,
             or_(
@@ -243,7 +248,7 @@ class QueueSnapshot:
         rows = session.execute(
             select(Job.id, Job.priority, Job.api_key_id, Job.created_at, ApiKey.last_claimed_at)
             .join(ApiKey, ApiKey.id == Job.api_key_id)
-            .where(Job.status == "queued")
+            .where(Job.status == JobStatus.QUEUED)
         ).all()
         per_key: dict[tuple[int, str], list[tuple[datetime, str]]] = {}
         for job_id, priority, key_id, created_at, _last in rows:

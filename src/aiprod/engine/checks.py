@@ -8,19 +8,17 @@ in milliseconds with a message that says how to fix it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from aiprod.core.errors import InvalidRequest
+from aiprod.core.media import decode_image  # the one decoder, with the API's limits
 from aiprod.engine.types import GenerationRequest
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from aiprod.core.registry import ModelEntry
-
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
 def build_request(entry: ModelEntry, params: dict[str, Any]) -> GenerationRequest:
@@ -67,28 +65,3 @@ def check_geometry(
             f"'{model_id}' (e.g. {temporal_ratio * k + 1})",
             field="num_frames",
         )
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode PNG/JPEG/WebP bytes to an RGB PIL image, or raise InvalidRequest."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InvalidRequest("image is empty: send PNG, JPEG or WebP bytes", field="image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidRequest(
-            f"image is {len(data) // 1_000_000} MB; the limit is {MAX_IMAGE_BYTES // 1_000_000} MB",
-            field="image",
-        )
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.width < 8 or img.height < 8:
-                raise InvalidRequest(
-                    f"image is {img.width}x{img.height}; send at least 8x8 pixels", field="image"
-                )
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(
-            f"image could not be decoded ({exc}): send PNG, JPEG or WebP bytes", field="image"
-        ) from exc

@@ -15,13 +15,13 @@ import aiprod
 from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
 from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
+from aiprod.jobs.storage import open_storage
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
 from aiprod.service.observability import install_observability
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.routers import admin, health, jobs
 from aiprod.service.state import AppState
-from aiprod.service.storage import open_storage
 
 DESCRIPTION = """Text/image-to-video generation jobs.
 

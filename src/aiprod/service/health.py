@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
-from aiprod.service.metrics import load_gpu_stats
+from aiprod.jobs.gpu import load_gpu_stats
 
 
 @dataclass

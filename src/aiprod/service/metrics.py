@@ -14,20 +14,17 @@ Each app gets its own ``CollectorRegistry`` so several apps in one process (test
 collide. A database that cannot be reached during a scrape gives ``aiprod_database_up 0`` and
 no database series, never a failed scrape.
 
-This module imports neither FastAPI nor torch; the worker uses ``read_gpu_stats`` and
-``publish_gpu_stats`` from here.
+This module imports neither FastAPI nor torch. The GPU stats themselves (read by the worker,
+stored with its heartbeat) are ``aiprod.jobs.gpu``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +48,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod import __version__ as _version
-from aiprod.db.models import JOB_STATUSES, Job, ServiceState, WebhookDelivery, Worker
+from aiprod.db.models import Job, JobStatus, WebhookDelivery, Worker
+from aiprod.jobs.gpu import load_gpu_stats
 
 log = logging.getLogger(__name__)
 
@@ -59,152 +57,10 @@ log = logging.getLogger(__name__)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Buckets for job wall time (seconds): a tiny CPU model takes seconds, a big GPU one minutes.
 JOB_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-#: Statuses shown in ``aiprod_jobs`` even at zero (``expired`` is set by retention).
-SHOWN_STATUSES = (*JOB_STATUSES, "expired")
+#: Statuses shown in ``aiprod_jobs`` even at zero.
+SHOWN_STATUSES = tuple(s.value for s in JobStatus)
 #: Workers not seen for this long are left out of per-worker series.
 WORKER_FORGET_SECONDS = 3600.0
-GPU_STATE_PREFIX = "gpu:"
-
-
-# --------------------------------------------------------------------------------------------
-# GPU stats (NVML), read by the worker and stored with its heartbeat
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuStat:
-    """One GPU as NVML reports it."""
-
-    index: int
-    name: str
-    memory_used_bytes: int
-    memory_total_bytes: int
-    utilization_percent: float
-    temperature_celsius: float
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GpuStat:
-        return cls(
-            index=int(data["index"]),
-            name=str(data["name"]),
-            memory_used_bytes=int(data["memory_used_bytes"]),
-            memory_total_bytes=int(data["memory_total_bytes"]),
-            utilization_percent=float(data["utilization_percent"]),
-            temperature_celsius=float(data["temperature_celsius"]),
-        )
-
-
-def read_gpu_stats(indices: Sequence[int] | None = None) -> list[GpuStat]:
-    """The visible NVIDIA GPUs' memory, utilization and temperature via NVML.
-
-    Returns ``[]`` when there is no NVIDIA driver/GPU or ``nvidia-ml-py`` is not installed:
-    the series are then absent, never invented.
-    """
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    stats: list[GpuStat] = []
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        for i in indices if indices is not None else range(count):
-            if i >= count:
-                continue
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            temp = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
-            stats.append(
-                GpuStat(
-                    index=i,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
-                    memory_used_bytes=int(mem.used),
-                    memory_total_bytes=int(mem.total),
-                    utilization_percent=float(util.gpu),
-                    temperature_celsius=float(temp),
-                )
-            )
-    except pynvml.NVMLError as exc:
-        log.warning("reading GPU stats through NVML failed: %s", exc)
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
-    return stats
-
-
-def _gpu_state_key(worker_id: str) -> str:
-    # service_state.key is 64 characters; long worker ids are hashed (the id is in the value).
-    key = GPU_STATE_PREFIX + worker_id
-    if len(key) <= 64:
-        return key
-    return GPU_STATE_PREFIX + hashlib.sha256(worker_id.encode()).hexdigest()[:40]
-
-
-def publish_gpu_stats(session: Session, worker_id: str, stats: Sequence[GpuStat]) -> None:
-    """Store a worker's GPU stats (call with its heartbeat; the caller commits)."""
-    value = json.dumps({"worker": worker_id, "gpus": [asdict(s) for s in stats]})
-    key = _gpu_state_key(worker_id)
-    row = session.get(ServiceState, key)
-    now = datetime.now(UTC)
-    if row is None:
-        session.add(ServiceState(key=key, value=value, updated_at=now))
-    else:
-        row.value = value
-        row.updated_at = now
-
-
-_NVML_MISSING = False
-
-
-def visible_gpu_indices() -> list[int] | None:
-    """NVML indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES), None for all."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None or not env.strip():
-        return None
-    parts = [p.strip() for p in env.split(",")]
-    if not all(p.isdigit() for p in parts):
-        return None  # UUIDs / MIG names: report every GPU rather than guess
-    return [int(p) for p in parts]
-
-
-def report_gpu_stats(session: Session, worker_id: str) -> list[GpuStat]:
-    """Read this worker's GPUs and store them (call inside the heartbeat's transaction).
-
-    Without an NVIDIA GPU nothing is written (and NVML is not probed again).
-    """
-    global _NVML_MISSING
-    if _NVML_MISSING:
-        return []
-    stats = read_gpu_stats(visible_gpu_indices())
-    if not stats:
-        _NVML_MISSING = True
-        return []
-    publish_gpu_stats(session, worker_id, stats)
-    return stats
-
-
-def load_gpu_stats(session: Session, *, since: datetime) -> dict[str, list[GpuStat]]:
-    """GPU stats published since ``since``, by worker id."""
-    rows = session.scalars(
-        select(ServiceState).where(
-            ServiceState.key.startswith(GPU_STATE_PREFIX), ServiceState.updated_at >= since
-        )
-    )
-    out: dict[str, list[GpuStat]] = {}
-    for row in rows:
-        try:
-            data = json.loads(row.value)
-            out[str(data["worker"])] = [GpuStat.from_dict(g) for g in data["gpus"]]
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring malformed GPU stats in service_state[%s]", row.key)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,10 +115,12 @@ class DatabaseCollector(Collector):
         yield jobs
 
         depth = GaugeMetricFamily("aiprod_queue_depth", "Jobs waiting to be claimed")
-        depth.add_metric([], float(counts.get("queued", 0)))
+        depth.add_metric([], float(counts.get(JobStatus.QUEUED, 0)))
         yield depth
 
-        oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+        oldest = session.scalar(
+            select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)
+        )
         age = GaugeMetricFamily(
             "aiprod_queue_oldest_age_seconds", "Age of the oldest queued job (0 when empty)"
         )
@@ -282,7 +140,7 @@ class DatabaseCollector(Collector):
             .group_by(Job.model)
         ).tuples()
         for model, total in rows:
-            gpu_s.add_metric([model], float(total))
+            gpu_s.add_metric([model], float(total or 0.0))
         yield gpu_s
 
         yield from self._workers(session, now)
@@ -291,7 +149,7 @@ class DatabaseCollector(Collector):
     def _job_durations(self, session: Session, dialect: str) -> Iterator[Metric]:
         dur = _duration_seconds(dialect)
         done = Job.started_at.is_not(None) & Job.completed_at.is_not(None)
-        done &= Job.status.in_(("succeeded", "expired"))
+        done &= Job.status.in_((JobStatus.SUCCEEDED, JobStatus.EXPIRED))
         columns = [func.sum(case((dur <= b, 1), else_=0)) for b in JOB_BUCKETS]
         rows = session.execute(
             select(Job.model, func.count(), func.coalesce(func.sum(dur), 0.0), *columns)

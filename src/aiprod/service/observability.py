@@ -34,10 +34,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiprod.core.logging import request_id_var
 from aiprod.core.settings import Settings
-from aiprod.db.backup import apply_retention
+from aiprod.jobs.retention import apply_retention, output_deleter
 from aiprod.service.health import check_readiness
 from aiprod.service.metrics import ServiceMetrics
-from aiprod.service.storage import output_deleter
+from aiprod.service.schemas import ReadinessOut
 
 http_log = logging.getLogger("aiprod.http")
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
         "/readyz",
         summary=READYZ_SUMMARY,
         description=READYZ_DESCRIPTION,
-        responses={503: {"description": "Not ready (see reasons)"}},
+        response_model=ReadinessOut,
+        responses={503: {"model": ReadinessOut, "description": "Not ready (see reasons)"}},
     )
     def readiness() -> JSONResponse:
         report = check_readiness(

@@ -1,14 +1,13 @@
-"""API key tokens and secrets (no FastAPI, no database): shared by the API, worker and CLI.
+"""API key tokens (no FastAPI, no database): shared by the API and the CLI.
 
 A key is ``aiprod_sk_`` + 32 random URL-safe bytes. Only ``HMAC-SHA256(secret_key, key)`` is
 stored, so a leaked database does not leak usable keys, and a lookup is one indexed equality.
-Webhook signing secrets are derived per API key from the same server secret, so they need not be
-stored and can be shown again (``aiprod keys webhook-secret``).
+Webhook signing secrets are derived per API key from the same server secret:
+``aiprod.jobs.webhooks.webhook_secret``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -27,9 +26,3 @@ def hash_key(key: str, secret: str) -> str:
 def display_prefix(key: str) -> str:
     """The part of a key that is safe to show in listings (``aiprod_sk_AbCd``)."""
     return key[: len(KEY_PREFIX) + 4]
-
-
-def webhook_secret(api_key_id: str, secret: str) -> str:
-    """The Standard Webhooks signing secret (``whsec_...``) for one API key's deliveries."""
-    raw = hmac.new(secret.encode(), f"webhook:{api_key_id}".encode(), hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(raw).decode()

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
-from aiprod.service.jobs import QueueView
+from aiprod.jobs.storage import LocalStorage, S3Storage
+from aiprod.jobs.views import QueueView
 from aiprod.service.ratelimit import RateLimiter
-from aiprod.service.storage import LocalStorage, S3Storage
 
 
 @dataclass

@@ -21,23 +21,22 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, GenerationCanceled
-from aiprod.core.logging import log_job_transition
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
-from aiprod.db.models import Job, utcnow
+from aiprod.db.models import Job
 from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
-from aiprod.service.jobs import on_terminal
-from aiprod.service.metrics import report_gpu_stats
-from aiprod.service.storage import Storage, open_storage, output_key
-from aiprod.service.webhooks import WebhookDispatcher
+from aiprod.jobs import transitions
+from aiprod.jobs.gpu import report_gpu_stats
+from aiprod.jobs.schema import JobParams
+from aiprod.jobs.storage import Storage, open_storage, output_key
+from aiprod.jobs.webhooks import WebhookDispatcher
 
 log = logging.getLogger("aiprod.worker")
 
@@ -228,7 +227,7 @@ class Worker:
     def step(self) -> bool:
         """Claim and run one job; False when the queue had nothing for this worker."""
         with session_scope(self.sessions) as s:
-            job = queue.claim(
+            job = transitions.claim(
                 s,
                 worker_id=self.id,
                 lease_seconds=self.settings.lease_seconds,
@@ -249,21 +248,9 @@ class Worker:
     def _request(self, job: Job) -> Any:
         from aiprod.engine.types import GenerationRequest
 
-        p = job.params
+        params = JobParams.from_stored(job.params)
         image = self.storage.read_bytes(job.input_image_path) if job.input_image_path else None
-        return GenerationRequest(
-            prompt=p["prompt"],
-            negative_prompt=p.get("negative_prompt"),
-            width=p["width"],
-            height=p["height"],
-            num_frames=p["num_frames"],
-            fps=p["fps"],
-            seed=p["seed"],
-            num_inference_steps=p["num_inference_steps"],
-            guidance_scale=p["guidance_scale"],
-            two_stage=p.get("two_stage", False),
-            image=image,
-        )
+        return GenerationRequest(**params.as_dict(), image=image)
 
     def run_job(self, job: Job) -> None:
         cur = self.current
@@ -318,37 +305,27 @@ class Worker:
             )
 
     def _succeed(self, job: Job, entry: ModelEntry, key: str, data: bytes, seconds: float) -> None:
-        cost = round(seconds * entry.price_per_gpu_second, 6)
         with session_scope(self.sessions) as s:
-            done = queue.finish(
+            done = transitions.succeed(
                 s,
                 job_id=job.id,
                 worker_id=self.id,
-                status="succeeded",
-                progress=1.0,
+                settings=self.settings,
                 output_path=key,
                 output_bytes=len(data),
                 output_sha256=hashlib.sha256(data).hexdigest(),
                 gpu_seconds=seconds,
-                cost_usd=cost,
-                error_code=None,
-                error_message=None,
+                cost_usd=round(seconds * entry.price_per_gpu_second, 6),
             )
             if done is None:
                 log.warning("job %s: lease lost before finishing; result discarded", job.id)
                 return
-            p = job.params
             TimingRepository(s).record(
                 model=entry.id,
                 model_version=entry.version,
-                width=p["width"],
-                height=p["height"],
-                num_frames=p["num_frames"],
-                steps=p["num_inference_steps"],
-                two_stage=bool(p.get("two_stage")),
+                **JobParams.from_stored(job.params).shape(),
                 seconds=seconds,
             )
-            on_terminal(s, done, settings=self.settings)
             WorkerRepository(s).seen(
                 self.id, status="idle", current_job_id=None, jobs_done=self.jobs_done + 1
             )
@@ -361,54 +338,30 @@ class Worker:
         with session_scope(self.sessions) as s:
             if cur.cancel.is_set():
                 entry = self.registry.get(job.model)
-                done = queue.finish(
+                transitions.cancel_running(
                     s,
                     job_id=job.id,
                     worker_id=self.id,
-                    status="canceled",
+                    settings=self.settings,
                     gpu_seconds=seconds,
                     cost_usd=round(seconds * entry.price_per_gpu_second, 6),
                 )
-                if done is not None:
-                    on_terminal(s, done, settings=self.settings)
                 log.info("job %s canceled", job.id)
             else:  # the worker is stopping: hand the job back without using an attempt
-                queue.retry_later(
-                    s,
-                    job_id=job.id,
-                    worker_id=self.id,
-                    delay_seconds=0,
-                    error_code="worker_stopped",
-                    error_message="worker stopped; requeued",
-                    count_attempt=False,
-                )
+                transitions.hand_back(s, job_id=job.id, worker_id=self.id)
                 log.info("job %s requeued (worker stopping)", job.id)
 
     def _failed(self, job: Job, code: str, message: str, *, permanent: bool) -> None:
         with session_scope(self.sessions) as s:
-            if not permanent and job.attempts < job.max_attempts:
-                delay = queue.backoff_seconds(self.settings.retry_backoff_seconds, job.attempts)
-                queue.retry_later(
-                    s,
-                    job_id=job.id,
-                    worker_id=self.id,
-                    delay_seconds=delay,
-                    error_code=code,
-                    error_message=message,
-                )
-                log.warning("job %s failed (%s); retry in %.1fs", job.id, message, delay)
-                return
-            done = queue.finish(
+            transitions.fail_attempt(
                 s,
-                job_id=job.id,
+                job=job,
                 worker_id=self.id,
-                status="failed",
-                error_code=code,
-                error_message=message,
+                settings=self.settings,
+                code=code,
+                message=message,
+                permanent=permanent,
             )
-            if done is not None:
-                on_terminal(s, done, settings=self.settings)
-            log.warning("job %s failed: %s", job.id, message)
 
 
 def reap(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, int]:
@@ -416,28 +369,5 @@ def reap(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, int]
 
     Returns (requeued, failed). Safe to run from many workers at once (rows are locked).
     """
-    requeued = failed = 0
     with session_scope(sessions) as s:
-        now = utcnow()
-        for job in queue.expired_jobs(s, now=now):
-            msg = f"worker {job.lease_owner} stopped renewing its lease (crashed or hung)"
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.error_code = "worker_lost"
-            job.error_message = msg
-            if job.attempts >= job.max_attempts:
-                job.status = "failed"
-                job.completed_at = now
-                s.flush()
-                on_terminal(s, job, settings=settings)
-                failed += 1
-            else:
-                job.status = "queued"
-                job.progress = 0.0
-                job.available_at = now + timedelta(
-                    seconds=queue.backoff_seconds(settings.retry_backoff_seconds, job.attempts)
-                )
-                requeued += 1
-            log.warning("reaper: job %s %s (%s)", job.id, job.status, msg)
-            log_job_transition(job.id, old="running", new=job.status, model=job.model, reason=msg)
-    return requeued, failed
+        return transitions.reap_expired(s, settings=settings)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from aiprod.db.repositories import (
     ApiKeyRepository,
@@ -15,8 +16,11 @@ from aiprod.db.repositories import (
     WorkerRepository,
 )
 from aiprod.service.deps import AdminDep, SessionDep, StateDep
+from aiprod.service.schemas import ClearCacheOut, StatsOut, WorkersOut, errors
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+router = APIRouter(
+    prefix="/api/v1/admin", tags=["admin"], responses=errors(401, 403, 422, 429, 503)
+)
 
 CACHE_EPOCH = "cache_epoch"
 
@@ -25,12 +29,17 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-@router.get("/stats", summary="Jobs, GPU-seconds, cost and revenue per key and per day")
+@router.get(
+    "/stats",
+    summary="Jobs, GPU-seconds, cost and revenue per key and per day",
+    response_model=StatsOut,
+    responses=errors(422),
+)
 def stats(
     admin: AdminDep,
     session: SessionDep,
     days: Annotated[int, Query(ge=1, le=366, description="How many days back")] = 30,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Keys whose billed cost this calendar month (UTC) exceeds their monthly budget are
     flagged `over_budget`."""
     now = datetime.now(UTC)
@@ -62,7 +71,7 @@ def stats(
             }
         )
     day_rows = CostRepository(session).days(since.date(), now.date())
-    days_out = [
+    days_out: list[dict[str, Any]] = [
         {
             "day": d.day.isoformat(),
             "videos_generated": d.videos_generated,
@@ -74,7 +83,7 @@ def stats(
         }
         for d in day_rows
     ]
-    totals = {
+    totals: dict[str, Any] = {
         k: round(sum(d[k] for d in days_out), 6)
         for k in (
             "videos_generated",
@@ -87,37 +96,47 @@ def stats(
     }
     totals["queued"] = jobs.queued_count()
     totals["running"] = jobs.running_count()
-    return {"since": since.date().isoformat(), "keys": keys_out, "days": days_out, "totals": totals}
+    return JSONResponse(
+        {"since": since.date().isoformat(), "keys": keys_out, "days": days_out, "totals": totals}
+    )
 
 
-@router.post("/clear-cache", summary="Ask every worker to free cached GPU memory")
-def clear_cache(admin: AdminDep, session: SessionDep, state: StateDep) -> dict[str, Any]:
+@router.post(
+    "/clear-cache",
+    summary="Ask every worker to free cached GPU memory",
+    response_model=ClearCacheOut,
+)
+def clear_cache(admin: AdminDep, session: SessionDep, state: StateDep) -> JSONResponse:
     """Bumps the shared cache epoch; each worker applies it between jobs (within one poll
     interval when idle) and records the epoch it applied (see /admin/workers)."""
     epoch = StateRepository(session).increment(CACHE_EPOCH)
     alive = WorkerRepository(session).alive(state.settings.lease_seconds * 2)
-    return {"cache_epoch": epoch, "workers_notified": len(alive)}
+    return JSONResponse({"cache_epoch": epoch, "workers_notified": len(alive)})
 
 
-@router.get("/workers", summary="Worker processes and what they are doing")
-def workers(admin: AdminDep, session: SessionDep, state: StateDep) -> dict[str, Any]:
+@router.get(
+    "/workers", summary="Worker processes and what they are doing", response_model=WorkersOut
+)
+def workers(admin: AdminDep, session: SessionDep, state: StateDep) -> JSONResponse:
     horizon = datetime.now(UTC) - timedelta(seconds=state.settings.lease_seconds * 2)
-    return {
-        "data": [
-            {
-                "id": w.id,
-                "hostname": w.hostname,
-                "pid": w.pid,
-                "device": w.device,
-                "status": w.status
-                if w.last_seen_at >= horizon or w.status == "stopped"
-                else "lost",
-                "current_job_id": w.current_job_id,
-                "cache_epoch": w.cache_epoch,
-                "jobs_done": w.jobs_done,
-                "started_at": _iso(w.started_at),
-                "last_seen_at": _iso(w.last_seen_at),
-            }
-            for w in WorkerRepository(session).all()
-        ]
-    }
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": w.id,
+                    "hostname": w.hostname,
+                    "pid": w.pid,
+                    "device": w.device,
+                    "status": w.status
+                    if w.last_seen_at >= horizon or w.status == "stopped"
+                    else "lost",
+                    "current_job_id": w.current_job_id,
+                    "cache_epoch": w.cache_epoch,
+                    "jobs_done": w.jobs_done,
+                    "started_at": _iso(w.started_at),
+                    "last_seen_at": _iso(w.last_seen_at),
+                }
+                for w in WorkerRepository(session).all()
+            ]
+        }
+    )

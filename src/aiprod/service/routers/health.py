@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from aiprod.service.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, Any]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: the process answers", response_model=HealthOut)
+def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})

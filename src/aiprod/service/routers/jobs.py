@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
-from aiprod.db.models import JOB_STATUSES
 from aiprod.db.repositories import JobRepository
-from aiprod.service import jobs as svc
+from aiprod.jobs import JobStatus, transitions
+from aiprod.jobs.estimate import estimate
+from aiprod.jobs.schema import GenerateBody, validate_generate
+from aiprod.jobs.views import render_job
 from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep, read_session, write_slot
+from aiprod.service.schemas import EstimateOut, JobOut, JobPage, ModelsOut, errors
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+# Every route answers 401 without a valid key, 422 for a bad header or query value (the
+# error shape, like every error), 429 past the rate limit and 503 while the
+# database is unreachable. The bodies are built by aiprod.jobs.views (shared with webhooks) and
+# returned as they are: the response models document them (checked by the tests).
+router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=errors(401, 422, 429, 503))
 
 
 def _base(request: Request) -> str:
@@ -26,10 +33,12 @@ def _base(request: Request) -> str:
     "/generate",
     status_code=202,
     summary="Create a generation job",
+    response_model=JobOut,
+    responses=errors(400, 409, 413, 422),
     dependencies=[Depends(write_slot, scope="function")],
 )
 def generate(
-    body: svc.GenerateBody,
+    body: GenerateBody,
     request: Request,
     key: ApiKeyDep,
     session: SessionDep,
@@ -38,7 +47,7 @@ def generate(
 ) -> JSONResponse:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
     `Idempotency-Key` returns the same job instead of creating another."""
-    job, created = svc.create_job(
+    job, created = transitions.create_job(
         session,
         api_key_id=key.id,
         priority=key.priority,
@@ -48,7 +57,7 @@ def generate(
         settings=state.settings,
         idempotency_key=idempotency_key,
     )
-    out = svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+    out = render_job(session, job, base_url=_base(request), settings=state.settings)
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -70,7 +79,12 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
     return dt
 
 
-@router.get("/jobs", summary="List the caller's jobs, newest first")
+@router.get(
+    "/jobs",
+    summary="List the caller's jobs, newest first",
+    response_model=JobPage,
+    responses=errors(422),
+)
 def list_jobs(
     request: Request,
     key: ApiKeyDep,
@@ -80,13 +94,13 @@ def list_jobs(
     created_before: Annotated[str | None, Query(description="ISO 8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """E.g. all videos of the last 30 days: `?status=succeeded&created_after=2026-01-01`."""
     statuses = status or None
     for s in statuses or []:
-        if s not in JOB_STATUSES:
+        if s not in tuple(JobStatus):
             raise InvalidRequest(
-                f"status '{s}' is not one of {', '.join(JOB_STATUSES)}", field="status"
+                f"status '{s}' is not one of {', '.join(JobStatus)}", field="status"
             )
     after = _parse_time(created_after, "created_after")
     before = _parse_time(created_before, "created_before")
@@ -101,40 +115,43 @@ def list_jobs(
             cursor=cursor,
         )
         data = [
-            svc.render_job(
+            render_job(
                 session, j, base_url=base, settings=state.settings, queue_view=state.queue_view
             )
             for j in page.items
         ]
-    return {"data": data, "next_cursor": page.next_cursor}
+    return JSONResponse({"data": data, "next_cursor": page.next_cursor})
 
 
-@router.get("/jobs/{job_id}", summary="A job object")
-def get_job(job_id: str, request: Request, key: ApiKeyDep, state: StateDep) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", summary="A job object", response_model=JobOut, responses=errors(404))
+def get_job(job_id: str, request: Request, key: ApiKeyDep, state: StateDep) -> JSONResponse:
     with read_session(state) as session:  # ends here, not after the response (see read_session)
         job = JobRepository(session).get_owned(job_id, key.id)
-        return svc.render_job(
+        out = render_job(
             session,
             job,
             base_url=_base(request),
             settings=state.settings,
             queue_view=state.queue_view,
         )
+    return JSONResponse(out)
 
 
 @router.post(
     "/jobs/{job_id}/cancel",
     summary="Cancel a queued or running job",
+    response_model=JobOut,
+    responses=errors(404),
     dependencies=[Depends(write_slot, scope="function")],
 )
 def cancel(
     job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> JSONResponse:
     """A queued job is canceled at once; a running one stops within one denoising step
     (`cancel_requested` is true until it does). Canceling a finished job changes nothing."""
     job = JobRepository(session).get_owned(job_id, key.id)
-    job = svc.cancel_job(session, job, settings=state.settings)
-    return svc.render_job(session, job, base_url=_base(request), settings=state.settings)
+    job = transitions.cancel_job(session, job, settings=state.settings)
+    return JSONResponse(render_job(session, job, base_url=_base(request), settings=state.settings))
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -144,7 +161,12 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
     "/jobs/{job_id}/download",
     summary="Download the MP4",
     response_class=Response,
-    responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "Partial content"}},
+    responses={
+        200: {"content": {"video/mp4": {}}},
+        206: {"description": "Partial content"},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **errors(404, 409, 416),
+    },
 )
 def download(
     job_id: str,
@@ -156,7 +178,7 @@ def download(
     """The MP4 of a succeeded job (409 otherwise). Supports `Range` (206) and `ETag`."""
     with read_session(state) as session:  # a read: no SQLite write lock, ended before streaming
         job = JobRepository(session).get_owned(job_id, key.id)
-    if job.status != "succeeded" or not job.output_path:
+    if job.status != JobStatus.SUCCEEDED or not job.output_path:
         raise Conflict(
             f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
             code="not_ready",
@@ -210,18 +232,25 @@ def download(
     )
 
 
-@router.get("/models", summary="Models this server can run")
-def models(key: ApiKeyDep, state: StateDep) -> dict[str, Any]:
+@router.get("/models", summary="Models this server can run", response_model=ModelsOut)
+def models(key: ApiKeyDep, state: StateDep) -> JSONResponse:
     reg = state.registry
-    return {
-        "default": reg.default,
-        "data": [{**m.public_dict(), "default": m.id == reg.default} for m in reg.models],
-    }
+    return JSONResponse(
+        {
+            "default": reg.default,
+            "data": [{**m.public_dict(), "default": m.id == reg.default} for m in reg.models],
+        }
+    )
 
 
-@router.post("/estimate-cost", summary="Predict GPU-seconds and cost for a request")
+@router.post(
+    "/estimate-cost",
+    summary="Predict GPU-seconds and cost for a request",
+    response_model=EstimateOut,
+    responses=errors(400, 413, 422),
+)
 def estimate_cost(
-    body: svc.GenerateBody, key: ApiKeyDep, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+    body: GenerateBody, key: ApiKeyDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
     """Same body as /generate. `basis` is `measured` once a worker has timed this model."""
-    return svc.estimate(session, svc.validate_generate(body, state.registry))
+    return JSONResponse(estimate(session, validate_generate(body, state.registry)))

@@ -255,15 +255,6 @@ def input_key(job_id: str) -> str:
     return f"inputs/{job_id}.img"
 
 
-def output_deleter(storage: Storage) -> Callable[[str], int]:
-    """A retention ``delete_output`` for ``storage``: removes one output, returns bytes freed."""
-    if isinstance(storage, LocalStorage):
-        from aiprod.db.backup import delete_local_output
-
-        return delete_local_output(storage.root)
-    return lambda key: storage.delete(key) or 0
-
-
 def open_storage(settings: Settings) -> LocalStorage | S3Storage:
     url = settings.resolved_storage_url
     if url.startswith("s3://"):

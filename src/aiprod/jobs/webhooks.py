@@ -9,6 +9,9 @@ and records the outcome; failures are retried with exponential backoff up to
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +25,17 @@ from aiprod.core.settings import Settings
 from aiprod.db.models import WebhookDelivery, utcnow
 from aiprod.db.repositories import WebhookRepository
 from aiprod.db.session import session_scope
-from aiprod.service.security import webhook_secret
 
 log = logging.getLogger("aiprod.webhooks")
+
+
+def webhook_secret(api_key_id: str, secret: str) -> str:
+    """The Standard Webhooks signing secret (``whsec_...``) for one API key's deliveries.
+
+    Derived from the server secret, so it need not be stored and can be shown again
+    (``aiprod keys webhook-secret``)."""
+    raw = hmac.new(secret.encode(), f"webhook:{api_key_id}".encode(), hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(raw).decode()
 
 
 def signed_headers(delivery: WebhookDelivery, secret: str, now: datetime) -> dict[str, str]:

@@ -1,0 +1,147 @@
+"""The generate request and the one resolved parameter type, for the API, worker and CLI.
+
+``GenerateBody`` is what a client sends (POST /generate and /estimate-cost; every field but
+``prompt`` optional). ``JobParams`` is the request after the model entry filled the defaults and
+checked the limits (``ModelEntry.resolve_request``): stored as the job's ``params``, shown in the
+job object, turned into the engine's ``GenerationRequest`` by the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aiprod.core.errors import InvalidRequest
+from aiprod.core.media import image_from_base64
+from aiprod.core.registry import ModelEntry, Registry
+
+MAX_METADATA_BYTES = 8 * 1024
+
+
+class GenerateBody(BaseModel):
+    """The body of POST /generate and /estimate-cost (limits are checked against the model)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"prompt": "a red fox running through snow", "num_frames": 9, "seed": 1}]
+        },
+    )
+
+    prompt: str = Field(description="What the video shows (1..2000 characters).")
+    negative_prompt: str | None = None
+    model: str | None = Field(default=None, description="Model id; default: the server's default.")
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    two_stage: bool | None = None
+    image: str | None = Field(
+        default=None, description="Conditioning image (PNG/JPEG/WebP), base64 or a data: URL."
+    )
+    webhook_url: str | None = Field(default=None, max_length=2000)
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobParams:
+    """A fully resolved request (defaults filled, limits checked, seed chosen).
+
+    The field order is ``resolve_request``'s, so ``as_dict()`` is the stored ``params`` JSON.
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    two_stage: bool
+    seed: int
+
+    @classmethod
+    def resolve(cls, entry: ModelEntry, request: dict[str, Any]) -> JobParams:
+        """``entry``'s defaults and limits applied to the request's fields; a missing seed
+        becomes a random 31-bit one. Raises InvalidRequest naming the field."""
+        params = entry.resolve_request(request)
+        if params["seed"] is None:
+            params["seed"] = secrets.randbelow(2**31)
+        return cls(**params)
+
+    @classmethod
+    def from_stored(cls, params: dict[str, Any]) -> JobParams:
+        """The ``params`` of a job row (rows written before ``two_stage`` existed: False)."""
+        return cls(
+            prompt=params["prompt"],
+            negative_prompt=params.get("negative_prompt"),
+            width=params["width"],
+            height=params["height"],
+            num_frames=params["num_frames"],
+            fps=params["fps"],
+            num_inference_steps=params["num_inference_steps"],
+            guidance_scale=params["guidance_scale"],
+            two_stage=bool(params.get("two_stage", False)),
+            seed=params["seed"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def shape(self) -> dict[str, Any]:
+        """What generation time depends on (the key of measured timings)."""
+        return dict(
+            width=self.width,
+            height=self.height,
+            num_frames=self.num_frames,
+            steps=self.num_inference_steps,
+            two_stage=self.two_stage,
+        )
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A checked generate request: the model entry, its parameters and the image bytes."""
+
+    entry: ModelEntry
+    params: JobParams
+    image: bytes | None
+
+
+def validate_generate(body: GenerateBody, registry: Registry) -> Validated:
+    """Check every field against the model entry; raises InvalidRequest naming the field."""
+    entry = registry.get(body.model)
+    params = JobParams.resolve(entry, body.model_dump())
+    image = image_from_base64(body.image) if body.image is not None else None
+    if body.webhook_url is not None:
+        parts = urlsplit(body.webhook_url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise InvalidRequest(
+                "webhook_url must be an absolute http(s) URL, e.g. https://example.com/hook",
+                field="webhook_url",
+            )
+    if body.metadata is not None:
+        size = len(json.dumps(body.metadata, default=str))
+        if size > MAX_METADATA_BYTES:
+            raise InvalidRequest(
+                f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+                field="metadata",
+            )
+    return Validated(entry=entry, params=params, image=image)
+
+
+def request_hash(body: GenerateBody) -> str:
+    """A digest of the request as sent (for Idempotency-Key replays)."""
+    canon = json.dumps(body.model_dump(exclude_none=True), sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()

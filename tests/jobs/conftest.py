@@ -1,0 +1,3 @@
+"""Fixtures shared by the service/worker/db/cli tests (see tests/service/harness.py)."""
+
+from tests.service.harness import db_url, pg_url  # noqa: F401
