@@ -26,9 +26,17 @@ import numpy as np
 import torch
 
 from aiprod.core.errors import ConfigError
-from aiprod.core.registry import ModelEntry
+from aiprod.core.registry import LTX2Entry
 from aiprod.engine.common import StepTracker, free_memory, video_to_uint8
-from aiprod.engine.ltxv import check_ltx_request, half_size, ltx_oom_guard
+from aiprod.engine.files import check_family, check_model_path, component_path, single_file_config
+from aiprod.engine.loading import (
+    apply_options,
+    check_call_kwargs,
+    load_folder_model,
+    load_or_fail,
+    load_text_and_upsampler,
+)
+from aiprod.engine.ltx import check_ltx_request, half_size, ltx_oom_guard
 from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ class LTX2Engine:
 
     def __init__(
         self,
-        entry: ModelEntry,
+        entry: LTX2Entry,
         *,
         pipe: Any,
         i2v_pipe: Any,
@@ -286,18 +294,17 @@ class LTX2Engine:
 
 
 # -- loading ----------------------------------------------------------------------------------
-def load_ltx2(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LTX2Engine:
-    comps = _load_ltx2_files(entry, dtype)
-    return build_ltx2_engine(entry, comps, device=device)
+def load(entry: LTX2Entry, device: torch.device, dtype: torch.dtype) -> LTX2Engine:
+    """An ``ltx2`` entry's files -> engine."""
+    return build(entry, load_components(entry, dtype), device=device, dtype=dtype)
 
 
-def build_ltx2_engine(
-    entry: ModelEntry, comps: dict[str, Any], *, device: torch.device
+def build(
+    entry: LTX2Entry, comps: dict[str, Any], *, device: torch.device, dtype: torch.dtype
 ) -> LTX2Engine:
-    """Assemble an LTX-2 engine from components; loads ``components.distilled_lora`` if set."""
+    """Assemble an LTX-2 engine from components (in their own dtype); loads
+    ``components.distilled_lora`` if set."""
     from diffusers import LTX2ImageToVideoPipeline, LTX2LatentUpsamplePipeline, LTX2Pipeline
-
-    from aiprod.engine.loader import apply_options, check_call_kwargs, load_or_fail
 
     comps = dict(comps)
     upsampler = comps.pop("latent_upsampler", None)
@@ -352,7 +359,9 @@ def _text_encoder_class(path: Path) -> Any:
     return cls
 
 
-def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
+def load_components(entry: LTX2Entry, dtype: torch.dtype) -> dict[str, Any]:
+    """An LTX-2 folder (or single file + config folder) and its text encoder, connectors,
+    vocoder and optional latent upsampler."""
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
@@ -360,16 +369,6 @@ def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
     )
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
-
-    from aiprod.engine.loader import (
-        check_family,
-        check_model_path,
-        component_path,
-        load_folder_model,
-        load_or_fail,
-        load_text_and_upsampler,
-        single_file_config,
-    )
 
     root = check_model_path(entry)
     local = {"torch_dtype": dtype, "local_files_only": True}
