@@ -175,7 +175,7 @@ def ltx2_components(device: torch.device, dtype: torch.dtype, lora_rank: int) ->
 def add_distilled_lora(transformer: torch.nn.Module, rank: int) -> None:
     from peft import LoraConfig
 
-    from aiprod.engine.backends.ltx2 import LORA_ADAPTER
+    from aiprod.engine.ltx2_engine import LORA_ADAPTER
 
     transformer.add_adapter(
         LoraConfig(
@@ -341,7 +341,7 @@ def run_plain_ltx2(
         STAGE_2_DISTILLED_SIGMA_VALUES,
     )
 
-    from aiprod.engine.backends.ltx2 import LORA_ADAPTER, NO_GUIDANCE
+    from aiprod.engine.ltx2_engine import LORA_ADAPTER, NO_GUIDANCE
 
     parts = {k: v for k, v in comps.items() if k != "latent_upsampler"}
     pipe = LTX2Pipeline(**parts)
