@@ -51,14 +51,14 @@ def _cpu_s() -> float:
 
 
 def _make_sources(folder: Path, *, n: int, width: int, height: int, fps: float, seconds: float):
-    from aiprod.builtin import synth
+    from aiprod.builtin import grammar, render
     from aiprod.core.media import write_mp4
 
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
-        params = synth.sample_params(1 + i % 4, rng)
-        frames = synth.render(
+        params = grammar.sample_params(1 + i % 4, rng)
+        frames = render.render(
             params, width=width, height=height, num_frames=int(round(seconds * fps)), seed=i
         )
         paths.append(write_mp4(folder / f"src{i:03d}.mp4", frames, fps, crf=20, preset="veryfast"))

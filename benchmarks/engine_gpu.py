@@ -175,7 +175,7 @@ def ltx2_components(device: torch.device, dtype: torch.dtype, lora_rank: int) ->
 def add_distilled_lora(transformer: torch.nn.Module, rank: int) -> None:
     from peft import LoraConfig
 
-    from aiprod.engine.ltx2 import LORA_ADAPTER
+    from aiprod.engine.ltx2_engine import LORA_ADAPTER
 
     transformer.add_adapter(
         LoraConfig(
@@ -268,7 +268,7 @@ def preset_for(family: str, name: str, tiny: bool) -> Preset:
 
 
 def half(size: int) -> int:
-    from aiprod.engine.ltxv import half_size
+    from aiprod.engine.ltx import half_size
 
     return half_size(size)
 
@@ -279,7 +279,7 @@ def run_plain_ltxv(
     """The LTX-Video two-stage recipe as diffusers documents it (LTXConditionPipeline)."""
     from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
 
-    from aiprod.engine.ltxv import refine_schedule
+    from aiprod.engine.ltx import refine_schedule
 
     parts = {k: v for k, v in comps.items() if k != "latent_upsampler"}
     pipe = LTXConditionPipeline(**parts)
@@ -341,7 +341,7 @@ def run_plain_ltx2(
         STAGE_2_DISTILLED_SIGMA_VALUES,
     )
 
-    from aiprod.engine.ltx2 import LORA_ADAPTER, NO_GUIDANCE
+    from aiprod.engine.ltx2_engine import LORA_ADAPTER, NO_GUIDANCE
 
     parts = {k: v for k, v in comps.items() if k != "latent_upsampler"}
     pipe = LTX2Pipeline(**parts)
@@ -422,9 +422,10 @@ def engine_entry(family: str, preset: Preset, args: argparse.Namespace) -> Model
         "compile": args.compile,
         "attention_backend": args.attention_backend,
         "vae_tiling": args.vae_tiling,
-        "distilled": preset.distilled and family == "ltx2",
         "refine_steps": 3,
     }
+    if family == "ltx2":  # an ltx2-only option (the registry refuses it for ltxv)
+        options["distilled"] = preset.distilled
     return ModelEntry.model_validate(
         {
             "id": f"bench-{family}",

@@ -49,6 +49,47 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
             "guidance_min_sigma = 0.7\n",
             "LTX-2's guidance terms are set through options.call_kwargs",
         ),
+        # each family's schema takes only its own knobs, and the refusal names the fix
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltx2"\n[models.options]\n'
+            "candidates = 1\n",
+            "options.candidates ranks stage-1 drafts .* family 'ltx2' has none: remove it",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltxv"\n[models.options]\n'
+            "distilled = true\n",
+            "options.distilled selects LTX-2's distilled schedule; family 'ltxv' has none",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltx2"\n[models.options]\n'
+            'ltxv_pipeline = "classic"\n',
+            "options.ltxv_pipeline picks the LTX-Video pipeline .*: remove it",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltxv"\n[models.options]\n'
+            "tiny_seed = 0\n",
+            "options.tiny_seed serves the tiny random built-in model; family 'ltxv'",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "ltxv"\n[models.components]\n'
+            'verifier = "v"\n',
+            "components.verifier is the built-in model's prompt verifier; family 'ltxv'",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "builtin"\n[models.components]\n'
+            'vocoder = "v"\n',
+            "components.vocoder is a part of LTX-2 models; family 'builtin' has none",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "builtin"\npath = "w"\n'
+            "[models.options]\ntiny_seed = 0\n",
+            "set either path .* or options.tiny_seed",
+        ),
+        (
+            'default = "m"\n[[models]]\nid = "m"\nfamily = "builtin"\n[models.options]\n'
+            "candidates = 9\n",
+            "candidates",
+        ),
         ("default = ", "not valid TOML"),
     ],
 )
@@ -80,3 +121,33 @@ def test_resolve_request_fills_defaults_and_names_bad_fields() -> None:
         assert err.value.field == field
     with pytest.raises(InvalidRequest, match="unknown model 'nope'"):
         load_registry().get("nope")
+
+
+def test_entries_are_typed_per_family(tmp_path: Path) -> None:
+    from aiprod.core.registry import (
+        BuiltinEntry,
+        BuiltinOptions,
+        LTX2Entry,
+        LTXVEntry,
+        ModelEntry,
+    )
+
+    f = tmp_path / "models.toml"
+    f.write_text(
+        'default = "a"\n'
+        '[[models]]\nid = "a"\nfamily = "ltx2"\n[models.options]\ndistilled = true\n'
+        '[[models]]\nid = "b"\nfamily = "ltxv"\n[models.options]\nguidance_min_sigma = 0.5\n'
+        '[[models]]\nid = "c"\nfamily = "builtin"\n[models.options]\ncandidates = 2\n'
+        "tiny_seed = 3\n"
+    )
+    reg = load_registry(f)
+    a, b, c = (reg.get(i) for i in "abc")
+    assert isinstance(a, LTX2Entry) and a.options.distilled
+    assert isinstance(b, LTXVEntry) and b.options.guidance_min_sigma == 0.5
+    assert isinstance(c, BuiltinEntry) and (c.options.candidates, c.options.tiny_seed) == (2, 3)
+    assert not hasattr(a.options, "candidates") and not hasattr(b.options, "candidates")
+    # the base validates to the family's entry; it is never built by itself
+    entry = ModelEntry.model_validate({"id": "x", "family": "builtin"})
+    assert type(entry) is BuiltinEntry and type(entry.options) is BuiltinOptions
+    with pytest.raises(TypeError, match="model_validate"):
+        ModelEntry(id="x", family="ltxv")

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from aiprod.builtin import synth
+from aiprod.builtin import grammar, render
 from aiprod.core.media import write_mp4
 
 W, H = 320, 256  # 256p: just passes validate.min_short_side
@@ -17,7 +17,7 @@ W, H = 320, 256  # 256p: just passes validate.min_short_side
 def moving(
     *, width: int = W, height: int = H, frames: int = 36, seed: int = 0, **kw: object
 ) -> np.ndarray:
-    p = synth.SynthParams(
+    p = grammar.SynthParams(
         phase=1,
         shape=str(kw.get("shape", "circle")),
         color=str(kw.get("color", "red")),
@@ -25,7 +25,7 @@ def moving(
         direction=str(kw.get("direction", "left")),
         background=str(kw.get("background", "black")),
     )
-    return synth.render(p, width=width, height=height, num_frames=frames, seed=seed)
+    return render.render(p, width=width, height=height, num_frames=frames, seed=seed)
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +61,12 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     still = moving(frames=1)
     out["frozen"] = write_mp4(d / "frozen.mp4", np.repeat(still, 36, axis=0), 24)
     # Slow, small, low-contrast motion must not read as frozen.
-    slow = synth.SynthParams(
+    slow = grammar.SynthParams(
         phase=1, shape="square", color="magenta", count=1, direction="down", speed="slow",
         background="gray", size=0.06,
     )  # fmt: skip
     out["slow"] = write_mp4(
-        d / "slow.mp4", synth.render(slow, width=W, height=H, num_frames=48, seed=3), 24
+        d / "slow.mp4", render.render(slow, width=W, height=H, num_frames=48, seed=3), 24
     )
     a = moving(frames=30, color="red", background="black", direction="left")
     b = moving(frames=30, color="blue", shape="square", background="gray", direction="up", seed=5)

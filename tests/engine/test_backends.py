@@ -230,3 +230,38 @@ def test_ltxv_guidance_interval_skips_the_unconditional_pass_at_low_noise(
     assert not pipe.pipe.transformer._forward_pre_hooks  # the interval is off again
     guided = pipes["tiny-ltxv"](build_request(base, params))
     assert not np.array_equal(video.frames, guided.frames)
+
+
+def test_every_family_has_a_backend_with_load_and_build() -> None:
+    """The backend table covers the registry's families; each backend loads files and builds
+    from components, and the built-in model's comes from aiprod.builtin."""
+    from typing import get_args
+
+    from aiprod.core.registry import Family, ModelEntry
+    from aiprod.engine.backends import BACKENDS, backend_for
+
+    assert set(BACKENDS) == set(get_args(Family))
+    for family, get in BACKENDS.items():
+        backend = get()
+        assert callable(backend.load) and callable(backend.build), family
+    entry = ModelEntry.model_validate({"id": "b", "family": "builtin", "options": {"tiny_seed": 0}})
+    assert backend_for(entry).__name__ == "aiprod.builtin.backend"
+
+
+def test_builtin_drafts_reach_the_engine_as_a_ranker(tmp_path: Path) -> None:
+    """The engine sees the built-in model's verifier only through the DraftRanker protocol."""
+    from aiprod.builtin.backend import VerifierRanker
+    from aiprod.builtin.verifier import PromptVerifier
+    from aiprod.core.registry import ModelEntry
+    from aiprod.engine import pipeline_from_components
+    from aiprod.engine.tiny import tiny_ltxv_components
+
+    entry = ModelEntry.model_validate(
+        {"id": "b", "family": "builtin", "options": {"candidates": 3}}
+    )
+    comps = tiny_ltxv_components(seed=0)
+    comps["verifier"] = PromptVerifier(in_channels=8, channels=16, stage=2)
+    pipe = pipeline_from_components(entry, comps, "cpu")
+    assert isinstance(pipe.ranker, VerifierRanker) and pipe.ranker.stage == 2
+    assert pipe.candidates == 3 and pipe.mode == "classic"
+    assert not hasattr(pipe, "verifier")

@@ -15,7 +15,7 @@ from aiprod.core.media import probe, read_video
 from aiprod.engine import build_request, generate_to_file
 from aiprod.engine.types import GenerationRequest
 
-from .conftest import png_bytes
+from .conftest import png_bytes, tiny_builtin
 
 SMALL = {"width": 32, "height": 32, "num_frames": 9, "num_inference_steps": 2, "two_stage": False}
 
@@ -27,7 +27,8 @@ def _req(entry, **kw) -> GenerationRequest:  # noqa: ANN001
 
 def test_engine_types_import_without_torch() -> None:
     code = (
-        "import sys, aiprod.engine, aiprod.engine.types, aiprod.engine.checks, aiprod.core.media;"
+        "import sys, aiprod.engine, aiprod.engine.types, aiprod.engine.checks,"
+        " aiprod.engine.drafts, aiprod.engine.files, aiprod.core.media;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -153,10 +154,10 @@ def test_builtin_loads_the_same_model_from_a_folder(
     tmp_path: Path,
 ) -> None:
     from aiprod.engine import load_pipeline
-    from aiprod.engine.loader import BUILTIN_SEED
     from aiprod.engine.tiny import save_components, tiny_ltxv_components
 
-    folder = save_components(tiny_ltxv_components(seed=BUILTIN_SEED), tmp_path / "builtin")
+    # builtin_pipe is the tiny random model of options.tiny_seed = 0
+    folder = save_components(tiny_ltxv_components(seed=0), tmp_path / "builtin")
     pipe = load_pipeline(builtin_entry.model_copy(update={"path": folder}), "cpu")
     req = _req(builtin_entry)  # one stage (SMALL): refinement settings play no part
     assert np.array_equal(pipe(req).frames, builtin_pipe(req).frames)
@@ -283,9 +284,8 @@ def test_model_geometry_is_checked_even_when_the_entry_allows_more(builtin_entry
     # still gets a clear 422-style error, not a diffusers ValueError mid-job.
     from aiprod.engine import load_pipeline
 
-    loose = builtin_entry.model_copy(
+    loose = tiny_builtin(builtin_entry).model_copy(
         update={
-            "path": None,
             "limits": builtin_entry.limits.model_copy(
                 update={"size_multiple": 16, "frames_multiple": 1}
             ),

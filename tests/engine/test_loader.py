@@ -35,16 +35,21 @@ def _load_error(registry: Registry) -> str:
     return msg
 
 
-@pytest.mark.parametrize("family", ["ltxv", "ltx2"])
+@pytest.mark.parametrize("family", ["ltxv", "ltx2", "builtin"])
 def test_missing_folder(tmp_path: Path, family: str) -> None:
     reg = _entry(tmp_path, f'[[models]]\nid = "m"\nfamily = "{family}"\npath = "nowhere"\n')
     msg = _load_error(reg)
-    assert "nowhere does not exist" in msg and "models.toml" in msg
+    assert f"{tmp_path / 'nowhere'} does not exist" in msg and "models.toml" in msg
+    if family == "builtin":  # an error too (it fell back to random weights before issue 31)
+        assert "aiprod train" in msg and "options.tiny_seed = 0" in msg
 
 
-def test_no_path(tmp_path: Path) -> None:
-    reg = _entry(tmp_path, '[[models]]\nid = "m"\nfamily = "ltxv"\n')
-    assert "no path set" in _load_error(reg)
+@pytest.mark.parametrize("family", ["ltxv", "builtin"])
+def test_no_path(tmp_path: Path, family: str) -> None:
+    reg = _entry(tmp_path, f'[[models]]\nid = "m"\nfamily = "{family}"\n')
+    msg = _load_error(reg)
+    assert "no path set" in msg
+    assert ("options.tiny_seed" in msg) == (family == "builtin")
 
 
 def test_missing_component(tmp_path: Path, model_dir: Path) -> None:

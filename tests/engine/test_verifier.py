@@ -184,11 +184,13 @@ def test_candidates_without_a_verifier_serve_one_draft_and_other_families_refuse
     folder = components.save_folder(comp, tmp_path / "m")
     opts = builtin_entry.options.model_copy(update={"candidates": 2})
     entry = builtin_entry.model_copy(update={"path": folder, "options": opts})
-    with caplog.at_level("WARNING", logger="aiprod.engine.loader"):
+    with caplog.at_level("WARNING", logger="aiprod.builtin.backend"):
         pipe = load_pipeline(entry, "cpu")
     assert "has no prompt verifier" in caplog.text and "serving one" in caplog.text
     params = {"prompt": CAPTION, "width": 64, "height": 64, "num_frames": 9, "seed": 1}
     video = pipe(build_request(entry, {**params, "num_inference_steps": 2, "two_stage": True}))
     assert "candidates" not in video.info
     with pytest.raises(ValueError, match="family 'ltxv' has none"):
-        ModelEntry(id="x", family="ltxv", path=folder, options={"candidates": 2})
+        ModelEntry.model_validate(
+            {"id": "x", "family": "ltxv", "path": folder, "options": {"candidates": 2}}
+        )

@@ -55,6 +55,9 @@ fps = 8
 num_inference_steps = 2
 guidance_scale = 3.0
 two_stage = false
+
+[models.options]
+tiny_seed = 0  # the tiny random built-in model
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiprod.builtin import synth
+from aiprod.builtin import grammar, render
 from aiprod.builtin.scoring import aggregate, measure, motion_magnitude, score, temporal_flicker
 from aiprod.training.fvd import PixelStatsFeatures, frechet_distance, fvd, fvd_from_features
 
@@ -36,8 +36,8 @@ def test_pixel_stats_fvd_orders_sets() -> None:
         out = []
         for i in range(6):
             rng = np.random.default_rng([seed, i])
-            p = synth.sample_params(phase, rng)
-            out.append(synth.render(p, width=32, height=32, num_frames=9, seed=i))
+            p = grammar.sample_params(phase, rng)
+            out.append(render.render(p, width=32, height=32, num_frames=9, seed=i))
         return np.stack(out)
 
     a, b = clips(1, 0), clips(1, 1)
@@ -49,9 +49,9 @@ def test_pixel_stats_fvd_orders_sets() -> None:
 
 def _clip(phase: int, i: int) -> tuple[str, np.ndarray]:
     rng = np.random.default_rng(np.random.SeedSequence([42, phase, i]))
-    p = synth.sample_params(phase, rng)
-    frames = synth.render(p, width=128, height=128, num_frames=25, seed=int(rng.integers(1e9)))
-    return synth.caption(p), frames
+    p = grammar.sample_params(phase, rng)
+    frames = render.render(p, width=128, height=128, num_frames=25, seed=int(rng.integers(1e9)))
+    return grammar.caption(p), frames
 
 
 def test_scorer_reads_ground_truth_clips() -> None:
@@ -63,16 +63,18 @@ def test_scorer_reads_ground_truth_clips() -> None:
 
 def test_scorer_catches_wrong_videos() -> None:
     cap, frames = _clip(1, 0)
-    want = synth.parse_caption(cap)
+    want = grammar.parse_caption(cap)
     reversed_dir = measure(frames[::-1], speed=want.speed, want_dir=want.direction).direction
     assert reversed_dir is not None and reversed_dir != want.direction
     blank = np.zeros_like(frames)
     row = score(cap, blank)
     assert not row["color_ok"] and not row["count_ok"] and not row["direction_ok"]
     # A clip of a different colour is scored as that colour.
-    other = next(c for c in synth.COLORS if c != want.color)
-    p = synth.SynthParams(phase=1, shape=want.shape, color=other, count=1, direction=want.direction)
-    assert measure(synth.render(p, width=128, height=128, num_frames=25)).color == other
+    other = next(c for c in grammar.COLORS if c != want.color)
+    p = grammar.SynthParams(
+        phase=1, shape=want.shape, color=other, count=1, direction=want.direction
+    )
+    assert measure(render.render(p, width=128, height=128, num_frames=25)).color == other
 
 
 def test_flicker_and_motion() -> None:
@@ -88,8 +90,8 @@ def test_shape_vote_ties_do_not_depend_on_the_hash_seed(tmp_path) -> None:
     import sys
 
     def frame(shape: str) -> np.ndarray:
-        p = synth.SynthParams(phase=1, shape=shape, color="red", count=1, direction="right")
-        return synth.render(p, width=128, height=128, num_frames=9)[0]
+        p = grammar.SynthParams(phase=1, shape=shape, color="red", count=1, direction="right")
+        return render.render(p, width=128, height=128, num_frames=9)[0]
 
     clip = np.stack([frame("square"), frame("circle")])  # one vote each: a tie
     assert measure(clip[:1]).shape == "square" and measure(clip[1:]).shape == "circle"

@@ -1,6 +1,6 @@
 """Exact prompt-adherence scoring of generated frames, for prompts in the synthetic grammar.
 
-The prompt's facts come from ``aiprod.builtin.synth.parse_caption``; the video's facts are
+The prompt's facts come from ``aiprod.builtin.grammar.parse_caption``; the video's facts are
 measured from pixels: foreground = pixels far from each frame's median colour, subjects =
 connected components, colour = nearest palette colour after brightness normalisation, shape =
 nearest prototype of (area / min-area rectangle, area / enclosing circle), rotation
@@ -66,7 +66,7 @@ def foreground_masks(frames: np.ndarray) -> np.ndarray:
 
 
 def _nearest_color(rgb: np.ndarray) -> str:
-    from aiprod.builtin.synth import COLORS
+    from aiprod.builtin.grammar import COLORS
 
     v = rgb / max(float(rgb.max()), 1.0)
     best, bd = "", 1e9
@@ -99,11 +99,11 @@ def _shape_of(component: np.ndarray) -> str:
 
 
 def _expected_screen(direction: str, speed: str | None, pan: str | None) -> np.ndarray:
-    from aiprod.builtin import synth
+    from aiprod.builtin import grammar
 
-    u = np.asarray(synth._UNIT[direction]) * synth.SPEEDS.get(speed or "medium", 0.35)
+    u = np.asarray(grammar.UNIT[direction]) * grammar.SPEEDS.get(speed or "medium", 0.35)
     if pan and pan != "none":
-        u = u - np.asarray(synth._UNIT[pan]) * synth.PAN_AMOUNT
+        u = u - np.asarray(grammar.UNIT[pan]) * grammar.PAN_AMOUNT
     return u
 
 
@@ -117,7 +117,7 @@ def measure(
     """Read colour, shape, count and direction of motion off a clip (F, H, W, 3) uint8."""
     import cv2
 
-    from aiprod.builtin.synth import DIRECTIONS
+    from aiprod.builtin.grammar import DIRECTIONS
 
     f, h, w, _ = frames.shape
     masks = foreground_masks(frames)
@@ -188,7 +188,7 @@ def _opposite(d: str) -> str:
 
 def score(prompt: str, frames: np.ndarray) -> dict[str, Any]:
     """Per-attribute correctness of one clip against what its prompt states."""
-    from aiprod.builtin.synth import parse_caption
+    from aiprod.builtin.grammar import parse_caption
 
     want = parse_caption(prompt)
     got = measure(frames, speed=want.speed, pan=want.camera_pan, want_dir=want.direction)

@@ -24,7 +24,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from aiprod.builtin.synth import COLORS, DIRECTIONS, SHAPES, CaptionFacts, parse_caption
+from aiprod.builtin.grammar import COLORS, DIRECTIONS, SHAPES, CaptionFacts, parse_caption
+from aiprod.engine.drafts import tile
 
 ATTRIBUTES = ("count", "shape", "color", "direction")
 IGNORE = -100  # label of an attribute the caption does not state (cross-entropy ignore_index)
@@ -162,12 +163,6 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -
         if (y != IGNORE).any():
             total = total + F.cross_entropy(logits[attr].float(), y, ignore_index=IGNORE)
     return total
-
-
-def tile(t: torch.Tensor | None, candidates: int) -> torch.Tensor | None:
-    """A batch repeated for ``candidates`` drafts in the candidate-major layout ``pick_best``
-    reads (rows ``k*B + i`` are row i's draft k); None stays None."""
-    return None if t is None else t.repeat(candidates, *[1] * (t.dim() - 1))
 
 
 def pick_best(

@@ -305,7 +305,8 @@ def synth(
 
     Example: aiprod data synth ./synth -n 16 --width 64 --height 64 -f 17
     """
-    from aiprod.builtin.synth import PHASES, write_synth_dataset
+    from aiprod.builtin.grammar import PHASES
+    from aiprod.builtin.synth import write_synth_dataset
 
     phases = tuple(phase) if phase else PHASES
     with _progress() as progress:

@@ -26,9 +26,16 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from aiprod.core.errors import ConfigError, InvalidRequest
 
@@ -91,7 +98,7 @@ class Components(BaseModel):
 
 
 class Options(BaseModel):
-    """Memory and speed options (see docs/performance.md)."""
+    """Memory and speed options every family takes (see docs/performance.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,16 +107,6 @@ class Options(BaseModel):
     compile: bool = False
     attention_backend: str | None = None
     refine_steps: int = Field(default=3, ge=1, le=50)
-    # builtin, two-stage text-to-video: stage-1 drafts per clip; the model's prompt verifier
-    # (verifier/) keeps the one that best shows what the prompt states: a stage-1 verifier
-    # before the refinement (each extra draft costs one more stage-1 pass), a stage-2 one
-    # after it (every draft refined; one more stage-1 and stage-2 pass each; docs/performance.md).
-    candidates: int = Field(default=1, ge=1, le=8)
-    # builtin and ltxv: stage 1's classifier-free guidance only at noise levels at or above
-    # this (the first steps, where layout and motion are decided); the later steps run one
-    # unguided pass each instead of two. 0 guides every step (docs/models.md).
-    guidance_min_sigma: float = Field(default=0.0, ge=0.0, le=1.0)
-    distilled: bool = False
     # Two-stage refinement: share of the noise schedule re-run at full size, and its guidance.
     refine_strength: float = Field(default=0.4, gt=0.0, le=1.0)
     # None = family default: the request's guidance for the built-in model (as its trainer
@@ -126,13 +123,98 @@ class Options(BaseModel):
     # Extra keyword arguments for stage 1's diffusers pipeline call when guidance is on, e.g.
     # LTX-2's stg_scale / modality_scale / audio_guidance_scale (checked against its signature).
     call_kwargs: dict[str, Any] = Field(default_factory=dict)
-    # LTX-Video only: "condition" (LTXConditionPipeline, for 0.9.5+ checkpoints), "classic"
-    # (LTXPipeline / LTXImageToVideoPipeline, as aiprod's trainer samples), "auto" = classic
-    # for the builtin family, condition for ltxv.
+
+
+class LTX2Options(Options):
+    """Options of an ``ltx2`` entry."""
+
+    # A distilled checkpoint: stage 1 uses the 8-step distilled schedule when asked for 8 steps.
+    distilled: bool = False
+
+
+class LTXVOptions(Options):
+    """Options of an ``ltxv`` entry (and, with more, of the built-in model)."""
+
+    # Stage 1's classifier-free guidance only at noise levels at or above this (the first
+    # steps, where layout and motion are decided); the later steps run one unguided pass each
+    # instead of two. 0 guides every step (docs/models.md).
+    guidance_min_sigma: float = Field(default=0.0, ge=0.0, le=1.0)
+    # "condition" (LTXConditionPipeline, for 0.9.5+ checkpoints), "classic" (LTXPipeline /
+    # LTXImageToVideoPipeline, as aiprod's trainer samples), "auto" = classic for the builtin
+    # family, condition for ltxv.
     ltxv_pipeline: Literal["auto", "condition", "classic"] = "auto"
 
 
+class BuiltinOptions(LTXVOptions):
+    """Options of a ``builtin`` entry: the LTX-Video ones and the built-in model's own."""
+
+    # Two-stage text-to-video: stage-1 drafts per clip; the model's prompt verifier
+    # (verifier/) keeps the one that best shows what the prompt states: a stage-1 verifier
+    # before the refinement (each extra draft costs one more stage-1 pass), a stage-2 one
+    # after it (every draft refined; one more stage-1 and stage-2 pass each; docs/performance.md).
+    candidates: int = Field(default=1, ge=1, le=8)
+    # Serve the tiny random built-in model built with this seed (aiprod.engine.tiny) instead
+    # of weights from ``path``: for tests and benchmarks; it draws deterministic noise.
+    tiny_seed: int | None = Field(default=None, ge=0)
+
+
+# Knobs only some families take -> (those families, why, the fix), for a refusal that names
+# the fix instead of pydantic's "extra inputs are not permitted".
+_FAMILY_ONLY: dict[str, tuple[tuple[str, ...], str]] = {
+    "options.candidates": (
+        ("builtin",),
+        "ranks stage-1 drafts with the built-in model's prompt verifier; "
+        "family '{family}' has none: remove it",
+    ),
+    "options.tiny_seed": (
+        ("builtin",),
+        "serves the tiny random built-in model; family '{family}' loads its weights "
+        "from path: remove it",
+    ),
+    "options.guidance_min_sigma": (
+        ("builtin", "ltxv"),
+        "applies to the LTX-Video pipelines (families builtin and ltxv); LTX-2's guidance "
+        "terms are set through options.call_kwargs: remove it",
+    ),
+    "options.ltxv_pipeline": (
+        ("builtin", "ltxv"),
+        "picks the LTX-Video pipeline (families builtin and ltxv); family '{family}' has "
+        "one pipeline: remove it",
+    ),
+    "options.distilled": (
+        ("ltx2",),
+        "selects LTX-2's distilled schedule; family '{family}' has none: remove it",
+    ),
+    "components.verifier": (
+        ("builtin",),
+        "is the built-in model's prompt verifier; family '{family}' has none: remove it",
+    ),
+    "components.refiner": (
+        ("builtin", "ltxv"),
+        "is a stage-2 LTX-Video transformer (families builtin and ltxv); family "
+        "'{family}' refines with its own (or components.distilled_lora): remove it",
+    ),
+    **{
+        f"components.{name}": (
+            ("ltx2",),
+            "is a part of LTX-2 models; family '{family}' has none: remove it",
+        )
+        for name in ("distilled_lora", "audio_vae", "connectors", "vocoder")
+    },
+}
+
+
+def _own_family(cls: type[BaseModel]) -> str | None:
+    """The family a per-family entry class is for (None on the base)."""
+    values = get_args(cls.model_fields["family"].annotation)
+    return values[0] if len(values) == 1 else None
+
+
 class ModelEntry(BaseModel):
+    """One model of the registry. The base of the per-family entries (``LTX2Entry``,
+    ``LTXVEntry``, ``BuiltinEntry``); ``ModelEntry.model_validate(data)`` returns the one
+    ``data["family"]`` names."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -147,21 +229,43 @@ class ModelEntry(BaseModel):
     defaults: Defaults = Field(default_factory=Defaults)
     options: Options = Field(default_factory=Options)
 
+    def __init__(self, /, **data: Any) -> None:
+        if type(self) is ModelEntry:
+            raise TypeError(
+                "ModelEntry is the base of the family entries: use ModelEntry.model_validate"
+                "(data) or LTX2Entry / LTXVEntry / BuiltinEntry"
+            )
+        super().__init__(**data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        """On ``ModelEntry`` itself: the family's entry (keyed on ``family``)."""
+        if cls is ModelEntry:
+            return _ENTRY.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_other_families_knobs(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        family = data.get("family") or _own_family(cls)
+        for group in ("options", "components"):
+            given = data.get(group)
+            if not isinstance(given, dict):
+                continue
+            for key in given:
+                families, why = _FAMILY_ONLY.get(f"{group}.{key}", ((family,), ""))
+                if family not in families:
+                    raise ValueError(
+                        f"model '{data.get('id')}': {group}.{key} " + why.format(family=family)
+                    )
+        return data
+
     @model_validator(mode="after")
     def _version_defaults_to_id(self) -> ModelEntry:
         if not self.version:
             self.version = self.id
-        if self.options.candidates > 1 and self.family != "builtin":
-            raise ValueError(
-                f"model '{self.id}': options.candidates ranks stage-1 drafts with the built-in "
-                f"model's prompt verifier; family '{self.family}' has none: remove it"
-            )
-        if self.options.guidance_min_sigma > 0 and self.family == "ltx2":
-            raise ValueError(
-                f"model '{self.id}': options.guidance_min_sigma applies to the LTX-Video "
-                "pipelines (families builtin and ltxv); LTX-2's guidance terms are set through "
-                "options.call_kwargs: remove it"
-            )
         return self
 
     def resolve_paths(self, base: Path) -> ModelEntry:
@@ -302,11 +406,45 @@ class ModelEntry(BaseModel):
         return out
 
 
+class LTX2Entry(ModelEntry):
+    """An LTX-2 model (video + audio), on diffusers' LTX-2 pipelines."""
+
+    family: Literal["ltx2"] = "ltx2"
+    options: LTX2Options = Field(default_factory=LTX2Options)
+
+
+class LTXVEntry(ModelEntry):
+    """An LTX-Video model, on diffusers' LTX-Video pipelines."""
+
+    family: Literal["ltxv"] = "ltxv"
+    options: LTXVOptions = Field(default_factory=LTXVOptions)
+
+
+class BuiltinEntry(ModelEntry):
+    """aiprod's built-in model (the LTX-Video architecture, trained by ``aiprod train``)."""
+
+    family: Literal["builtin"] = "builtin"
+    options: BuiltinOptions = Field(default_factory=BuiltinOptions)
+
+    @model_validator(mode="after")
+    def _path_or_tiny(self) -> BuiltinEntry:
+        if self.path is not None and self.options.tiny_seed is not None:
+            raise ValueError(
+                f"model '{self.id}': set either path (trained weights) or options.tiny_seed "
+                "(the tiny random test model), not both"
+            )
+        return self
+
+
+AnyEntry = Annotated[LTX2Entry | LTXVEntry | BuiltinEntry, Field(discriminator="family")]
+_ENTRY: TypeAdapter[LTX2Entry | LTXVEntry | BuiltinEntry] = TypeAdapter(AnyEntry)
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: str
-    models: list[ModelEntry]
+    models: list[AnyEntry]
     source: Path | None = None
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ def load_pipeline(entry: ModelEntry, device: str | None = None) -> Pipeline:
     Raises ``ConfigError`` (one line naming the entry and the fix) when the entry's files are
     missing or of the wrong kind.
     """
-    from aiprod.engine.loader import load_pipeline as _load
+    from aiprod.engine.backends import load_pipeline as _load
 
     return _load(entry, device)
 
@@ -53,7 +53,7 @@ def pipeline_from_components(
     entry: ModelEntry, components: dict[str, Any], device: str | None = None
 ) -> Pipeline:
     """Wrap components built in memory (e.g. random weights for a benchmark) as a Pipeline."""
-    from aiprod.engine.loader import pipeline_from_components as _build
+    from aiprod.engine.backends import pipeline_from_components as _build
 
     return _build(entry, components, device)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.registry import BuiltinEntry
 
 if TYPE_CHECKING:
     from aiprod.core.registry import ModelEntry
@@ -61,16 +62,23 @@ def component_path(entry: ModelEntry, name: str, *, required: bool = True) -> Pa
 
 def check_model_path(entry: ModelEntry) -> Path:
     """The entry's ``path`` must exist: a diffusers folder or a single checkpoint file."""
+    # The built-in model's weights come from `aiprod train` + `aiprod models register`; the
+    # tiny random model (tests, benchmarks) is asked for explicitly, never a silent fallback.
+    builtin = entry.family == "builtin"
+    tiny = " or set options.tiny_seed = 0 (and no path) for the tiny random test model"
     if entry.path is None:
         raise ConfigError(
             f"model '{entry.id}': no path set; set `path` to its diffusers folder or "
-            "checkpoint file in models.toml"
+            "checkpoint file in models.toml" + (tiny if builtin else "")
         )
     if not entry.path.exists():
-        raise ConfigError(
-            f"model '{entry.id}': path {entry.path} does not exist; download/copy the weights "
-            "there or fix `path` in models.toml"
+        fix = (
+            "train and register it there (`aiprod train CONFIG`, `aiprod models register`), "
+            "fix `path` in models.toml" + tiny
+            if builtin
+            else "download/copy the weights there or fix `path` in models.toml"
         )
+        raise ConfigError(f"model '{entry.id}': path {entry.path} does not exist; {fix}")
     return entry.path
 
 
@@ -114,8 +122,8 @@ def check_family(entry: ModelEntry, transformer_dir: Path, expected: str) -> Non
 
 def check_model_files(entry: ModelEntry) -> None:
     """Raise ``ConfigError`` on the first file-level problem ``load_pipeline`` would hit."""
-    if entry.family == "builtin" and (entry.path is None or not entry.path.exists()):
-        return  # no trained weights yet: the tiny random built-in model needs no files
+    if isinstance(entry, BuiltinEntry) and entry.options.tiny_seed is not None:
+        return  # the tiny random built-in model is built in memory: no files
     root = check_model_path(entry)
     if root.is_file():
         single_file_config(entry, root, family=entry.family, configs="transformer/, vae/ configs")

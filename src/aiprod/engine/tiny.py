@@ -1,9 +1,9 @@
 """Tiny random LTX-Video / LTX-2 components, built locally with a fixed seed (no hub).
 
-Used by the built-in model when it has no trained weights yet, by the tests (saved to a tmp
-folder in the diffusers layout and loaded back through the registry) and by the benchmark's
-``--tiny`` smoke mode. The tokenizer is ByT5's byte tokenizer: it needs no vocabulary file,
-so it can be built anywhere and handles any prompt.
+Served by a ``builtin`` entry with ``options.tiny_seed`` (tests, benchmarks), saved to a tmp
+folder in the diffusers layout and loaded back through the registry by the tests, and used by
+the GPU benchmark's ``--tiny`` smoke mode. The tokenizer is ByT5's byte tokenizer: it needs
+no vocabulary file, so it can be built anywhere and handles any prompt.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ class SynthData(_Strict):
 
     @model_validator(mode="after")
     def _check_synth(self) -> SynthData:
-        from aiprod.builtin.synth import check_min_gap, check_mix
+        from aiprod.builtin.grammar import check_mix
+        from aiprod.builtin.render import check_min_gap
 
         if self.mix is not None:
             check_mix(self.mix, self.phase)

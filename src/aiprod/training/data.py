@@ -1,8 +1,9 @@
 """Clips for a phase, the one-time cache of latents/embeddings, and a resumable batcher.
 
 A phase's clips come from a manifest (MP4 files, decoded once) or from the procedural
-generator ``aiprod.builtin.synth`` (rendered at each bucket's size). Each clip is assigned to
-one (width, height, frames) bucket; a batch never mixes buckets.
+generator (``aiprod.builtin.grammar``, rendered at each bucket's size by
+``aiprod.builtin.render``). Each clip is assigned to one (width, height, frames) bucket; a
+batch never mixes buckets.
 
 :class:`BucketBatcher` is the data position: its whole state is ``(epoch, cursor)`` and the
 batch order of an epoch is a pure function of ``(seed, epoch)``, so a resumed run reads
@@ -76,18 +77,18 @@ def synth_clips(
 ) -> list[Clip]:
     """Render ``count`` captioned clips of curriculum ``phase``; clip i goes to bucket i % n.
 
-    ``min_gap``: the subjects' spacing, passed to :func:`aiprod.builtin.synth.render`."""
-    from aiprod.builtin import synth
+    ``min_gap``: the subjects' spacing, passed to :func:`aiprod.builtin.render.render`."""
+    from aiprod.builtin import grammar, render
 
     out = []
-    for i, (params, rng) in enumerate(synth.draws(phase, count, seed, mix=mix)):
+    for i, (params, rng) in enumerate(grammar.draws(phase, count, seed, mix=mix)):
         clip_seed = int(rng.integers(0, 2**31 - 1))
         b = i % len(buckets)
         w, h, f = buckets[b]
-        frames = synth.render(
+        frames = render.render(
             params, width=w, height=h, num_frames=f, fps=fps, seed=clip_seed, min_gap=min_gap
         )
-        out.append(Clip(caption=synth.caption(params), frames=frames, bucket=b, fps=fps))
+        out.append(Clip(caption=grammar.caption(params), frames=frames, bucket=b, fps=fps))
     return out
 
 

@@ -154,7 +154,7 @@ def register(
     price_per_gpu_second: float | None = None,
 ) -> dict[str, Any]:
     """Install ``checkpoint`` as model ``model_id`` and add/replace its models.toml entry."""
-    from aiprod.core.registry import ModelEntry, Registry
+    from aiprod.core.registry import BuiltinEntry, ModelEntry, Registry
 
     models_file = Path(models_file)
     doc: dict[str, Any] = {"models": []}
@@ -168,7 +168,7 @@ def register(
     template = old or next((m for m in models if m.get("family") == "builtin"), None)
 
     try:
-        ModelEntry(id=model_id, family="builtin")
+        BuiltinEntry(id=model_id)
     except ValueError as exc:
         raise ConfigError(
             f"model id {model_id!r} is not valid: use letters, digits, '.', '_' or '-'"

@@ -1,6 +1,6 @@
 """``aiprod eval``: generate from held-out synthetic prompts and score the videos exactly.
 
-Prompts come from ``aiprod.builtin.synth`` with a seed no training config uses (the default
+Prompts come from ``aiprod.builtin.grammar`` with a seed no training config uses (the default
 ``EVAL_SEED``), so the parameter draws are held out; the grammar is small, so the same
 *sentence* can also occur in training (as it would for any user). For each prompt the
 reference clip (the synthetic renderer's ground truth) is rendered too: the scorer's accuracy
@@ -72,14 +72,14 @@ def heldout_prompts(
     n: int, *, seed: int = EVAL_SEED, phases: tuple[int, ...] = (1, 2, 3, 4, 5)
 ) -> list[tuple[str, Any, int]]:
     """``n`` (caption, params, render seed) triples cycling through ``phases``."""
-    from aiprod.builtin import synth
+    from aiprod.builtin import grammar
 
     out = []
     for i in range(n):
         phase = phases[i % len(phases)]
         rng = np.random.default_rng(np.random.SeedSequence([seed, phase, i]))
-        params = synth.sample_params(phase, rng)
-        out.append((synth.caption(params), params, int(rng.integers(0, 2**31 - 1))))
+        params = grammar.sample_params(phase, rng)
+        out.append((grammar.caption(params), params, int(rng.integers(0, 2**31 - 1))))
     return out
 
 
@@ -113,7 +113,7 @@ def evaluate(
 
     ``backend="trainer"`` samples with :func:`aiprod.builtin.sample.generate` (checkpoints or
     model folders); ``backend="engine"`` runs a model folder through the serving engine's
-    ``builtin`` backend (``aiprod.engine.loader``) with its own defaults for the two-stage
+    ``builtin`` backend (``aiprod.builtin.backend``) with its own defaults for the two-stage
     refinement, i.e. exactly what the API serves, one clip at a time.
 
     ``candidates`` > 1 ranks that many stage-1 drafts per clip with the model's prompt
@@ -121,7 +121,7 @@ def evaluate(
     the number came from the served settings) scored with one draft. ``guidance_min_sigma``
     limits stage 1's guidance to the noise levels at or above it (models.toml's option).
     """
-    from aiprod.builtin import synth
+    from aiprod.builtin import render
     from aiprod.builtin.sample import generate, model_shift
     from aiprod.training.deploy import load_any
 
@@ -219,7 +219,7 @@ def evaluate(
         gen_seconds += time.perf_counter() - t0
         for (cap, params, rseed), v in zip(chunk, video, strict=True):
             frames = v if isinstance(v, np.ndarray) else tensor_to_frames(v)
-            ref = synth.render(
+            ref = render.render(
                 params, width=width, height=height, num_frames=num_frames, fps=fps, seed=rseed
             )
             rows.append({**score(cap, frames), "phase": params.phase})
@@ -340,7 +340,7 @@ def _stage2_ceiling(
 ) -> list[np.ndarray]:
     """Each prompt's reference rendered at half size and encoded (a perfect stage 1), then the
     model's own stage 2 (upsampler + refinement, as sampled) -> decoded full-size clips."""
-    from aiprod.builtin import synth
+    from aiprod.builtin import render
     from aiprod.builtin.sample import (
         denormalize_latents,
         encode_prompts,
@@ -351,7 +351,7 @@ def _stage2_ceiling(
 
     dev = next(comp.vae.parameters()).device
     half = [
-        synth.render(
+        render.render(
             p, width=width // 2, height=height // 2, num_frames=num_frames, fps=fps, seed=rs
         )
         for _, p, rs in chunk
@@ -384,17 +384,16 @@ def _engine_pipeline(
     candidates: int = 1,
     guidance_min_sigma: float = 0.0,
 ) -> Any:
-    from aiprod.core.registry import ModelEntry, Options
-    from aiprod.engine.loader import load_pipeline
+    from aiprod.core.registry import BuiltinEntry, BuiltinOptions
+    from aiprod.engine import load_pipeline
 
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"--backend engine needs a model folder (model_index.json), not {folder}")
-    entry = ModelEntry(
+    entry = BuiltinEntry(
         id="eval",
-        family="builtin",
         path=folder.resolve(),
         dtype="float32",
-        options=Options(
+        options=BuiltinOptions(
             refine_steps=refine_steps,
             refine_strength=refine_strength,
             refine_guidance_scale=refine_guidance,

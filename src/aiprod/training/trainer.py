@@ -149,13 +149,13 @@ def _vocab_from_configs(cfg: TrainConfig) -> set[str]:
 def _captions_only(p: PhaseConfig) -> list[str]:
     d = p.data
     if d.synth is not None:
-        from aiprod.builtin import synth
+        from aiprod.builtin import grammar
 
         s = d.synth
         return [
-            synth.caption(params)
+            grammar.caption(params)
             for seed in (s.seed, s.seed + HELDOUT_SEED_OFFSET)
-            for params, _ in synth.draws(s.phase, s.count, seed, mix=s.mix)
+            for params, _ in grammar.draws(s.phase, s.count, seed, mix=s.mix)
         ]
     from aiprod.data.manifest import accepted, read_manifest
 

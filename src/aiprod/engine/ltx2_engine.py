@@ -1,4 +1,5 @@
-"""LTX-2 backend (family ``ltx2``): video + audio, on diffusers' LTX-2 pipelines.
+"""The LTX-2 engine (family ``ltx2``): video + audio, on diffusers' LTX-2 pipelines; assembled by
+``aiprod.engine.backends.ltx2``.
 
 ``LTX2Pipeline`` (text-to-video) / ``LTX2ImageToVideoPipeline`` (first-frame conditioning)
 share one set of modules; ``LTX2LatentUpsamplePipeline`` does the x2 latent upsampling. The
@@ -14,24 +15,18 @@ ti2vid two-stage path:
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from aiprod.core.errors import ConfigError
-from aiprod.core.registry import ModelEntry
+from aiprod.core.registry import LTX2Entry
 from aiprod.engine.common import StepTracker, free_memory, video_to_uint8
-from aiprod.engine.ltxv import check_ltx_request, half_size, ltx_oom_guard
+from aiprod.engine.ltx import check_ltx_request, half_size, ltx_oom_guard
 from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
-
-log = logging.getLogger(__name__)
 
 LORA_ADAPTER = "distilled"
 # Every guidance term off: one transformer pass per step (distilled / refinement steps).
@@ -75,7 +70,7 @@ class LTX2Engine:
 
     def __init__(
         self,
-        entry: ModelEntry,
+        entry: LTX2Entry,
         *,
         pipe: Any,
         i2v_pipe: Any,
@@ -283,145 +278,3 @@ class LTX2Engine:
 
     def clear_cache(self) -> None:
         free_memory()
-
-
-# -- loading ----------------------------------------------------------------------------------
-def load_ltx2(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LTX2Engine:
-    comps = _load_ltx2_files(entry, dtype)
-    return build_ltx2_engine(entry, comps, device=device)
-
-
-def build_ltx2_engine(
-    entry: ModelEntry, comps: dict[str, Any], *, device: torch.device
-) -> LTX2Engine:
-    """Assemble an LTX-2 engine from components; loads ``components.distilled_lora`` if set."""
-    from diffusers import LTX2ImageToVideoPipeline, LTX2LatentUpsamplePipeline, LTX2Pipeline
-
-    from aiprod.engine.loader import apply_options, check_call_kwargs, load_or_fail
-
-    comps = dict(comps)
-    upsampler = comps.pop("latent_upsampler", None)
-    pipe = LTX2Pipeline(**comps)
-    check_call_kwargs(entry, LTX2Pipeline.__call__)
-    # A transformer that already carries the adapter (built in memory) counts as having it.
-    has_lora = LORA_ADAPTER in (getattr(pipe.transformer, "peft_config", None) or {})
-    lora = entry.components.distilled_lora
-    if lora is not None:
-        if not lora.exists():
-            raise ConfigError(
-                f"model '{entry.id}': components.distilled_lora = {lora} does not exist; "
-                "fix the path in models.toml or remove it"
-            )
-        kw: dict[str, Any] = {"adapter_name": LORA_ADAPTER, "local_files_only": True}
-        if lora.is_file():
-            kw["weight_name"] = lora.name
-            lora = lora.parent
-        load_or_fail(entry, "distilled LoRA", lambda: pipe.load_lora_weights(str(lora), **kw))
-        has_lora = True
-    apply_options(entry, pipe, device)
-    i2v = LTX2ImageToVideoPipeline.from_pipe(pipe)
-    upsample_pipe = None
-    if upsampler is not None:
-        upsample_pipe = LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
-        upsampler.to(device)
-    elif entry.defaults.two_stage:
-        raise ConfigError(
-            f"model '{entry.id}': defaults.two_stage is true but there is no latent upsampler; "
-            "add a latent_upsampler/ folder (or components.upsampler) or set two_stage = false"
-        )
-    engine = LTX2Engine(
-        entry,
-        pipe=pipe,
-        i2v_pipe=i2v,
-        upsample_pipe=upsample_pipe,
-        has_lora=has_lora,
-        device=device,
-        max_sequence_length=entry.options.max_sequence_length or 1024,
-    )
-    engine._set_lora(False)
-    return engine
-
-
-def _text_encoder_class(path: Path) -> Any:
-    import transformers
-
-    arch = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
-    cls = getattr(transformers, arch, None)
-    if cls is None:
-        return transformers.AutoModel
-    return cls
-
-
-def _load_ltx2_files(entry: ModelEntry, dtype: torch.dtype) -> dict[str, Any]:
-    from diffusers import (
-        AutoencoderKLLTX2Audio,
-        AutoencoderKLLTX2Video,
-        LTX2VideoTransformer3DModel,
-    )
-    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
-
-    from aiprod.engine.loader import (
-        check_family,
-        check_model_path,
-        component_path,
-        load_folder_model,
-        load_or_fail,
-        load_text_and_upsampler,
-        single_file_config,
-    )
-
-    root = check_model_path(entry)
-    local = {"torch_dtype": dtype, "local_files_only": True}
-    comps: dict[str, Any] = {}
-
-    def folder_model(name: str, cls: Any, what: str) -> Any:
-        return load_folder_model(entry, name, cls, what=what, dtype=dtype)
-
-    if root.is_file():
-        config = single_file_config(
-            entry, root, family="ltx2", configs="transformer/, vae/, audio_vae/ configs"
-        )
-        single = {"config": str(config), **local}
-        comps["transformer"] = load_or_fail(
-            entry,
-            "transformer",
-            lambda: LTX2VideoTransformer3DModel.from_single_file(
-                str(root), subfolder="transformer", **single
-            ),
-        )
-        for name, cls in (("vae", AutoencoderKLLTX2Video), ("audio_vae", AutoencoderKLLTX2Audio)):
-            if getattr(entry.components, name, None) is not None:
-                comps[name] = folder_model(name, cls, name)
-            else:
-                comps[name] = load_or_fail(
-                    entry,
-                    name,
-                    lambda c=cls, n=name: c.from_single_file(str(root), subfolder=n, **single),
-                )
-    else:
-        tdir = component_path(entry, "transformer")
-        assert tdir is not None
-        check_family(entry, tdir, "ltx2")
-        comps["transformer"] = folder_model(
-            "transformer", LTX2VideoTransformer3DModel, "transformer"
-        )
-        comps["vae"] = folder_model("vae", AutoencoderKLLTX2Video, "VAE")
-        comps["audio_vae"] = folder_model("audio_vae", AutoencoderKLLTX2Audio, "audio VAE")
-
-    comps["connectors"] = folder_model("connectors", LTX2TextConnectors, "text connectors")
-    vdir = component_path(entry, "vocoder")
-    assert vdir is not None
-    vcls_name = json.loads((vdir / "config.json").read_text()).get("_class_name", "")
-    vcls = LTX2VocoderWithBWE if vcls_name == "LTX2VocoderWithBWE" else LTX2Vocoder
-    comps["vocoder"] = folder_model("vocoder", vcls, "vocoder")
-    te = component_path(entry, "text_encoder")
-    assert te is not None
-    load_text_and_upsampler(
-        entry,
-        comps,
-        text_encoder_cls=_text_encoder_class(te),
-        upsampler_cls=LTX2LatentUpsamplerModel,
-        dtype=dtype,
-    )
-    return comps

@@ -1,10 +1,12 @@
-"""LTX-Video backend (family ``ltxv``, and the built-in model, which has the same architecture).
+"""The LTX-Video engine (families ``ltxv`` and ``builtin``): a loaded model, called per request.
+
+The backends (``aiprod.engine.backends.ltxv``, ``aiprod.builtin.backend``) assemble it.
 
 Two ways to drive diffusers, picked by ``options.ltxv_pipeline``:
 
 - ``condition`` (default for ``ltxv``): ``LTXConditionPipeline``, the diffusers pipeline for
   LTX-Video 0.9.5+ (text-to-video, first-frame conditioning, partial denoise for refinement);
-- ``classic`` (default for ``builtin``): ``LTXPipeline`` / ``LTXImageToVideoPipeline``, whose
+- ``classic`` (the built-in model's): ``LTXPipeline`` / ``LTXImageToVideoPipeline``, whose
   positional coordinates and sigma schedule are the ones aiprod's trainer uses; refinement runs
   the same pipeline from re-noised latents with its schedule scaled into ``[0, strength]``.
 
@@ -18,8 +20,6 @@ Both share ``LTXLatentUpsamplePipeline`` (the x2 latent upsampler). The ti2vid t
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -28,16 +28,21 @@ from typing import Any
 
 import torch
 
-from aiprod.core.errors import InvalidRequest
-from aiprod.core.registry import ModelEntry
-from aiprod.engine.checks import check_geometry, check_request
-from aiprod.engine.common import StepTracker, free_memory, oom_guard, video_to_uint8
+from aiprod.core.registry import BuiltinEntry, LTXVEntry
+from aiprod.engine.common import StepTracker, free_memory, video_to_uint8
+from aiprod.engine.drafts import DraftRanker, tile
+from aiprod.engine.ltx import (
+    SIZE_MULTIPLE,
+    check_ltx_request,
+    guidance_interval,
+    half_size,
+    ltx_oom_guard,
+    partial_scheduler,
+    refine_schedule,
+)
 from aiprod.engine.types import CancelFn, GenerationRequest, ProgressFn, Video
 
-log = logging.getLogger(__name__)
-
-# The LTX pipelines check sizes against 32 whatever the VAE's own ratio is.
-SIZE_MULTIPLE = 32
+LTXVideoEntry = LTXVEntry | BuiltinEntry
 
 
 @dataclass(frozen=True)
@@ -50,149 +55,12 @@ class StagePlan:
     denoise_strength: float = 1.0
 
 
-def refine_schedule(steps: int, strength: float) -> int:
-    """Smallest ``num_inference_steps`` for which diffusers runs ``steps`` steps at ``strength``."""
-    n = max(steps, 1)
-    while min(int(n * strength), n) < steps:
-        n += 1
-    return n
-
-
-def half_size(size: int, multiple: int = SIZE_MULTIPLE) -> int:
-    """Stage-1 size: half, rounded up to ``multiple`` (the pipelines' 32 unless the engine
-    runs them on the autoencoder's own grid, as it does for the built-in model)."""
-    return max(multiple, math.ceil(size / 2 / multiple) * multiple)
-
-
-def on_vae_grid(cls: type) -> type:
-    """``cls`` (an LTX pipeline class) checking sizes against its autoencoder's spatial ratio
-    instead of the fixed 32 of diffusers' ``check_inputs``.
-
-    LTX-Video's autoencoder compresses 32x, so there the two rules agree; the built-in model's
-    compresses 8x, and its stage 1 is trained at sizes such as 80x80 (10x10 latents) that serve
-    160x160. Every other check of the parent still runs."""
-
-    def check_inputs(self: Any, *args: Any, height: int, width: int, **kwargs: Any) -> None:
-        r = int(self.vae_spatial_compression_ratio)
-        if height % r or width % r:
-            raise ValueError(f"height and width must be multiples of {r}, got {height}x{width}")
-        up = lambda n: math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE  # noqa: E731
-        super(grid_cls, self).check_inputs(*args, height=up(height), width=up(width), **kwargs)
-
-    attrs = {"check_inputs": check_inputs, "on_vae_grid": True, "__doc__": cls.__doc__}
-    grid_cls = type(cls.__name__, (cls,), attrs)
-    return grid_cls
-
-
-def check_ltx_request(
-    entry: ModelEntry, request: GenerationRequest, *, temporal_ratio: int, has_upsampler: bool
-) -> Any:
-    """The checks every LTX engine runs before tensor work; returns the decoded image, if any."""
-    image = check_request(entry, request)
-    check_geometry(entry.id, request, size_multiple=SIZE_MULTIPLE, temporal_ratio=temporal_ratio)
-    if request.two_stage and not has_upsampler:
-        raise InvalidRequest(
-            f"model '{entry.id}' has no latent upsampler, so it cannot run two-stage: "
-            "send two_stage=false (or add components.upsampler to its models.toml entry)",
-            field="two_stage",
-        )
-    return image
-
-
-def ltx_oom_guard(model_id: str, request: GenerationRequest) -> AbstractContextManager[None]:
-    """``oom_guard`` naming the request's size and the entry options that lower memory."""
-    what = f"{request.width}x{request.height}x{request.num_frames} on '{model_id}'"
-    hint = (
-        "lower width/height/num_frames, or enable options.vae_tiling / options.cpu_offload "
-        "for this model in models.toml"
-    )
-    return oom_guard(what, hint=hint)
-
-
-def partial_scheduler(config: Any, strength: float) -> Any:
-    """A FlowMatch Euler scheduler that maps the pipeline's ``[1 .. 1/n]`` sigmas to
-    ``[strength .. strength/n]``: ``LTXPipeline`` then runs a partial denoise (refinement)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    class PartialFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
-        def set_timesteps(
-            self,
-            num_inference_steps: int | None = None,
-            device: Any = None,
-            sigmas: Any = None,
-            mu: float | None = None,
-            timesteps: Any = None,
-        ) -> None:
-            if sigmas is not None:
-                sigmas = [float(x) * strength for x in sigmas]
-            super().set_timesteps(num_inference_steps, device, sigmas=sigmas, mu=mu)
-
-    return PartialFlowMatchScheduler.from_config(
-        config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
-    )
-
-
-# The transformer inputs with one row per batch entry, which a guided call stacks as
-# (unconditional rows, conditional rows) in diffusers' LTX pipelines.
-_BATCHED_INPUTS = (
-    "hidden_states",
-    "encoder_hidden_states",
-    "timestep",
-    "encoder_attention_mask",
-    "video_coords",
-)
-
-
-@contextlib.contextmanager
-def guidance_interval(
-    transformer: torch.nn.Module, min_sigma: float, num_train_timesteps: float
-) -> Iterator[None]:
-    """Classifier-free guidance only at noise levels at or above ``min_sigma`` for the block.
-
-    Every call of ``transformer`` is a guided one (the pipeline's unconditional and conditional
-    rows stacked); below ``min_sigma`` (read from the call's timesteps) only the conditional
-    rows run and their prediction is returned for both halves, so the pipeline's
-    ``u + g * (c - u)`` is ``c``: an unguided step, at half the cost. The trainer's sampler
-    does the same (``aiprod.builtin.sample``)."""
-    skipped: list[bool] = []
-
-    def before(module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        t = kwargs.get("timestep")
-        low = not args and t is not None and float(t.max()) / num_train_timesteps < min_sigma
-        skipped.append(low)
-        if not low:
-            return None
-        half = {
-            k: v.chunk(2)[1]
-            for k, v in kwargs.items()
-            if k in _BATCHED_INPUTS and isinstance(v, torch.Tensor)
-        }
-        return args, {**kwargs, **half}
-
-    def after(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-        if not skipped.pop():
-            return None
-        first = output[0] if isinstance(output, tuple) else output.sample
-        both = torch.cat([first, first])
-        return (both, *output[1:]) if isinstance(output, tuple) else type(output)(sample=both)
-
-    hooks = [
-        transformer.register_forward_pre_hook(before, with_kwargs=True),
-        transformer.register_forward_hook(after, with_kwargs=True),
-    ]
-    try:
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 class LTXVideoEngine:
     """A loaded LTX-Video model; call it with a ``GenerationRequest``."""
 
     def __init__(
         self,
-        entry: ModelEntry,
+        entry: LTXVideoEntry,
         *,
         pipe: Any,
         upsample_pipe: Any | None,
@@ -202,7 +70,8 @@ class LTXVideoEngine:
         mode: str = "condition",
         i2v_pipe: Any | None = None,
         refiner: Any | None = None,
-        verifier: Any | None = None,
+        ranker: DraftRanker | None = None,
+        candidates: int = 1,
     ) -> None:
         self.entry = entry
         self.mode = mode
@@ -213,9 +82,10 @@ class LTXVideoEngine:
         )
         self.upsample_pipe = upsample_pipe
         self.refiner = refiner  # stage-2 transformer (None: the stage-1 transformer refines)
-        # ranks drafts (options.candidates; builtin only): stage-1 drafts before the refinement
-        # (config.stage 1) or the refined ones before decoding (stage 2)
-        self.verifier = verifier
+        # ranks ``candidates`` drafts per clip (the built-in model's prompt verifier): stage-1
+        # drafts before the refinement (ranker.stage 1) or the refined ones before decoding (2)
+        self.ranker = ranker
+        self.candidates = candidates
         self.device = device
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
@@ -280,17 +150,17 @@ class LTXVideoEngine:
         return 0.0 if self.mode == "classic" else 1.0
 
     def drafts(self, request: GenerationRequest, image: Any) -> int:
-        """Stage-1 drafts for this request: ``options.candidates`` for two-stage text-to-video
-        with a prompt verifier loaded and a prompt that states what it scores, else 1."""
-        if self.verifier is None or image is not None or not request.two_stage:
+        """Stage-1 drafts for this request: ``candidates`` for two-stage text-to-video with a
+        draft ranker and a prompt that states what it scores, else 1."""
+        if self.ranker is None or image is not None or not request.two_stage:
             return 1
-        if not self.verifier.judges([request.prompt]):
+        if not self.ranker.judges([request.prompt]):
             return 1
-        return self.entry.options.candidates
+        return self.candidates
 
     def _ranks_refined(self, drafts: int) -> bool:
-        """Whether the drafts are all refined and ranked after stage 2 (a stage-2 verifier)."""
-        return drafts > 1 and self.verifier is not None and self.verifier.config.stage == 2
+        """Whether the drafts are all refined and ranked after stage 2 (a stage-2 ranker)."""
+        return drafts > 1 and self.ranker is not None and self.ranker.stage == 2
 
     def _tokens(self, st: StagePlan, num_frames: int, drafts: int = 1) -> float:
         f = (num_frames - 1) // self.temporal_ratio + 1
@@ -335,8 +205,6 @@ class LTXVideoEngine:
         tracker: StepTracker,
         drafts: int = 1,
     ) -> tuple[Any, dict[str, object]]:
-        from aiprod.builtin.verifier import pick_best, tile
-
         pipe, opts = self.pipe, self.entry.options
         generator = torch.Generator("cpu").manual_seed(request.seed)
         t0 = time.perf_counter()
@@ -405,7 +273,8 @@ class LTXVideoEngine:
             refined = self._ranks_refined(drafts)
 
             def keep_best(latents: torch.Tensor) -> torch.Tensor:
-                best, chosen, scores = pick_best(self.verifier, latents, [request.prompt], drafts)
+                assert self.ranker is not None
+                best, chosen, scores = self.ranker.pick_best(latents, [request.prompt], drafts)
                 info.update(
                     candidates=drafts,
                     chosen_candidate=int(chosen[0]),
@@ -413,7 +282,7 @@ class LTXVideoEngine:
                 )
                 return best
 
-            if drafts > 1 and not refined:  # keep the stage-1 draft the verifier prefers
+            if drafts > 1 and not refined:  # keep the stage-1 draft the ranker prefers
                 latents = keep_best(latents)
             t2 = time.perf_counter()
             info["stage1_s"] = t2 - t1
@@ -431,7 +300,7 @@ class LTXVideoEngine:
             if classic:
                 latents = self._renoise(latents, s2.denoise_strength, generator, image is not None)
             with self._stage2(call, classic):
-                if refined:  # refine every draft, keep the one the verifier prefers, decode it
+                if refined:  # refine every draft, keep the one the ranker prefers, decode it
                     latents = run_stage(1, s2, k=drafts, latents=latents, output_type="latent")
                     if classic:
                         latents = self._unpack(latents, request.num_frames, s2)
