@@ -473,3 +473,23 @@ def test_verifier_arch_stage_keeps_or_replaces_a_loaded_verifier(tmp_path: Path)
     bad["model"]["architecture"] = {"verifier": {"channels": 12}}  # its GroupNorms take 8s
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainConfig.model_validate(bad)
+
+
+def test_debug_config_trains_every_target(tmp_path: Path) -> None:
+    """configs/debug.yaml goes through every target and exports a whole model folder."""
+    from aiprod.training.components import load_folder
+    from aiprod.training.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "debug.yaml")
+    assert {p.target for p in cfg.phases} == {
+        "vae",
+        "transformer",
+        "upsampler",
+        "refiner",
+        "verifier",
+    }
+    result = Trainer(cfg.model_copy(update={"output_dir": tmp_path / "debug"})).train()
+    assert result["steps"] == sum(p.steps or 0 for p in cfg.phases)
+    final = load_folder(Path(result["final"]))
+    assert final.refiner is not None and final.verifier is not None
+    assert final.upsampler is not None

@@ -26,11 +26,17 @@ from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.cache import LatentCache
 from aiprod.training.components import Components, build_components
-from aiprod.training.config import PhaseConfig, TrainConfig
-from aiprod.training.data import HELDOUT_SEED_OFFSET, BucketBatcher
+from aiprod.training.config import TrainConfig
+from aiprod.training.data import BucketBatcher
 from aiprod.training.lora import add_lora, lora_state_dict
 from aiprod.training.monitor import Monitor, memory_stats
 from aiprod.training.schedule import PhaseLR
+from aiprod.training.setup import (
+    cpu_has_native_bf16,
+    make_accelerator,
+    resolve_device,
+    vocab_from_config,
+)
 from aiprod.training.targets.base import PhaseRun, TrainContext
 from aiprod.training.targets.factory import make_targets
 
@@ -47,71 +53,6 @@ class TrainState:
     best_heldout: float | None = None
 
 
-def _vocab_from_configs(cfg: TrainConfig) -> set[str]:
-    """Caption words of every phase (captions only: nothing is rendered or decoded)."""
-    from aiprod.training.components import caption_words
-
-    words: set[str] = set()
-    for p in cfg.phases:
-        for text in _captions_only(p):
-            words.update(caption_words(text))
-    for text in cfg.monitor.video_prompts:
-        words.update(caption_words(text))
-    return words
-
-
-def _captions_only(p: PhaseConfig) -> list[str]:
-    d = p.data
-    if d.synth is not None:
-        from aiprod.builtin import synth
-
-        s = d.synth
-        return [
-            synth.caption(params)
-            for seed in (s.seed, s.seed + HELDOUT_SEED_OFFSET)
-            for params, _ in synth.draws(s.phase, s.count, seed, mix=s.mix)
-        ]
-    from aiprod.data.manifest import accepted, read_manifest
-
-    if d.manifest is None or not Path(d.manifest).exists():
-        raise ConfigError(f"phase '{p.name}': data.manifest {d.manifest} does not exist")
-    return [r.caption for r in accepted(read_manifest(d.manifest)) if r.caption]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA GPU is visible (use cpu/auto)")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); without it PyTorch
-    emulates bf16 matmuls and autocast to bf16 runs slower than fp32. Unknown -> True."""
-    checks = [
-        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    if any(c is None for c in checks):
-        return True
-    return any(c() for c in checks)
-
-
-def _accelerator(device: torch.device, precision: str) -> Any:
-    from accelerate import Accelerator
-
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    try:
-        return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
-    except ValueError:
-        # accelerate keeps one process-wide state; a second trainer in the same
-        # (non-distributed) process with another precision must reset it first.
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()
-        return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
-
-
 class Trainer:
     """Runs a :class:`TrainConfig` end to end."""
 
@@ -124,10 +65,10 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.device = _device(cfg.device)
+        self.device = resolve_device(cfg.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.accelerator = _accelerator(self.device, cfg.precision)
+        self.accelerator = make_accelerator(self.device, cfg.precision)
         self.on_event = on_event or (lambda kind, data: None)
         if self.device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
             msg = (
@@ -139,7 +80,7 @@ class Trainer:
         self.fingerprint = cfg.fingerprint()
         self.noise = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState()
-        vocab = _vocab_from_configs(cfg) if cfg.model.source == "builtin" else set()
+        vocab = vocab_from_config(cfg) if cfg.model.source == "builtin" else set()
         self.comp = build_components(cfg.model, vocab=vocab, seed=cfg.seed)
         self.targets = make_targets(TrainContext(cfg, self.comp, self.device, self.noise))
         self._finish_model(self.comp)
