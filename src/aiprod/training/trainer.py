@@ -133,11 +133,11 @@ class Trainer:
         if self.cfg.mode == "full":
             for m, _ in mods:
                 m.requires_grad_(True)
-        groups = [
-            {"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": scale}
-            for m, scale in mods
-        ]
-        params = [p for g in groups for p in g["params"]]
+        trained = [[p for p in m.parameters() if p.requires_grad] for m, _ in mods]
+        params = [p for ps in trained for p in ps]
+        # one param group per module; ``lr_scale`` keeps a module at its own peak lr under
+        # the phase's schedule (train_step sets lr * lr_scale)
+        groups = [{"params": ps, "lr_scale": s} for ps, (_, s) in zip(trained, mods, strict=True)]
         optimizer = torch.optim.AdamW(
             groups, lr=phase.lr.peak, weight_decay=phase.weight_decay, betas=(0.9, 0.99)
         )

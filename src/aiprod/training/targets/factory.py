@@ -7,6 +7,8 @@ Its order is the order targets set up the model (the upsampler before the refine
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiprod.training.targets.autoencoder import UpsamplerTarget, VaeTarget
 from aiprod.training.targets.base import Target, TrainContext
 from aiprod.training.targets.denoiser import RefinerTarget, TransformerTarget
@@ -18,7 +20,7 @@ def _verifier() -> type[Target]:
     return VerifierTarget
 
 
-TARGETS = {
+TARGETS: dict[str, Callable[[], type[Target]]] = {
     "vae": lambda: VaeTarget,
     "transformer": lambda: TransformerTarget,
     "upsampler": lambda: UpsamplerTarget,
