@@ -302,3 +302,15 @@ def test_checkpoint_configs_of_the_flat_phase_config_still_load(tmp_path: Path) 
     old = TrainConfig.model_validate(drop_other_targets_fields(raw))
     assert old.fingerprint() == cfg.fingerprint()
     assert old.phases[0].posterior_noise == 0.5  # type: ignore[union-attr]
+
+
+def test_the_phase_union_keeps_the_flat_configs_fingerprint() -> None:
+    """Checkpoints of runs made before the union resume: the fingerprint of a config with every
+    kind of phase is the one the flat phase config gave (recorded on commit 2ad001a)."""
+    data = tiny_config(Path("/x"))
+    p1 = data["phases"][1]
+    data["phases"][1] = {**p1, "text_encoder_lr": 1e-3}
+    refiner = {"name": "r", "target": "refiner", "refine_from": 0.4, "flow": {"sampler": "uniform"}}
+    verifier = {"name": "v", "target": "verifier", "flow": {"sampler": "uniform", "shift": 2.5}}
+    data["phases"] += [{**p1, **refiner}, {**p1, **verifier, "weight_decay": 0.01}]
+    assert TrainConfig.model_validate(data).fingerprint() == "84552d14f6979083"
