@@ -1,9 +1,9 @@
 """Trainer throughput vs a plain PyTorch loop on the same model and data.
 
-Both sides train the built-in transformer (configs/builtin.yaml architecture) with the
+Both sides train the built-in transformer (configs/builtin-step1-scratch.yaml architecture) with the
 flow-matching loss on the same cached latents/embeddings (synthetic phase-1 clips), AdamW,
 grad clipping, batch size B. "trainer" is ``Trainer.train_step`` + its monitoring
-(``_log_step``: per-sigma-bucket losses, lr, throughput, memory, TensorBoard); "plain" is a
+(``Monitor.log_step``: per-sigma-bucket losses, lr, throughput, memory, TensorBoard); "plain" is a
 hand-written loop with none of that. Short blocks of steps alternate (plain, trainer,
 plain, ...) so a shared machine's load hits both alike; the verdict uses the median of the
 per-pair speed ratios.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "builtin.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "builtin-step1-scratch.yaml")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per side per repeat")
     ap.add_argument("--block", type=int, default=5, help="steps per interleaved block")
     ap.add_argument("--warmup", type=int, default=3)
@@ -104,7 +104,7 @@ def main() -> int:
     def trainer_step(i: int) -> None:
         loss, extra = trainer.train_step(run)
         trainer.state.step += 1
-        trainer._log_step(run, loss, extra)
+        trainer.monitor.log_step(run, trainer.state.step, loss, extra)
 
     def sync() -> None:
         if dev.type == "cuda":

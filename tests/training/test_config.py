@@ -17,12 +17,30 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return p
 
 
-def test_builtin_config_loads() -> None:
-    cfg = load_config(Path(__file__).parents[2] / "configs" / "builtin.yaml")
-    denoiser = [p.name for p in cfg.phases if p.target == "transformer"]
-    # the five curriculum phases, in order (then a short full-size refinement phase)
+CONFIGS = Path(__file__).parents[2] / "configs"
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "data.yaml")
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
+def test_every_training_config_loads(path: Path) -> None:
+    load_config(path)
+
+
+def test_builtin_recipe_is_a_chain_from_scratch() -> None:
+    """Each step starts from the previous step's output, the first from nothing."""
+    steps = [load_config(p) for p in sorted(CONFIGS.glob("builtin-step*.yaml"))]
+    assert len(steps) == 5
+    assert steps[0].model.init_from is None
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert after.model.init_from == before.output_dir / "final"
+    first = steps[0]
+    denoiser = [p.name for p in first.phases if p.target == "transformer"]
+    # the five curriculum phases, in order (then a short full-size phase)
     assert [n[:3] for n in denoiser[:5]] == ["p1-", "p2-", "p3-", "p4-", "p5-"]
-    assert cfg.phases[0].target == "vae" and cfg.phases[-1].target == "upsampler"
+    assert first.phases[0].target == "vae" and first.phases[-1].target == "upsampler"
+    # the shipped model's parts: a refiner, a trained text encoder, a verifier
+    targets = {p.target for s in steps for p in s.phases}
+    assert targets == {"vae", "transformer", "refiner", "upsampler", "verifier"}
 
 
 def test_unknown_field_is_named(tmp_path: Path) -> None:
@@ -65,10 +83,10 @@ def test_lora_refuses_vae_phase(tmp_path: Path) -> None:
 
 
 def test_phase_lr_warmup_then_cosine_to_floor() -> None:
-    from aiprod.training.config import PhaseConfig
-    from aiprod.training.trainer import PhaseLR
+    from aiprod.training.config import TransformerPhase
+    from aiprod.training.schedule import PhaseLR
 
-    phase = PhaseConfig.model_validate(
+    phase = TransformerPhase.model_validate(
         {
             "name": "p",
             "data": {"synth": {"phase": 1, "count": 1}},
@@ -232,3 +250,67 @@ def test_verifier_phases_take_flow_but_not_fg_weight(tmp_path: Path) -> None:
     data["model"] = {"source": "registry", "registry_id": "ltxv"}
     with pytest.raises(ConfigError, match="a verifier phase is only for the built-in"):
         load_config(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("target", "field", "fix"),
+    [
+        ("transformer", {"kl_weight": 1e-4}, "kl_weight applies to vae phases only"),
+        ("upsampler", {"caption_dropout": 0.0}, "caption_dropout applies to transformer and "),
+        ("vae", {"text_encoder_lr": 1e-3}, "text_encoder_lr applies to transformer phases only"),
+        ("verifier", {"posterior_noise": 0.0}, "posterior_noise applies to vae phases only"),
+    ],
+)
+def test_a_field_of_another_target_is_refused_with_the_fix(
+    tmp_path: Path, target: str, field: dict, fix: str
+) -> None:
+    """Each kind of phase is its own model: a field it does not use (which the flat phase
+    config of before took and ignored) names the phases it belongs to and the fix."""
+    data = tiny_config(tmp_path / "x")
+    data["phases"] = [{**data["phases"][1], "target": target, **field}]
+    with pytest.raises(ConfigError, match=rf"phases\.0: .*{fix}.*remove it from this {target}"):
+        load_config(_write(tmp_path, data))
+
+
+def test_unknown_target_is_named(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "x")
+    data["phases"][1]["target"] = "decoder"
+    with pytest.raises(ConfigError, match="target must be one of transformer, refiner, vae"):
+        load_config(_write(tmp_path, data))
+
+
+def test_checkpoint_configs_of_the_flat_phase_config_still_load(tmp_path: Path) -> None:
+    """Checkpoints written before the phase union hold every field in every phase; they
+    load (aiprod eval, models register) with the same fingerprint."""
+    from aiprod.training.config import drop_other_targets_fields
+
+    cfg = TrainConfig.model_validate(tiny_config(tmp_path / "o"))
+    flat_defaults = {
+        "caption_dropout": 0.1,
+        "flow": None,
+        "text_encoder_lr": None,
+        "refine_from": None,
+        "kl_weight": 1e-6,
+        "posterior_noise": 1.0,
+        "fg_weight": 0.0,
+        "l1_weight": 0.5,
+    }
+    raw = cfg.model_dump(mode="json")
+    raw["phases"] = [{**flat_defaults, **p} for p in raw["phases"]]
+    with pytest.raises(ValueError, match="applies to"):
+        TrainConfig.model_validate(raw)
+    old = TrainConfig.model_validate(drop_other_targets_fields(raw))
+    assert old.fingerprint() == cfg.fingerprint()
+    assert old.phases[0].posterior_noise == 0.5  # type: ignore[union-attr]
+
+
+def test_the_phase_union_keeps_the_flat_configs_fingerprint() -> None:
+    """Checkpoints of runs made before the union resume: the fingerprint of a config with every
+    kind of phase is the one the flat phase config gave (recorded on commit 2ad001a)."""
+    data = tiny_config(Path("/x"))
+    p1 = data["phases"][1]
+    data["phases"][1] = {**p1, "text_encoder_lr": 1e-3}
+    refiner = {"name": "r", "target": "refiner", "refine_from": 0.4, "flow": {"sampler": "uniform"}}
+    verifier = {"name": "v", "target": "verifier", "flow": {"sampler": "uniform", "shift": 2.5}}
+    data["phases"] += [{**p1, **refiner}, {**p1, **verifier, "weight_decay": 0.01}]
+    assert TrainConfig.model_validate(data).fingerprint() == "84552d14f6979083"

@@ -279,18 +279,18 @@ def test_refine_from_trains_the_refiner_on_the_upsampled_latents(tmp_path: Path)
         if k.startswith("refiner.") and not torch.equal(w[k], w["transformer." + k[8:]])
     ]
     assert moved
-    prepared = trainer._prepare(cfg.phases[-1])
+    prepared = trainer.cache.prepare(cfg.phases[-1])
     assert len(prepared.start) == len(prepared.latents) > 0
     for s, x0 in zip(prepared.start, prepared.latents, strict=True):
         assert s.shape == x0.shape and not torch.equal(s, x0)
     # the cached start latents are the upsampler's: another upsampler, another cache entry
     phase = cfg.phases[-1]
-    key = trainer._cache_key(phase, heldout=False)
-    assert key != trainer._cache_key(phase.model_copy(update={"refine_from": None}), heldout=False)
+    key = trainer.cache.key(phase, heldout=False)
+    assert key != trainer.cache.key(phase.model_copy(update={"refine_from": None}), heldout=False)
     assert trainer.comp.upsampler is not None
     with torch.no_grad():
         next(trainer.comp.upsampler.parameters()).add_(1.0)
-    assert trainer._cache_key(phase, heldout=False) != key
+    assert trainer.cache.key(phase, heldout=False) != key
 
 
 def _te_config(out: Path) -> TrainConfig:
@@ -368,13 +368,13 @@ def test_fg_weight_weights_the_denoiser_loss_by_subject_cells(tmp_path: Path) ->
     trainer = Trainer(cfg)
     trainer.train()
     phase = cfg.phases[1]
-    prepared = trainer._prepare(phase)
+    prepared = trainer.cache.prepare(phase)
     assert len(prepared.fg) == len(prepared.latents) > 0
     for fg, x0 in zip(prepared.fg, prepared.latents, strict=True):
         assert fg.shape == (1, *x0.shape[1:])
         assert 0 < float(fg.max()) <= 1  # every phase-1 clip has a subject
     plain = phase.model_copy(update={"fg_weight": 0.0})
-    assert trainer._cache_key(phase, heldout=False) != trainer._cache_key(plain, heldout=False)
+    assert trainer.cache.key(phase, heldout=False) != trainer.cache.key(plain, heldout=False)
     # one batch with the same noise: subject cells weighted, not weighted, and a map that
     # weights every cell alike (the per-clip normalisation makes that the plain loss)
     run = trainer._setup_phase(1)
@@ -385,7 +385,7 @@ def test_fg_weight_weights_the_denoiser_loss_by_subject_cells(tmp_path: Path) ->
         run.cfg = phase.model_copy(update={"fg_weight": weight})
         run.data.fg = fg
         with torch.no_grad():
-            return trainer._fb_transformer(run, [0, 1])[1]["per_sample"]
+            return run.target.loss(run, [0, 1])[1]["per_sample"]
 
     plain = loss(0.0, maps)
     assert plain.shape == (2,)
@@ -413,7 +413,7 @@ def test_verifier_phase_trains_the_verifier_only_and_ships_it(tmp_path: Path) ->
     before = {k: v.clone() for k, v in trainer.comp.verifier.state_dict().items()}
     trainer.train()
     # its items: each clip's normalised latent and what its caption states
-    prepared = trainer._prepare(cfg.phases[0])
+    prepared = trainer.cache.prepare(cfg.phases[0])
     clips = synth_clips(phase=5, count=6, seed=4, buckets=[(32, 32, 9)])
     assert trainer.comp.verifier is not None
     want = trainer.comp.verifier.labels([c.caption for c in clips])
@@ -473,3 +473,23 @@ def test_verifier_arch_stage_keeps_or_replaces_a_loaded_verifier(tmp_path: Path)
     bad["model"]["architecture"] = {"verifier": {"channels": 12}}  # its GroupNorms take 8s
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainConfig.model_validate(bad)
+
+
+def test_debug_config_trains_every_target(tmp_path: Path) -> None:
+    """configs/debug.yaml goes through every target and exports a whole model folder."""
+    from aiprod.training.components import load_folder
+    from aiprod.training.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "debug.yaml")
+    assert {p.target for p in cfg.phases} == {
+        "vae",
+        "transformer",
+        "upsampler",
+        "refiner",
+        "verifier",
+    }
+    result = Trainer(cfg.model_copy(update={"output_dir": tmp_path / "debug"})).train()
+    assert result["steps"] == sum(p.steps or 0 for p in cfg.phases)
+    final = load_folder(Path(result["final"]))
+    assert final.refiner is not None and final.verifier is not None
+    assert final.upsampler is not None

@@ -2,10 +2,10 @@
 
 Examples::
 
-    aiprod train configs/builtin.yaml --dry-run
-    aiprod train configs/builtin.yaml            # then --resume after an interruption
-    aiprod eval runs/builtin --out runs/builtin/eval
-    aiprod models register runs/builtin --id builtin   # (in aiprod.cli.main)
+    aiprod train configs/debug.yaml --dry-run
+    aiprod train configs/builtin-step1-scratch.yaml   # then --resume after an interruption
+    aiprod eval runs/builtin-step1 --out runs/builtin-step1/eval
+    aiprod models register runs/builtin-step1 --id builtin   # (in aiprod.cli.main)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.table import Table
 from aiprod.cli.errors import EXIT_FAILED, cli_errors
 
 app = typer.Typer(
-    help="Train and evaluate models.\n\nExample: aiprod train configs/builtin.yaml --dry-run",
+    help="Train and evaluate models.\n\nExample: aiprod train configs/debug.yaml --dry-run",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -60,7 +60,7 @@ def _event_printer() -> Any:
 @app.command("train")
 @train_errors
 def train_cmd(
-    config: Annotated[Path, typer.Argument(help="training YAML (see configs/builtin.yaml)")],
+    config: Annotated[Path, typer.Argument(help="training YAML (see configs/)")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="one batch per phase")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the latest checkpoint")
@@ -68,7 +68,7 @@ def train_cmd(
 ) -> None:
     """Train a model through its curriculum phases.
 
-    Example: aiprod train configs/builtin.yaml --resume
+    Example: aiprod train configs/builtin-step1-scratch.yaml --resume
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from aiprod.training.config import load_config

@@ -1,14 +1,17 @@
 """Training configuration: YAML -> pydantic models with ``extra="forbid"``.
 
-A run is a list of phases executed in order. Each phase trains one *target*:
+A run is a list of phases executed in order. Each phase trains one *target*, and its config
+is the model of that target (a union keyed on ``target``; ``transformer`` when unset), so a
+field of another kind of phase is refused with the fix:
 
 - ``vae``: the video autoencoder (reconstruction + KL), only for the built-in architecture;
 - ``transformer``: the denoiser, with the flow-matching objective (the curriculum phases);
+- ``refiner``: a copy of the denoiser for the two-stage refinement only;
 - ``upsampler``: the x2 latent upsampler used by the two-stage path;
 - ``verifier``: the built-in model's prompt verifier, a classifier of noisy latents that picks
   the best of several drafts of a clip (``aiprod.builtin.verifier``).
 
-Example (see ``configs/builtin.yaml`` for the full one)::
+Example (see ``configs/builtin-step1-scratch.yaml`` for a full one)::
 
     name: tiny
     output_dir: runs/tiny
@@ -27,10 +30,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from aiprod.core.errors import ConfigError
 
@@ -40,7 +51,7 @@ class _Strict(BaseModel):
 
 
 class SynthData(_Strict):
-    """Procedural clips from ``aiprod.builtin.synth`` (rendered at each bucket's size)."""
+    """Procedural clips of ``aiprod.builtin.grammar``, rendered at each bucket's size."""
 
     phase: int = Field(ge=1, le=5)
     count: int = Field(ge=1, description="number of clips")
@@ -98,17 +109,13 @@ class FlowConfig(_Strict):
     num_sigma_buckets: int = Field(default=4, ge=1)
 
 
-DENOISERS = ("transformer", "refiner")  # the targets trained with the flow-matching loss
+# ---------------------------------------------------------------- phases: one model per target
 
 
-class PhaseConfig(_Strict):
+class _PhaseBase(_Strict):
+    """What every phase has, whatever it trains."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    # refiner: a copy of the denoiser used only for the two-stage refinement (stage 2), so
-    # training it at full size and low noise cannot make stage 1 forget (see components.py)
-    # verifier: a classifier of noisy latents (count, shape, colour, direction as the captions
-    # state them) that ranks the drafts of a clip (models.toml ``candidates``); its stage and
-    # ranking rule are set by ``model.architecture.verifier``
-    target: Literal["transformer", "refiner", "vae", "upsampler", "verifier"] = "transformer"
     data: DataConfig
     steps: int | None = Field(default=None, ge=1)
     epochs: int | None = Field(default=None, ge=1)
@@ -118,38 +125,32 @@ class PhaseConfig(_Strict):
     lr: LRConfig = Field(default_factory=LRConfig)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    caption_dropout: float = Field(default=0.1, ge=0, le=1, description="for guidance")
     # exponential moving average of the trained weights (diffusers' EMAModel, warm-up
     # min(decay, (1 + n) / (10 + n))): held-out loss and validation videos use the average,
     # and the phase ends with it (so later phases and the export start from it)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
-    # transformer/refiner phases: this phase's noise-level sampler instead of the run's
-    # ``flow``; verifier phases: the noise levels its latents are trained at
-    flow: FlowConfig | None = None
-    # transformer phases: also train the text encoder, at this peak lr (same warm-up and decay
-    # as ``lr``). A frozen encoder may not tell word order apart: the built-in one gave "moving
-    # left ... panning up" and "moving up ... panning left" token sets 0.9994 alike.
-    text_encoder_lr: float | None = Field(default=None, gt=0)
-    # refiner phases: train the refinement the way the two-stage path runs it. Each clip's
-    # half-size latent goes through the model's latent upsampler and is noised to this level
-    # (the served refine strength, models.toml ``refine_strength``); the refiner learns the
-    # straight path from there to the full-size clip, v = (x_start - x0) / refine_from, so it
-    # corrects what the upsampler blurs (rounded corners) instead of keeping it. Noise levels
-    # are drawn in (0, refine_from]. Without it the refiner learns to denoise clean clips.
-    refine_from: float | None = Field(default=None, gt=0, le=1)
-    kl_weight: float = Field(default=1e-6, ge=0, description="vae phases only")
-    # vae phases: scale of the posterior sample's noise (1 = a standard VAE, 0 = a
-    # deterministic autoencoder, which learns far faster on a small compute budget)
-    posterior_noise: float = Field(default=1.0, ge=0, le=1)
-    # extra loss weight on the subjects, so small objects are not drowned by the background;
-    # 0 = plain mean. vae phases: on pixels far from their frame's median colour; denoiser
-    # phases: on each latent cell by its share of such pixels (data.latent_foreground), the
-    # per-clip mean weight kept at 1 so the loss scale (and the lr) means what it did
-    fg_weight: float = Field(default=0.0, ge=0)
-    l1_weight: float = Field(default=0.5, ge=0, description="vae phases: loss = mse + this * L1")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_other_targets_fields(cls, raw: Any) -> Any:
+        """A field of another kind of phase gets the fix, not pydantic's bare "extra input"."""
+        if not isinstance(raw, dict):
+            return raw
+        own = cls.model_fields
+        for key in raw:
+            if key in own or key not in _FIELD_TARGETS:
+                continue
+            where = _FIELD_TARGETS[key]
+            kinds = ", ".join(where[:-1]) + " and " + where[-1] if len(where) > 1 else where[0]
+            target = raw.get("target", "transformer")
+            raise ValueError(
+                f"phase '{raw.get('name', '?')}': {key} applies to {kinds} phases only; "
+                f"remove it from this {target} phase"
+            )
+        return raw
 
     @model_validator(mode="after")
-    def _check(self) -> PhaseConfig:
+    def _check(self) -> Self:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"phase '{self.name}': give exactly one of steps or epochs")
         for w, h, f in self.buckets:
@@ -157,34 +158,124 @@ class PhaseConfig(_Strict):
                 raise ValueError(f"phase '{self.name}': bucket {w}x{h} must be multiples of 16")
             if f < 1 or (f - 1) % 8:
                 raise ValueError(f"phase '{self.name}': bucket frames={f} must be 8k+1 (9, 17, 25)")
-        if self.flow is not None and self.target not in (*DENOISERS, "verifier"):
-            raise ValueError(
-                f"phase '{self.name}': flow applies to transformer, refiner and verifier "
-                "phases only; "
-                f"remove it from this {self.target} phase"
-            )
-        if self.text_encoder_lr is not None and self.target != "transformer":
-            raise ValueError(
-                f"phase '{self.name}': text_encoder_lr applies to transformer phases only (the "
-                f"refiner shares stage 1's text encoder); remove it from this {self.target} phase"
-            )
-        if self.fg_weight and self.target in ("upsampler", "verifier"):
-            raise ValueError(
-                f"phase '{self.name}': fg_weight applies to vae, transformer and refiner phases; "
-                f"remove it from this {self.target} phase"
-            )
-        if self.refine_from is not None:
-            if self.target != "refiner":
-                raise ValueError(
-                    f"phase '{self.name}': refine_from applies to refiner phases only; "
-                    f"remove it from this {self.target} phase"
-                )
-            if self.flow is not None and self.flow.max_sigma not in (1.0, self.refine_from):
-                raise ValueError(
-                    f"phase '{self.name}': refine_from={self.refine_from} sets the noise range; "
-                    f"remove flow.max_sigma={self.flow.max_sigma} (or make them equal)"
-                )
         return self
+
+
+class _DenoiserPhase(_PhaseBase):
+    """Flow-matching phases (stage 1's denoiser, or the stage-2 refiner)."""
+
+    caption_dropout: float = Field(default=0.1, ge=0, le=1, description="for guidance")
+    # this phase's noise-level sampler instead of the run's ``flow``
+    flow: FlowConfig | None = None
+    # extra loss weight on the subjects, so small objects are not drowned by the background;
+    # 0 = plain mean. Each latent cell is weighted by its share of subject pixels
+    # (data.latent_foreground), the per-clip mean weight kept at 1 so the loss scale (and the
+    # lr) means what it did
+    fg_weight: float = Field(default=0.0, ge=0)
+
+
+class TransformerPhase(_DenoiserPhase):
+    """Stage 1's denoiser with the flow-matching objective (the curriculum phases)."""
+
+    target: Literal["transformer"] = "transformer"
+    # also train the text encoder, at this peak lr (same warm-up and decay as ``lr``). A
+    # frozen encoder may not tell word order apart: the built-in one gave "moving left ...
+    # panning up" and "moving up ... panning left" token sets 0.9994 alike.
+    text_encoder_lr: float | None = Field(default=None, gt=0)
+
+
+class RefinerPhase(_DenoiserPhase):
+    """A copy of the denoiser used only for the two-stage refinement (stage 2), so training
+    it at full size and low noise cannot make stage 1 forget (see components.py)."""
+
+    target: Literal["refiner"]
+    # train the refinement the way the two-stage path runs it. Each clip's half-size latent
+    # goes through the model's latent upsampler and is noised to this level (the served
+    # refine strength, models.toml ``refine_strength``); the refiner learns the straight path
+    # from there to the full-size clip, v = (x_start - x0) / refine_from, so it corrects what
+    # the upsampler blurs (rounded corners) instead of keeping it. Noise levels are drawn in
+    # (0, refine_from]. Without it the refiner learns to denoise clean clips.
+    refine_from: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_refine_from(self) -> Self:
+        s0 = self.refine_from
+        if s0 is not None and self.flow is not None and self.flow.max_sigma not in (1.0, s0):
+            raise ValueError(
+                f"phase '{self.name}': refine_from={s0} sets the noise range; "
+                f"remove flow.max_sigma={self.flow.max_sigma} (or make them equal)"
+            )
+        return self
+
+
+class VaePhase(_PhaseBase):
+    """The video autoencoder (reconstruction + KL), only for the built-in architecture."""
+
+    target: Literal["vae"]
+    kl_weight: float = Field(default=1e-6, ge=0)
+    # scale of the posterior sample's noise (1 = a standard VAE, 0 = a deterministic
+    # autoencoder, which learns far faster on a small compute budget)
+    posterior_noise: float = Field(default=1.0, ge=0, le=1)
+    # extra loss weight on pixels far from their frame's median colour (the subjects)
+    fg_weight: float = Field(default=0.0, ge=0)
+    l1_weight: float = Field(default=0.5, ge=0, description="loss = mse + this * L1")
+
+
+class UpsamplerPhase(_PhaseBase):
+    """The x2 latent upsampler of the two-stage path."""
+
+    target: Literal["upsampler"]
+
+
+class VerifierPhase(_PhaseBase):
+    """The built-in model's prompt verifier (``aiprod.builtin.verifier``): a classifier of
+    noisy latents (count, shape, colour, direction as the captions state them) that ranks the
+    drafts of a clip (models.toml ``candidates``); its stage and ranking rule are set by
+    ``model.architecture.verifier``. Only for the built-in architecture."""
+
+    target: Literal["verifier"]
+    # the noise levels its latents are trained at (default: the run's ``flow``)
+    flow: FlowConfig | None = None
+
+
+def _phase_target(raw: Any) -> str:
+    """The union's tag: a phase without ``target`` is a transformer phase (as it always was)."""
+    if isinstance(raw, dict):
+        return str(raw.get("target", "transformer"))
+    return str(getattr(raw, "target", "transformer"))
+
+
+PhaseConfig = Annotated[
+    Annotated[TransformerPhase, Tag("transformer")]
+    | Annotated[RefinerPhase, Tag("refiner")]
+    | Annotated[VaePhase, Tag("vae")]
+    | Annotated[UpsamplerPhase, Tag("upsampler")]
+    | Annotated[VerifierPhase, Tag("verifier")],
+    Discriminator(
+        _phase_target,
+        custom_error_type="phase_target",
+        custom_error_message="target must be one of transformer, refiner, vae, upsampler, verifier",
+    ),
+]
+"""One phase of a run: the model of its ``target``."""
+
+PHASE_TYPES: dict[str, type[_PhaseBase]] = {
+    "vae": VaePhase,
+    "transformer": TransformerPhase,
+    "refiner": RefinerPhase,
+    "upsampler": UpsamplerPhase,
+    "verifier": VerifierPhase,
+}
+# field -> the targets whose phases have it (for the message that names the fix)
+_FIELD_TARGETS: dict[str, list[str]] = {}
+for _target, _model in PHASE_TYPES.items():
+    for _field in _model.model_fields:
+        _FIELD_TARGETS.setdefault(_field, []).append(_target)
+
+
+def trains_text_encoder(phase: _PhaseBase) -> bool:
+    """Whether a phase trains the text encoder beside its target (``text_encoder_lr``)."""
+    return isinstance(phase, TransformerPhase) and phase.text_encoder_lr is not None
 
 
 class TextEncoderArch(_Strict):
@@ -319,15 +410,16 @@ class TrainConfig(_Strict):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError("phase names must be unique")
-        if self.mode == "lora" and any(p.target != "transformer" for p in self.phases):
+        if self.mode == "lora" and not all(isinstance(p, TransformerPhase) for p in self.phases):
             raise ValueError(
                 "mode=lora trains the transformer only: remove vae/upsampler/refiner phases"
             )
-        if self.mode == "lora" and any(p.text_encoder_lr for p in self.phases):
+        if self.mode == "lora" and any(trains_text_encoder(p) for p in self.phases):
             raise ValueError("mode=lora trains the transformer only: remove text_encoder_lr")
-        for target in ("vae", "verifier"):
-            if self.model.source == "registry" and any(p.target == target for p in self.phases):
-                raise ValueError(f"a {target} phase is only for the built-in architecture")
+        if self.model.source == "registry":
+            for p in self.phases:
+                if isinstance(p, VaePhase | VerifierPhase):
+                    raise ValueError(f"a {p.target} phase is only for the built-in architecture")
         return self
 
     def fingerprint(self) -> str:
@@ -353,7 +445,7 @@ def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfi
     """Read a YAML training config; raises ``ConfigError`` naming the bad field."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"training config {path} does not exist (see configs/builtin.yaml)")
+        raise ConfigError(f"training config {path} does not exist (see configs/debug.yaml)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -363,5 +455,27 @@ def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfi
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError.from_validation(exc, str(path)) from exc
+        first = exc.errors()[0]
+        # the phase union adds its tag to the path (phases.1.transformer.stepz): drop it, the
+        # reader wrote phases.1.stepz
+        loc = [
+            str(part)
+            for i, part in enumerate(first["loc"])
+            if not (i == 2 and first["loc"][0] == "phases" and part in PHASE_TYPES)
+        ]
+        raise ConfigError(f"{path}: {'.'.join(loc)}: {first['msg']}") from exc
     return cfg
+
+
+def drop_other_targets_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run config as checkpoints written before the phase union hold it (every phase with
+    every field, those of other targets at their defaults or unused) -> one the union takes.
+
+    Only for configs the trainer wrote itself: a field of another target never changed what
+    its phase did, so dropping it changes nothing (nor the fingerprint, which omits defaults).
+    """
+    phases = []
+    for p in raw.get("phases", []):
+        model = PHASE_TYPES.get(str(p.get("target", "transformer")))
+        phases.append({k: v for k, v in p.items() if model is None or k in model.model_fields})
+    return {**raw, "phases": phases}

@@ -20,7 +20,7 @@ import yaml
 from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components, save_folder
-from aiprod.training.config import TrainConfig
+from aiprod.training.config import TrainConfig, drop_other_targets_fields, trains_text_encoder
 from aiprod.training.lora import add_lora, merge_lora
 
 
@@ -41,7 +41,8 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
     from transformers import AutoTokenizer
 
     path = ckpt.resolve_checkpoint(Path(path))
-    cfg = TrainConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    raw = yaml.safe_load((path / "config.yaml").read_text())
+    cfg = TrainConfig.model_validate(drop_other_targets_fields(raw))
     meta = json.loads((path / "meta.json").read_text())
     tok = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     comp = build_components(cfg.model, vocab=set(), seed=cfg.seed, tokenizer=tok)
@@ -79,7 +80,7 @@ def _use_ema(
 
     phase = cfg.phases[meta["phase_index"]]
     target = phase.target
-    mods = comp.trained_by(target, text_encoder=phase.text_encoder_lr is not None)
+    mods = comp.trained_by(target, text_encoder=trains_text_encoder(phase))
     params = [p for m in mods for p in m.parameters() if p.requires_grad or cfg.mode == "full"]
     if len(ema["shadow_params"]) != len(params):
         raise ConfigError(f"{path}: its EMA weights do not fit the {target} of its config")

@@ -1,0 +1,93 @@
+"""The ``vae`` and ``upsampler`` targets: the autoencoder and the two-stage x2 latent upsampler."""
+
+from __future__ import annotations
+
+import torch
+
+from aiprod.builtin.sample import normalize_latents
+from aiprod.training.config import UpsamplerPhase, VaePhase
+from aiprod.training.data import Clip, frames_to_tensor
+from aiprod.training.targets.base import Loss, PhaseData, PhaseRun, Target, encode_video, half
+
+
+class VaeTarget(Target):
+    """Reconstruction (MSE + L1, subjects weighted by ``fg_weight``) + KL on raw clips; the
+    phase ends by fitting the per-channel latent statistics, so the flow sees unit scale."""
+
+    name = "vae"
+    cached = False  # its items are the clips' pixels, and its own latents change as it trains
+
+    def items(self, phase: VaePhase, clips: list[Clip], *, heldout: bool) -> PhaseData:
+        data = PhaseData.of(clips)
+        data.pixels = [c.frames for c in clips]
+        return data
+
+    def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
+        phase, dev = run.cfg, self.ctx.device
+        assert isinstance(phase, VaePhase)
+        x = torch.stack([frames_to_tensor(run.data.pixels[i]) for i in idx]).to(dev)
+        dist = run.module.encode(x).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=self.ctx.noise).to(dev)
+        z = dist.mean + phase.posterior_noise * dist.std * eps
+        rec = run.module.decode(z).sample
+        w = torch.ones_like(x[:, :1])
+        if phase.fg_weight:
+            med = x.flatten(3).median(dim=-1).values[..., None, None]  # (B, 3, F, 1, 1)
+            fg = (x - med).abs().amax(dim=1, keepdim=True) > 0.2
+            w = w + phase.fg_weight * fg.float()
+        err = rec.float() - x
+        mse = (err.pow(2) * w).mean() / w.mean()
+        l1 = (err.abs() * w).mean() / w.mean()
+        kl = dist.kl().mean() / dist.mean[0].numel()
+        loss = mse + phase.l1_weight * l1 + phase.kl_weight * kl
+        return loss, {
+            "shape": tuple(x.shape),
+            "latent_shape": tuple(z.shape),
+            "mse": float(mse.detach()),
+        }
+
+    @torch.no_grad()
+    def end(self, run: PhaseRun) -> None:
+        """Per-channel latent mean/std over the phase's clips."""
+        vae = self.comp.vae
+        vae.eval()
+        zs = [
+            encode_video(self.comp, px, self.ctx.device).flatten(1) for px in run.data.pixels[:256]
+        ]
+        z = torch.cat(zs, dim=1)  # (C, N)
+        vae.latents_mean.copy_(z.mean(dim=1))
+        vae.latents_std.copy_(z.std(dim=1).clamp_min(1e-4))
+        vae.train()
+
+
+class UpsamplerTarget(Target):
+    """Latent MSE (normalised) between the upsampled half-size latent and the full-size one."""
+
+    name = "upsampler"
+
+    def setup_model(self, phases: list[UpsamplerPhase]) -> None:
+        if self.comp.upsampler is None:
+            from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+            up = self.ctx.cfg.model.architecture.upsampler
+            self.comp.upsampler = LTXLatentUpsamplerModel(
+                in_channels=self.comp.vae.config.latent_channels,
+                mid_channels=up.mid_channels,
+                num_blocks_per_stage=up.num_blocks_per_stage,
+            )
+
+    def items(self, phase: UpsamplerPhase, clips: list[Clip], *, heldout: bool) -> PhaseData:
+        data = PhaseData.of(clips)  # (half-size latent, full-size latent) pairs
+        for c in clips:
+            data.high.append(encode_video(self.comp, c.frames, self.ctx.device))
+            data.low.append(encode_video(self.comp, half(c), self.ctx.device))
+        return data
+
+    def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
+        dev = self.ctx.device
+        lo = torch.stack([run.data.low[i] for i in idx]).to(dev)
+        hi = torch.stack([run.data.high[i] for i in idx]).to(dev)
+        pred = run.module(lo)
+        vae = self.comp.vae
+        loss = (normalize_latents(vae, pred.float()) - normalize_latents(vae, hi)).pow(2).mean()
+        return loss, {"shape": tuple(lo.shape), "out_shape": tuple(pred.shape)}
