@@ -80,19 +80,12 @@ def overrides(args: argparse.Namespace) -> dict[str, float]:
 def generate_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from aiprod.builtin.sample import (
-        denormalize_latents,
-        draft,
-        encode_prompts,
-        latent_shape,
-        model_shift,
-        refine,
-        tile_prompts,
-    )
+    from aiprod.builtin.sample import draft, model_shift, refine, tile_prompts
     from aiprod.builtin.scoring import score
     from aiprod.builtin.verifier import ATTRIBUTES
     from aiprod.training.data import tensor_to_frames
     from aiprod.training.deploy import load_any
+    from aiprod.training.encode import denormalize_latents, encode_prompts, latent_shape
     from aiprod.training.evaluate import heldout_prompts, served_settings
     from aiprod.training.flow import inference_sigmas
 

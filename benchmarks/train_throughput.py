@@ -45,8 +45,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from aiprod.builtin.sample import velocity
     from aiprod.training.config import load_config
+    from aiprod.training.encode import velocity
     from aiprod.training.flow import add_noise, sample_sigmas, velocity_target
     from aiprod.training.trainer import Trainer
 

@@ -341,13 +341,9 @@ def _stage2_ceiling(
     """Each prompt's reference rendered at half size and encoded (a perfect stage 1), then the
     model's own stage 2 (upsampler + refinement, as sampled) -> decoded full-size clips."""
     from aiprod.builtin import render
-    from aiprod.builtin.sample import (
-        denormalize_latents,
-        encode_prompts,
-        normalize_latents,
-        refine,
-    )
+    from aiprod.builtin.sample import refine
     from aiprod.training.data import frames_to_tensor
+    from aiprod.training.encode import denormalize_latents, encode_prompts, normalize_latents
 
     dev = next(comp.vae.parameters()).device
     half = [

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiprod.builtin.sample import embed_ids, velocity
 from aiprod.training.cache import LatentCache
 from aiprod.training.components import Components
 from aiprod.training.config import TrainConfig
+from aiprod.training.encode import embed_ids, velocity
 from aiprod.training.flow import add_noise, logit_normal_quantile, sigma_bucket, velocity_target
 from aiprod.training.targets.base import PhaseData, PhaseRun, Target
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from aiprod.builtin.sample import normalize_latents
 from aiprod.training.config import UpsamplerPhase, VaePhase
 from aiprod.training.data import Clip, frames_to_tensor
+from aiprod.training.encode import normalize_latents
 from aiprod.training.targets.base import Loss, PhaseData, PhaseRun, Target, encode_video, half
 
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from aiprod.builtin.sample import embed_ids, normalize_latents, tokenize
 from aiprod.training.components import Components
 from aiprod.training.config import FlowConfig, TrainConfig
 from aiprod.training.data import Clip, frames_to_tensor, latent_foreground
+from aiprod.training.encode import embed_ids, normalize_latents, tokenize
 
 if TYPE_CHECKING:
     from aiprod.training.config import PhaseConfig

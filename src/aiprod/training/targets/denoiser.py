@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from aiprod.builtin.sample import embed_ids, tokenize, velocity
 from aiprod.core.errors import ConfigError
 from aiprod.training.config import RefinerPhase, TransformerPhase, trains_text_encoder
 from aiprod.training.data import Clip
+from aiprod.training.encode import embed_ids, tokenize, velocity
 from aiprod.training.flow import add_noise, refine_path, sample_sigmas, velocity_target
 from aiprod.training.targets.base import (
     Loss,
