@@ -121,6 +121,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.integration
 def test_entrypoint_with_the_real_cli(tmp_path):
     """migrate, then api: real migrations on SQLite and a real server answering /healthz."""
     env = _env(tmp_path, AIPROD_BIN=str(AIPROD), PATH=f"{BIN}:{os.environ['PATH']}")

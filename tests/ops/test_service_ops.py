@@ -27,6 +27,8 @@ from aiprod.client import (
 from aiprod.core.media import read_video
 from tests.service.harness import Stack, aiprod_cmd, fresh_pg_database, pg_server_url, wait_for
 
+pytestmark = pytest.mark.integration  # real servers and worker subprocesses
+
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from aiprod.core.media import read_video
 from tests.service.harness import MODELS_TOML, Stack, fresh_pg_database, wait_for, wait_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # A registry entry whose weights are missing: every attempt fails when the worker loads it.
 BROKEN_MODEL = """

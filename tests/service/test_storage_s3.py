@@ -26,6 +26,8 @@ from aiprod.jobs.retention import output_deleter
 from aiprod.jobs.storage import LocalStorage, S3Storage, StorageError, open_storage
 from tests.service.harness import Stack, aiprod_cmd, free_port, wait_job
 
+pytestmark = pytest.mark.integration  # real servers and worker subprocesses
+
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 

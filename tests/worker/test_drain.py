@@ -17,7 +17,7 @@ from aiprod.db.models import Job, Worker
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from tests.service.harness import Stack, fresh_pg_database, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 N_JOBS = 200
 
 
