@@ -8,7 +8,6 @@ job object, turned into the engine's ``GenerationRequest`` by the worker.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import secrets
@@ -53,12 +52,14 @@ class GenerateBody(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class JobParams:
+class JobParams(BaseModel):
     """A fully resolved request (defaults filled, limits checked, seed chosen).
 
-    The field order is ``resolve_request``'s, so ``as_dict()`` is the stored ``params`` JSON.
+    The field order is ``resolve_request``'s, so ``as_dict()`` is the stored ``params`` JSON;
+    the job object's ``params`` (``service/schemas.py``) is this model.
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str
     negative_prompt: str | None
@@ -83,21 +84,13 @@ class JobParams:
     @classmethod
     def from_stored(cls, params: dict[str, Any]) -> JobParams:
         """The ``params`` of a job row (rows written before ``two_stage`` existed: False)."""
-        return cls(
-            prompt=params["prompt"],
-            negative_prompt=params.get("negative_prompt"),
-            width=params["width"],
-            height=params["height"],
-            num_frames=params["num_frames"],
-            fps=params["fps"],
-            num_inference_steps=params["num_inference_steps"],
-            guidance_scale=params["guidance_scale"],
-            two_stage=bool(params.get("two_stage", False)),
-            seed=params["seed"],
-        )
+        fields = {name: params[name] for name in cls.model_fields if name in params}
+        fields.setdefault("negative_prompt", None)
+        fields["two_stage"] = bool(params.get("two_stage", False))
+        return cls(**fields)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def shape(self) -> dict[str, Any]:
         """What generation time depends on (the key of measured timings)."""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiprod.core.registry import Defaults, Limits
 from aiprod.jobs import JobStatus
+from aiprod.jobs.schema import JobParams
 
 T = TypeVar("T")
 
@@ -65,19 +66,8 @@ class JobErrorOut(_Out):
     message: str
 
 
-class ParamsOut(_Out):
+class ParamsOut(JobParams):
     """The resolved generation parameters (the model's defaults filled in)."""
-
-    prompt: str
-    negative_prompt: str | None
-    width: int
-    height: int
-    num_frames: int
-    fps: int
-    num_inference_steps: int
-    guidance_scale: float
-    two_stage: bool
-    seed: int
 
 
 class JobParamsOut(ParamsOut):
