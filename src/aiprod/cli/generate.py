@@ -66,7 +66,10 @@ def generate(
         seed=seed,
         two_stage=two_stage,
     )
-    entry.resolve_request(params)  # fail on bad input before loading the model
+    from aiprod import engine
+
+    # defaults filled and limits checked (bad input fails here, before the model loads)
+    req = engine.build_request(entry, {**params, "image": image_bytes})
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -75,13 +78,6 @@ def generate(
         console=err,
     ) as bar:
         task = bar.add_task(f"loading {entry.id}", total=1.0)
-        from dataclasses import replace
-
-        from aiprod import engine
-
-        req = engine.build_request(entry, params)
-        if image_bytes is not None:
-            req = replace(req, image=image_bytes)
         pipe = engine.load_pipeline(entry, device=settings.device)
         bar.update(task, description="generating")
         t0 = time.perf_counter()
