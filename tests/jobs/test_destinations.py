@@ -150,7 +150,9 @@ def test_delivery_checks_every_resolved_address() -> None:
         vet(dest, resolver(["10.0.0.5"]))
     with pytest.raises(DestinationRefused, match="169.254.169.254"):  # one bad answer is enough
         vet(dest, resolver(["93.184.215.14", "169.254.169.254"]))
-    with pytest.raises(DestinationRefused, match=r"::ffff:7f00:1, a loopback address \(127.0.0.1 in IPv6 form\)"):
+    with pytest.raises(
+        DestinationRefused, match=r"::ffff:7f00:1, a loopback address \(127.0.0.1 in IPv6 form\)"
+    ):
         vet(dest, resolver(["::ffff:127.0.0.1"]))
     with pytest.raises(DestinationRefused, match="no address"):
         vet(dest, resolver([]))

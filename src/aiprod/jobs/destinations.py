@@ -183,6 +183,8 @@ def vet(dest: Destination, resolver: Resolver, allow: Sequence[Network] = ()) ->
             raise DestinationRefused(f"webhook host {dest.host} resolved to no address")
     for ip in addresses:
         why = address_refusal(ip, allow)
+        if why is not None and dest.ip is not None:
+            raise DestinationRefused(f"webhook host {dest.host} is {why}")
         if why is not None:
             raise DestinationRefused(f"webhook host {dest.host} resolves to {ip}, {why}")
     return addresses[0]
