@@ -70,6 +70,7 @@ REFUSED = [
     "gopher://example.com/",
     "https:///nohost",
     "http://example.com:99999/",
+    "http://example.com:0/",
     "http://example.com/h\x00",
     "http://exa\x00mple.com/h",
     "http://example.com/\r\nX-Injected: 1",

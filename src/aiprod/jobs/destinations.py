@@ -90,9 +90,11 @@ def parse_destination(url: str) -> Destination:
         ip = _ipv4_literal(host)
     if ip is not None:
         host = str(ip)
-    return Destination(
-        scheme=parts.scheme, host=host, port=port or (443 if parts.scheme == "https" else 80), ip=ip
-    )
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    elif port == 0:
+        raise DestinationRefused("webhook_url port 0 is not a port one can connect to")
+    return Destination(scheme=parts.scheme, host=host, port=port, ip=ip)
 
 
 def _ipv4_literal(host: str) -> ipaddress.IPv4Address | None:
