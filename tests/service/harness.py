@@ -115,6 +115,7 @@ def stack_env(data_dir: Path, database_url: str, models_file: Path, **extra: Any
         AIPROD_WEBHOOK_TIMEOUT="2",
         AIPROD_WEBHOOK_BACKOFF_SECONDS="0.5",
         AIPROD_WEBHOOK_POLL_INTERVAL="0.1",
+        AIPROD_WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8",  # the tests' receivers are on loopback
         AIPROD_RATE_LIMIT_PER_MINUTE="100000",  # tests poll fast; the 429 test sets its own
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",

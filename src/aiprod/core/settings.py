@@ -13,12 +13,13 @@ is a field here (``AIPROD_DATA_DIR`` is ``data_dir``, and so on). What stays out
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aiprod.core.errors import ConfigError
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_seconds: float = Field(default=2.0, ge=0)
     webhook_poll_interval: float = Field(default=1.0, gt=0)
+    # Networks webhooks may reach although they are not public (loopback, private, link-local):
+    # CIDRs separated by commas or spaces, e.g. "10.20.0.0/16, 127.0.0.0/8". Empty: public only.
+    webhook_allow_networks: str = ""
     gpu_cost_per_hour: float = Field(default=0.0, ge=0)  # what a GPU-hour costs you (margin)
     # Benchmarks/tests only: sleep this long after every denoising step so a tiny model's job
     # lasts long enough to cancel or kill it mid-run. The real pipeline still runs.
@@ -71,6 +75,16 @@ class Settings(BaseSettings):
     # core/logging.py, which names the bad value (`--log-level` overrides the level).
     log_format: str = "auto"
     log_level: str = "INFO"
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        _networks(value)
+        return value
+
+    @property
+    def webhook_allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(self.webhook_allow_networks)
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -110,6 +124,13 @@ class Settings(BaseSettings):
         finally:
             tmp.unlink(missing_ok=True)
         return path.read_text().strip()
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(v) for v in value.replace(",", " ").split())
+    except ValueError as exc:
+        raise ValueError(f"AIPROD_WEBHOOK_ALLOW_NETWORKS: {exc} (expected CIDRs)") from None
 
 
 @lru_cache(maxsize=1)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import image_from_base64
 from aiprod.core.registry import ModelEntry, Registry
+from aiprod.jobs.destinations import DestinationRefused, Network, check_webhook_url
 
 MAX_METADATA_BYTES = 8 * 1024
 
@@ -112,18 +113,21 @@ class Validated:
     image: bytes | None
 
 
-def validate_generate(body: GenerateBody, registry: Registry) -> Validated:
-    """Check every field against the model entry; raises InvalidRequest naming the field."""
+def validate_generate(
+    body: GenerateBody, registry: Registry, *, webhook_allow: Sequence[Network] = ()
+) -> Validated:
+    """Check every field against the model entry; raises InvalidRequest naming the field.
+
+    ``webhook_allow``: the non-public networks a webhook_url may name
+    (``Settings.webhook_allowed_networks``); by default only public addresses."""
     entry = registry.get(body.model)
     params = JobParams.resolve(entry, body.model_dump())
     image = image_from_base64(body.image) if body.image is not None else None
     if body.webhook_url is not None:
-        parts = urlsplit(body.webhook_url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise InvalidRequest(
-                "webhook_url must be an absolute http(s) URL, e.g. https://example.com/hook",
-                field="webhook_url",
-            )
+        try:
+            check_webhook_url(body.webhook_url, webhook_allow)
+        except DestinationRefused as exc:
+            raise InvalidRequest(str(exc), field="webhook_url") from None
     if body.metadata is not None:
         size = len(json.dumps(body.metadata, default=str))
         if size > MAX_METADATA_BYTES:

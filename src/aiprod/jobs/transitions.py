@@ -69,7 +69,7 @@ def create_job(
         existing = repo.by_idempotency_key(api_key_id, idempotency_key)
         if existing is not None:
             return _replay(existing, req_hash), False
-    v = validate_generate(body, registry)
+    v = validate_generate(body, registry, webhook_allow=settings.webhook_allowed_networks)
     seconds, _ = estimate_seconds(session, v.entry, v.params)
     job = Job(
         id=new_id(),

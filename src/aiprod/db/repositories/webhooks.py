@@ -1,4 +1,4 @@
-"""The webhook outbox rows: enqueue, lease due deliveries, look up."""
+"""The webhook outbox rows: enqueue, list due deliveries fairly by key, lease, defer, look up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aiprod.db.models import Job, WebhookDelivery, utcnow
@@ -33,16 +33,50 @@ class WebhookRepository:
         self.s.flush()
         return row
 
-    def claim_due(
-        self, *, owner: str, lease_seconds: float, limit: int = 8, now: datetime | None = None
-    ) -> list[WebhookDelivery]:
-        """Due deliveries, leased to ``owner`` by pushing next_attempt_at past the lease."""
+    def due(
+        self, *, per_key: int, limit: int, now: datetime | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(id, api_key_id, url) of due deliveries, oldest first, at most ``per_key`` of each
+        key, so a key with a long backlog cannot hide another key's rows. Nothing is locked."""
+        now = now or utcnow()
+        rank = (
+            func.row_number()
+            .over(partition_by=WebhookDelivery.api_key_id, order_by=WebhookDelivery.next_attempt_at)
+            .label("rank")
+        )
+        inner = (
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.api_key_id,
+                WebhookDelivery.url,
+                WebhookDelivery.next_attempt_at,
+                rank,
+            )
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .subquery()
+        )
+        q = (
+            select(inner.c.id, inner.c.api_key_id, inner.c.url)
+            .where(inner.c.rank <= per_key)
+            .order_by(inner.c.rank, inner.c.next_attempt_at)
+            .limit(limit)
+        )
+        return [(r[0], r[1], r[2]) for r in self.s.execute(q)]
+
+    def claim(
+        self, ids: Sequence[str], *, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> list[str]:
+        """Lease those of ``ids`` that are still due and not locked by another transaction."""
+        if not ids:
+            return []
         now = now or utcnow()
         q = (
             select(WebhookDelivery)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
+            .where(
+                WebhookDelivery.id.in_(list(ids)),
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+            )
             .with_for_update(skip_locked=True)
         )
         rows = list(self.s.execute(q).scalars())
@@ -50,7 +84,27 @@ class WebhookRepository:
             r.locked_by = owner
             r.next_attempt_at = now + timedelta(seconds=lease_seconds)
         self.s.flush()
-        return rows
+        return [r.id for r in rows]
+
+    def defer(self, ids: Sequence[str], until: datetime, now: datetime | None = None) -> int:
+        """Move still-due rows to ``until`` without counting an attempt (open circuit)."""
+        if not ids:
+            return 0
+        now = now or utcnow()
+        q = (
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.id.in_(list(ids)),
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+            )
+            .with_for_update(skip_locked=True)
+        )
+        rows = list(self.s.execute(q).scalars())
+        for r in rows:
+            r.next_attempt_at = until
+        self.s.flush()
+        return len(rows)
 
     def get(self, delivery_id: str) -> WebhookDelivery | None:
         return self.s.get(WebhookDelivery, delivery_id)

@@ -253,4 +253,6 @@ def estimate_cost(
     body: GenerateBody, key: ApiKeyDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
     """Same body as /generate. `basis` is `measured` once a worker has timed this model."""
-    return JSONResponse(estimate(session, validate_generate(body, state.registry)))
+    allow = state.settings.webhook_allowed_networks
+    v = validate_generate(body, state.registry, webhook_allow=allow)
+    return JSONResponse(estimate(session, v))
