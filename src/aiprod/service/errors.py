@@ -16,6 +16,9 @@ from aiprod.core.errors import AiprodError
 
 log = logging.getLogger("aiprod.service")
 
+#: Retry-After of a 503 (database or storage temporarily unavailable).
+RETRY_AFTER_SECONDS = 5
+
 
 def error_response(
     status: int,
@@ -42,6 +45,8 @@ def install_error_handlers(app: FastAPI) -> None:
         rate = getattr(request.state, "rate", None)
         if exc.status_code == 429 and rate is not None:
             headers["Retry-After"] = str(rate.reset_seconds)
+        if exc.status_code == 503:  # temporary (storage full or not writable...): say when
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if exc.status_code >= 500:
             log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
@@ -84,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
             503,
             "unavailable",
             "the database is temporarily unavailable; retry in a few seconds",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
     @app.exception_handler(Exception)
