@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -41,6 +42,23 @@ _RESERVED = frozenset(
 _HANDLER_MARK = "_aiprod_handler"
 
 job_logger = logging.getLogger("aiprod.jobs")
+
+#: The longest error message written into a job (the full text goes to the log).
+JOB_ERROR_CHARS = 500
+# A filesystem path: absolute (/a/b, ~/a, C:\a\b) with at least two parts, not inside a URL
+# (https://host/x is preceded by ':' or '/') or a word (32/64).
+_PATH = re.compile(
+    r"""(?<![\w:/.\\])(?:~|[A-Za-z]:)?(?:[/\\][^\s'"`,;:()<>\[\]{}|/\\]+){2,}[/\\]?"""
+)
+
+
+def job_error_message(message: str) -> str:
+    """``message`` as a job's client-visible error: server paths replaced by ``<path>``, cut
+    to ``JOB_ERROR_CHARS``. The worker logs the full text."""
+    short = _PATH.sub("<path>", message).strip()
+    if len(short) > JOB_ERROR_CHARS:
+        short = short[: JOB_ERROR_CHARS - 3].rstrip() + "..."
+    return short
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
