@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiprod.core.errors import AiprodError
+from aiprod.core.logging import is_outage_error
 
 log = logging.getLogger("aiprod.service")
 
@@ -84,7 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
         # The database is unreachable or overloaded (e.g. SQLite busy past its timeout):
         # a temporary condition, not a bug in the request.
-        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        # An outage is logged once per state change by aiprod.db.session.OutageLog, not per request.
+        level = logging.DEBUG if is_outage_error(exc) else logging.ERROR
+        log.log(
+            level, "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
+        )
         return error_response(
             503,
             "unavailable",
