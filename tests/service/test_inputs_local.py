@@ -70,6 +70,16 @@ def test_invalid_unicode_is_a_422_naming_the_field(
     assert "unicode" in err["message"]
 
 
+@pytest.mark.parametrize("route", ["generate", "estimate-cost"])
+def test_invalid_unicode_in_an_unknown_field_name_is_a_422(
+    app_client: tuple[TestClient, dict], route: str
+) -> None:
+    r = _post(app_client, route, f'{{"prompt": "a fox", "x{LONE}": 1}}')
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["error"]["field"] == "body"  # the field's own name cannot be shown
+
+
 def test_valid_non_ascii_text_is_accepted(app_client: tuple[TestClient, dict]) -> None:
     body = json.dumps({"prompt": "un renard \U0001f98a", "metadata": {"clé": ["ü", {"b": "😀"}]}})
     assert _post(app_client, "estimate-cost", body).status_code == 200
