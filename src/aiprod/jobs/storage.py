@@ -86,6 +86,13 @@ class WritableCheck:
         """Whether :meth:`ensure` would answer from memory (no probe, no I/O)."""
         return time.monotonic() - self._checked_at < max_age
 
+    def raise_remembered(self) -> None:
+        """Raise StorageError if the last probe failed (no lock, no I/O: for the event loop,
+        when :meth:`fresh`)."""
+        error = self._error
+        if error is not None:
+            raise StorageError(error.message)
+
     def ensure(self, max_age: float = WRITABLE_CHECK_SECONDS) -> None:
         """Raise StorageError if storage was not writable at the last probe (probing again
         when that is older than ``max_age`` seconds)."""

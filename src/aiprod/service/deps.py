@@ -188,7 +188,7 @@ async def storage_writable(state: StateDep, key: ApiKeyDep) -> None:
     key still gets 401."""
     check = state.storage.writable_check
     if check.fresh():
-        check.ensure()
+        check.raise_remembered()
     else:
         await run_in_threadpool(check.ensure)
 
