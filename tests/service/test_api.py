@@ -275,7 +275,11 @@ def test_failing_job_is_retried_with_backoff_then_failed(stack: Stack, client_ke
         final = wait_job(c, job["id"], {"failed", "succeeded"})
         assert final["status"] == "failed" and final["attempts"] == 3  # AIPROD_MAX_ATTEMPTS
         assert final["error"]["code"] == "config_error"
-        assert "no-such-weights" in final["error"]["message"]
+        # issue 32: the message says what is wrong without the server's path; the log has it
+        assert "does not exist" in final["error"]["message"]
+        assert "<path>" in final["error"]["message"]
+        assert "no-such-weights" not in final["error"]["message"]
+        assert "no-such-weights" in stack.logs(full=True)
         assert final["download_url"] is None and final["cost_usd"] is None
         # the workers are fine afterwards
         ok = c.post("/api/v1/generate", json={"prompt": "fine"}).json()

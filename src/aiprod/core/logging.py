@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -41,6 +42,23 @@ _RESERVED = frozenset(
 _HANDLER_MARK = "_aiprod_handler"
 
 job_logger = logging.getLogger("aiprod.jobs")
+
+#: The longest error message written into a job (the full text goes to the log).
+JOB_ERROR_CHARS = 500
+# A filesystem path: absolute (/a/b, ~/a, C:\a\b) with at least two parts, not inside a URL
+# (https://host/x is preceded by ':' or '/') or a word (32/64).
+_PATH = re.compile(
+    r"""(?<![\w:/.\\])(?:~|[A-Za-z]:)?(?:[/\\][^\s'"`,;:()<>\[\]{}|/\\]+){2,}[/\\]?"""
+)
+
+
+def job_error_message(message: str) -> str:
+    """``message`` as a job's client-visible error: server paths replaced by ``<path>``, cut
+    to ``JOB_ERROR_CHARS``. The worker logs the full text."""
+    short = _PATH.sub("<path>", message).strip()
+    if len(short) > JOB_ERROR_CHARS:
+        short = short[: JOB_ERROR_CHARS - 3].rstrip() + "..."
+    return short
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -97,6 +115,33 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+#: The attribute ``aiprod.db.session`` sets on an exception it reported as a database outage.
+OUTAGE_MARK = "aiprod_db_outage"
+
+
+def is_outage_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a database outage that
+    ``aiprod.db.session.OutageLog`` already logged."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, OUTAGE_MARK, False):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class OutageFilter(logging.Filter):
+    """Drops records about an error that is a database outage (``is_outage_error``): while the
+    database is down, every loop that retries (heartbeat, dispatcher, retention) would log a
+    traceback about once a second; the outage is logged once per state change plus a reminder
+    by ``aiprod.db.session.OutageLog`` instead. Installed on aiprod's handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not is_outage_error(exc)
+
+
 def resolve_format(fmt: LogFormat | str | None, stream: IO[str]) -> Literal["json", "text"]:
     """``json``/``text`` as asked (or from AIPROD_LOG_FORMAT); ``auto``: text on a terminal."""
     chosen = (fmt or Settings().log_format or "auto").lower()
@@ -130,6 +175,7 @@ def configure_logging(
         lvl = numeric
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    handler.addFilter(OutageFilter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_FORMATS",
     "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "MIN_IMAGE_SIDE",
     "MediaError",
     "MediaInfo",
@@ -48,6 +49,10 @@ __all__ = [
 
 #: Conditioning images: the limits for every way in (API, CLI, engine).
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: Declared width x height above this is refused before any pixel is decoded (40 MP: 160 MB as
+#: RGBA while decoding; a 12000x12000 PNG can be 410 KB and 432 MB decoded). Pillow's own
+#: decompression-bomb guard (89 MP warning, 179 MP error) is mapped to the same error.
+MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 
@@ -270,7 +275,9 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
 # --- Conditioning images --------------------------------------------------------------------
 
 
-def image_from_base64(data: str) -> bytes:
+def image_from_base64(
+    data: str, *, min_width: int = MIN_IMAGE_SIDE, min_height: int = MIN_IMAGE_SIDE
+) -> bytes:
     """Base64 (or a ``data:`` URL) -> image bytes, checked by :func:`check_image`."""
     if data.startswith("data:"):
         _, _, data = data.partition(",")
@@ -284,13 +291,26 @@ def image_from_base64(data: str) -> bytes:
         raise InvalidRequest(
             "image is not valid base64: send the PNG/JPEG/WebP file base64-encoded", field="image"
         ) from exc
-    return check_image(raw)
+    return check_image(raw, min_width=min_width, min_height=min_height)
 
 
-def check_image(raw: bytes) -> bytes:
-    """Return ``raw`` if it is a readable PNG/JPEG/WebP within the limits (size in bytes, at
-    least ``MIN_IMAGE_SIDE`` pixels a side), else raise InvalidRequest naming ``image``.
-    Reads the header and verifies the file; does not decode the pixels."""
+def _too_large() -> InvalidRequest:
+    return InvalidRequest(
+        f"image has more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels "
+        f"({MAX_IMAGE_PIXELS} pixels, width x height): send a smaller picture",
+        field="image",
+    )
+
+
+def _unreadable(what: str = "not a readable") -> InvalidRequest:
+    return InvalidRequest(f"image is {what} PNG, JPEG or WebP picture", field="image")
+
+
+def _open_checked(
+    raw: bytes, min_width: int, min_height: int
+) -> Image.Image:  # an open, fully decoded image (the caller closes it)
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not raw:
@@ -300,41 +320,54 @@ def check_image(raw: bytes) -> bytes:
             f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB", field="image"
         )
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            fmt, (width, height) = im.format, im.size
-            im.verify()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise InvalidRequest(
-            "image is not a readable PNG, JPEG or WebP picture", field="image"
-        ) from exc
-    if fmt not in IMAGE_FORMATS:
-        raise InvalidRequest(
-            f"image format {fmt} is not supported: use PNG, JPEG or WebP", field="image"
-        )
-    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        raise InvalidRequest(
-            f"image is {width}x{height}; send at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels",
-            field="image",
-        )
+        with warnings.catch_warnings():
+            # Pillow warns (above ~89 MP) before it errors (~179 MP): both are our "too large".
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large() from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _unreadable() from exc
+    try:
+        fmt, (width, height) = im.format, im.size
+        if fmt not in IMAGE_FORMATS:
+            raise InvalidRequest(
+                f"image format {fmt} is not supported: use PNG, JPEG or WebP", field="image"
+            )
+        # From the header: refuse before decoding a single pixel.
+        if width * height > MAX_IMAGE_PIXELS:
+            raise _too_large()
+        if width < min_width or height < min_height:
+            raise InvalidRequest(
+                f"image is {width}x{height}; send at least {min_width}x{min_height} pixels",
+                field="image",
+            )
+        try:  # a full decode: truncated or corrupt data fails here, not later in the worker
+            im.load()
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise _unreadable("truncated or corrupt: not a complete") from exc
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def check_image(
+    raw: bytes, *, min_width: int = MIN_IMAGE_SIDE, min_height: int = MIN_IMAGE_SIDE
+) -> bytes:
+    """Return ``raw`` if it is a complete PNG/JPEG/WebP within the limits, else raise
+    InvalidRequest naming ``image``. The limits: at most ``MAX_IMAGE_BYTES`` bytes and
+    ``MAX_IMAGE_PIXELS`` pixels as declared by the header (checked before decoding; Pillow's
+    decompression-bomb guard gives the same error), at least ``min_width`` x ``min_height``
+    (the API passes the model's minimum size), and the whole picture must decode (truncated
+    data is refused)."""
+    _open_checked(raw, min_width, min_height).close()
     return raw
 
 
-def decode_image(raw: bytes) -> Image.Image:
-    """PNG/JPEG/WebP bytes -> an RGB PIL image (checked by :func:`check_image` first)."""
-    from PIL import Image, UnidentifiedImageError
-
-    check_image(raw)
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(
-            f"image could not be decoded ({exc}): send PNG, JPEG or WebP bytes", field="image"
-        ) from exc
+def decode_image(
+    raw: bytes, *, min_width: int = MIN_IMAGE_SIDE, min_height: int = MIN_IMAGE_SIDE
+) -> Image.Image:
+    """PNG/JPEG/WebP bytes -> an RGB PIL image, with :func:`check_image`'s limits."""
+    with _open_checked(raw, min_width, min_height) as img:
+        return img.convert("RGB")

@@ -12,7 +12,9 @@ docs/performance.md). On PostgreSQL both kinds are ordinary sessions.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.logging import OUTAGE_MARK
 
 # The API runs sync endpoints and dependencies on anyio's thread pool (40 threads). A request
 # holds its session's connection until the dependency's exit, which itself needs a pool thread:
@@ -40,6 +43,99 @@ POOL_OVERFLOW = 20
 READ_ONLY_OPTION = "aiprod_read_only"
 # How long a SQLite connection waits for a lock before "database is locked" (seconds).
 BUSY_TIMEOUT_S = 30
+#: While the database stays unreachable, a process repeats "still unavailable" this often.
+OUTAGE_REMINDER_SECONDS = 60.0
+# OUTAGE_MARK (from core.logging) is set on a SQLAlchemy exception that OutageLog reported:
+# aiprod's log handler drops the tracebacks of such errors (core.logging.OutageFilter).
+
+log = logging.getLogger("aiprod.db")
+
+
+class OutageLog:
+    """One process's view of the database's reachability, logged once per state change
+    ("unavailable", "reachable again") plus a reminder every ``remind_every`` seconds while it
+    lasts, instead of a traceback from every loop about once a second. Thread-safe."""
+
+    def __init__(
+        self,
+        logger: logging.Logger = log,
+        *,
+        remind_every: float = OUTAGE_REMINDER_SECONDS,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.remind_every = remind_every
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self._reminded_at = 0.0
+        self.failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """A connection to the database failed (``exc``: why)."""
+        with self._lock:
+            now = self.clock()
+            self.failures += 1
+            reason = _one_line(exc)
+            if self.down_since is None:
+                self.down_since = self._reminded_at = now
+                self.failures = 1
+                self.logger.error(
+                    "database unavailable (%s); retrying, requests get 503 meanwhile", reason
+                )
+            elif now - self._reminded_at >= self.remind_every:
+                self._reminded_at = now
+                self.logger.warning(
+                    "database still unavailable after %.0f s (%d failed connections): %s",
+                    now - self.down_since,
+                    self.failures,
+                    reason,
+                )
+
+    def ok(self) -> None:
+        """A connection to the database worked."""
+        if self.down_since is None:  # the common case: no lock
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            self.logger.warning(
+                "database reachable again after %.0f s", self.clock() - self.down_since
+            )
+            self.down_since = None
+
+
+#: This process's outage state, shared by its engines (installed by ``make_engine``).
+database_outage = OutageLog()
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def watch_outages(engine: Engine, outage: OutageLog | None = None) -> None:
+    """Report ``engine``'s failed connections (and the first one that works again) to
+    ``outage`` (default: this process's ``database_outage``)."""
+    tracker = outage or database_outage
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(ctx: Any) -> None:
+        # No connection (connect failed) or a lost one: the database is unreachable. Errors on
+        # a working connection (a constraint, "database is locked") are not an outage.
+        if ctx.connection is None or ctx.is_disconnect:
+            tracker.failed(ctx.original_exception)
+            if ctx.sqlalchemy_exception is not None:
+                setattr(ctx.sqlalchemy_exception, OUTAGE_MARK, True)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(*_args: Any) -> None:
+        tracker.ok()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -66,12 +162,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             **kwargs,
         )
         _sqlite_setup(engine)
+        watch_outages(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", POOL_OVERFLOW)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        watch_outages(engine)
+        return engine
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: aiprod runs on SQLite or PostgreSQL"
     )

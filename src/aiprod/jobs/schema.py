@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import image_from_base64
@@ -51,6 +51,45 @@ class GenerateBody(BaseModel):
     )
     webhook_url: str | None = Field(default=None, max_length=2000)
     metadata: dict[str, Any] | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        # JSON's "\ud800" escape parses to a lone surrogate, which no database, hash or log
+        # line can encode as UTF-8: refuse it here (a 422 naming the field), not with a 500.
+        where = _invalid_unicode(value)
+        if where is not None:
+            raise ValueError(
+                f"contains invalid unicode {where}(a lone surrogate such as \\ud800): "
+                "send valid UTF-8 text"
+            )
+        return value
+
+
+def _invalid_unicode(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (a string, or JSON lists/objects of them) a string cannot be
+    encoded as UTF-8: "" for the value itself, "in key 'k' " / "at 'k.0' " inside; None if
+    all is well."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"at '{path}' " if path else ""
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _invalid_unicode(k) is not None:
+                return f"in a key under '{path}' " if path else "in a key "
+            where = _invalid_unicode(v, sub)
+            if where is not None:
+                return where
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            where = _invalid_unicode(v, f"{path}.{i}" if path else str(i))
+            if where is not None:
+                return where
+    return None
 
 
 class JobParams(BaseModel):
@@ -122,7 +161,10 @@ def validate_generate(
     (``Settings.webhook_allowed_networks``); by default only public addresses."""
     entry = registry.get(body.model)
     params = JobParams.resolve(entry, body.model_dump())
-    image = image_from_base64(body.image) if body.image is not None else None
+    image = None
+    if body.image is not None:  # the model's minimum size: smaller fails in the worker anyway
+        lim = entry.limits
+        image = image_from_base64(body.image, min_width=lim.min_width, min_height=lim.min_height)
     if body.webhook_url is not None:
         try:
             check_webhook_url(body.webhook_url, webhook_allow)

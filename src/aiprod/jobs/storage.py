@@ -9,8 +9,12 @@ the API and every worker resolve them against the same root. Both backends imple
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +25,95 @@ from aiprod.core.settings import Settings
 
 CHUNK = 256 * 1024
 
+log = logging.getLogger("aiprod.storage")
+
 
 class StorageError(AiprodError):
-    """Object storage failed or refused a request (unreachable, no bucket, access denied)."""
+    """Storage failed or refused a request (unreachable, no bucket, access denied, disk full,
+    folder not writable): a 503 with Retry-After in the API, never a 500."""
 
     status_code = 503
     code = "storage_unavailable"
+
+
+#: Seconds a storage writability check is trusted (``ensure_writable``): submits are refused
+#: with 503 while storage is not writable without a probe write per request.
+WRITABLE_CHECK_SECONDS = 5.0
+
+
+def local_storage_error(exc: OSError, action: str) -> StorageError:
+    """A one-line StorageError for an OSError on local storage (disk full, read-only...).
+    Its message names no server path (it reaches clients); the caller logs the path."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "is full (no space left on device)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "is not writable (permission denied or read-only)"
+    else:
+        what = f"failed ({exc.strerror or type(exc).__name__})"
+    return StorageError(f"cannot {action}: the output storage {what}; retry later")
+
+
+def check_local_writable(root: Path) -> None:
+    """Raise StorageError (caused by the OSError) unless a file can be written under ``root``.
+    The probe file (one name per process) is removed whether the write worked or not, so
+    probes leave nothing behind, also when the disk is full."""
+    probe = root / f".aiprod-write-probe-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())  # a full disk answers here at the latest
+    except OSError as exc:
+        log.debug("storage probe %s failed: %s", probe, exc)
+        raise local_storage_error(exc, "write a file") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+class WritableCheck:
+    """Remembers a storage's last writability probe for ``WRITABLE_CHECK_SECONDS``
+    (thread-safe; one probe at a time)."""
+
+    def __init__(self, probe: Callable[[], None]) -> None:
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._checked_at = -float("inf")
+        self._error: StorageError | None = None
+
+    def fresh(self, max_age: float = WRITABLE_CHECK_SECONDS) -> bool:
+        """Whether :meth:`ensure` would answer from memory (no probe, no I/O)."""
+        return time.monotonic() - self._checked_at < max_age
+
+    def raise_remembered(self) -> None:
+        """Raise StorageError if the last probe failed (no lock, no I/O: for the event loop,
+        when :meth:`fresh`)."""
+        error = self._error
+        if error is not None:
+            raise StorageError(error.message)
+
+    def ensure(self, max_age: float = WRITABLE_CHECK_SECONDS) -> None:
+        """Raise StorageError if storage was not writable at the last probe (probing again
+        when that is older than ``max_age`` seconds)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= max_age:
+                was = self._error
+                try:
+                    self._probe()
+                    self._error = None
+                except StorageError as exc:
+                    self._error = exc
+                self._checked_at = time.monotonic()
+                if (was is None) != (self._error is None):  # log state changes only
+                    if self._error is not None:
+                        log.warning("storage not writable: %s", self._error.message)
+                    else:
+                        log.warning("storage writable again")
+            error = self._error
+        if error is not None:
+            raise StorageError(error.message)
 
 
 class Storage(Protocol):
@@ -44,6 +131,10 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> int | None: ...
     def check_writable(self) -> None: ...
+    def ensure_writable(self) -> None: ...
+
+    @property
+    def writable_check(self) -> WritableCheck: ...
 
 
 class LocalStorage:
@@ -51,6 +142,7 @@ class LocalStorage:
         self.root = root.expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.local_root: Path | None = self.root
+        self._writable = WritableCheck(self.check_writable)
 
     def describe(self) -> str:
         return str(self.root)
@@ -62,15 +154,20 @@ class LocalStorage:
         return p
 
     def write_bytes(self, key: str, data: bytes) -> Path:
-        """Write atomically (temp file in the same folder, then rename)."""
+        """Write atomically (temp file in the same folder, then rename). A full disk or a
+        folder that cannot be written raises StorageError (503), with nothing left behind."""
         dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
             os.replace(tmp, dest)
+        except OSError as exc:
+            log.warning("storage write of %s failed: %s", dest, exc)
+            raise local_storage_error(exc, "store a file") from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         return dest
 
     @contextlib.contextmanager
@@ -103,11 +200,17 @@ class LocalStorage:
         self.path(key).unlink(missing_ok=True)
 
     def check_writable(self) -> None:
-        """Raise OSError unless a file can be written under the root."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        probe = self.root / f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        """Raise StorageError unless a file can be written under the root (see
+        :func:`check_local_writable`)."""
+        check_local_writable(self.root)
+
+    def ensure_writable(self) -> None:
+        """:meth:`check_writable`, remembered for ``WRITABLE_CHECK_SECONDS`` (for submits)."""
+        self._writable.ensure()
+
+    @property
+    def writable_check(self) -> WritableCheck:
+        return self._writable
 
 
 class S3Storage:
@@ -120,6 +223,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client
+        self._writable = WritableCheck(self.check_writable)
 
     @classmethod
     def from_url(
@@ -242,9 +346,17 @@ class S3Storage:
 
     def check_writable(self) -> None:
         """Raise StorageError unless an object can be written and deleted under the prefix."""
-        key = f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        key = f".aiprod-write-probe-{os.getpid()}"
         self.write_bytes(key, b"ok")
         self._call("delete", key, self.client.delete_object, Key=self.object_key(key))
+
+    def ensure_writable(self) -> None:
+        """:meth:`check_writable`, remembered for ``WRITABLE_CHECK_SECONDS`` (for submits)."""
+        self._writable.ensure()
+
+    @property
+    def writable_check(self) -> WritableCheck:
+        return self._writable
 
 
 def output_key(job_id: str) -> str:

@@ -180,6 +180,19 @@ async def get_api_key(request: Request, state: StateDep) -> AuthedKey:
 ApiKeyDep = Annotated[AuthedKey, Depends(get_api_key)]
 
 
+async def storage_writable(state: StateDep, key: ApiKeyDep) -> None:
+    """503 + Retry-After while the output storage cannot be written (a route dependency of
+    /generate): a job accepted then would only burn its attempts. The probe's answer is kept
+    for a few seconds (``WRITABLE_CHECK_SECONDS``), so most submits cost no I/O for it.
+    After the key (``key``: FastAPI resolves it once per request), so a caller without a valid
+    key still gets 401."""
+    check = state.storage.writable_check
+    if check.fresh():
+        check.raise_remembered()
+    else:
+        await run_in_threadpool(check.ensure)
+
+
 async def require_admin(key: ApiKeyDep) -> AuthedKey:
     if key.scope != "admin":
         raise Forbidden("this route needs an admin key (`aiprod keys create --name NAME --admin`)")

@@ -13,8 +13,12 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiprod.core.errors import AiprodError
+from aiprod.core.logging import is_outage_error
 
 log = logging.getLogger("aiprod.service")
+
+#: Retry-After of a 503 (database or storage temporarily unavailable).
+RETRY_AFTER_SECONDS = 5
 
 
 def error_response(
@@ -42,6 +46,8 @@ def install_error_handlers(app: FastAPI) -> None:
         rate = getattr(request.state, "rate", None)
         if exc.status_code == 429 and rate is not None:
             headers["Retry-After"] = str(rate.reset_seconds)
+        if exc.status_code == 503:  # temporary (storage full or not writable...): say when
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if exc.status_code >= 500:
             log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
@@ -79,12 +85,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
         # The database is unreachable or overloaded (e.g. SQLite busy past its timeout):
         # a temporary condition, not a bug in the request.
-        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        # An outage is logged once per state change by aiprod.db.session.OutageLog, not per request.
+        level = logging.DEBUG if is_outage_error(exc) else logging.ERROR
+        log.log(
+            level, "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
+        )
         return error_response(
             503,
             "unavailable",
             "the database is temporarily unavailable; retry in a few seconds",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
     @app.exception_handler(Exception)

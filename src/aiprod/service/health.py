@@ -19,9 +19,8 @@ reported with their last heartbeat (memory, utilization, temperature).
 
 from __future__ import annotations
 
-import os
+import errno
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
 from aiprod.jobs.gpu import load_gpu_stats
+from aiprod.jobs.storage import StorageError, check_local_writable
 
 
 @dataclass
@@ -107,12 +107,20 @@ def check_readiness(
                     " start `aiprod worker` on a GPU machine, or check the workers' logs",
                 )
     except Exception as exc:  # any database failure means not ready; say which
-        fail(
-            "database",
-            f"error: {type(exc).__name__}",
-            f"database unreachable ({type(exc).__name__}: {_first_line(exc)}): "
-            "check AIPROD_DATABASE_URL and that the database server is up",
-        )
+        if _is_disk_full(exc):
+            fail(
+                "database",
+                "disk full",
+                f"the database's disk is full ({_first_line(exc)}): free space on the "
+                "database's volume",
+            )
+        else:
+            fail(
+                "database",
+                f"error: {type(exc).__name__}",
+                f"database unreachable ({type(exc).__name__}: {_first_line(exc)}): "
+                "check AIPROD_DATABASE_URL and that the database server is up",
+            )
         r.checks.setdefault("migrations", "unknown")
         r.checks.setdefault("workers", "unknown")
 
@@ -137,21 +145,29 @@ def _check_storage(
             fail("storage", "not writable", f"output storage is not writable: {exc}")
         return r
 
-    # Storage: a real write, then free space.
+    # Storage: a real write (its probe file removed even when the write fails), then free space.
     r.details["storage"] = {"path": str(storage_root)}
     try:
-        storage_root.mkdir(parents=True, exist_ok=True)
-        probe = storage_root / f".readyz-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        check_local_writable(storage_root)
         r.checks["storage"] = "ok"
-    except OSError as exc:
-        fail(
-            "storage",
-            "not writable",
-            f"output storage {storage_root} is not writable ({exc.strerror or exc}): "
-            "fix its permissions or AIPROD_STORAGE_URL",
-        )
+    except StorageError as exc:
+        cause = exc.__cause__
+        err = cause.errno if isinstance(cause, OSError) else None
+        if err in (errno.ENOSPC, errno.EDQUOT):
+            fail(
+                "storage",
+                "disk full",
+                f"output storage {storage_root} is full (no space left on device): free space "
+                "or set AIPROD_RETENTION_DAYS",
+            )
+        else:
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else exc
+            fail(
+                "storage",
+                "not writable",
+                f"output storage {storage_root} is not writable ({why}): "
+                "fix its permissions or AIPROD_STORAGE_URL",
+            )
     try:
         usage = shutil.disk_usage(storage_root if storage_root.exists() else storage_root.parent)
         r.details["disk"] = {"free_bytes": usage.free, "min_free_bytes": min_free_bytes}
@@ -181,8 +197,28 @@ def _current_revision(session: Session) -> str | None:
     try:
         with session.begin_nested():
             return session.scalar(text("SELECT version_num FROM alembic_version"))
-    except Exception:  # no table yet: never migrated
-        return None
+    except Exception as exc:
+        if _is_missing_table(exc):  # no table yet: never migrated
+            return None
+        raise  # anything else (a full disk, a lost connection) is that, not "not applied"
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    msg = str(getattr(exc, "orig", None) or exc).lower()
+    # SQLite: "no such table"; PostgreSQL: UndefinedTable, "relation ... does not exist"
+    return "no such table" in msg or "does not exist" in msg or "undefinedtable" in msg
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None) or exc
+    msg = str(orig).lower()
+    # SQLite: SQLITE_FULL "database or disk is full"; PostgreSQL: DiskFull (SQLSTATE 53100)
+    return (
+        "disk is full" in msg
+        or "no space left on device" in msg
+        or getattr(orig, "sqlstate", None) == "53100"
+        or (isinstance(orig, OSError) and orig.errno == errno.ENOSPC)
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod import __version__ as _version
+from aiprod.core.logging import is_outage_error
 from aiprod.db.models import Job, JobStatus, WebhookDelivery, Worker
 from aiprod.jobs.gpu import load_gpu_stats
 
@@ -94,7 +95,8 @@ class DatabaseCollector(Collector):
             with self.session_factory() as session:
                 metrics = list(self._collect(session))
         except Exception as exc:  # a scrape must not fail because the DB is down
-            log.warning("metrics: database unavailable during scrape: %s", exc)
+            if not is_outage_error(exc):  # an outage is logged by aiprod.db.session.OutageLog
+                log.warning("metrics: database unavailable during scrape: %s", exc)
             up.add_metric([], 0.0)
             yield up
             return

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, GenerationCanceled
+from aiprod.core.logging import job_error_message
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
@@ -352,6 +353,10 @@ class Worker:
                 log.info("job %s requeued (worker stopping)", job.id)
 
     def _failed(self, job: Job, code: str, message: str, *, permanent: bool) -> None:
+        public = job_error_message(message)  # the client sees no server paths; the log does
+        if public != message:
+            log.warning("job %s: %s: %s", job.id, code, message)
+        message = public
         with session_scope(self.sessions) as s:
             transitions.fail_attempt(
                 s,

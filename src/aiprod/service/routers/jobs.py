@@ -15,7 +15,14 @@ from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.estimate import estimate
 from aiprod.jobs.schema import GenerateBody, validate_generate
 from aiprod.jobs.views import render_job
-from aiprod.service.deps import ApiKeyDep, SessionDep, StateDep, read_session, write_slot
+from aiprod.service.deps import (
+    ApiKeyDep,
+    SessionDep,
+    StateDep,
+    read_session,
+    storage_writable,
+    write_slot,
+)
 from aiprod.service.schemas import EstimateOut, JobOut, JobPage, ModelsOut, errors
 
 # Every route answers 401 without a valid key, 422 for a bad header or query value (the
@@ -35,7 +42,8 @@ def _base(request: Request) -> str:
     summary="Create a generation job",
     response_model=JobOut,
     responses=errors(400, 409, 413, 422),
-    dependencies=[Depends(write_slot, scope="function")],
+    # Storage first: a submit refused with 503 (storage not writable) takes no write slot.
+    dependencies=[Depends(storage_writable), Depends(write_slot, scope="function")],
 )
 def generate(
     body: GenerateBody,
@@ -46,7 +54,8 @@ def generate(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
-    `Idempotency-Key` returns the same job instead of creating another."""
+    `Idempotency-Key` returns the same job instead of creating another. 503 with
+    `Retry-After` while the output storage is not writable (full disk, permissions)."""
     job, created = transitions.create_job(
         session,
         api_key_id=key.id,

@@ -1,0 +1,101 @@
+"""Job errors show a code and a short message; server paths go to the log only (issue 32)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from aiprod.core.errors import AiprodError
+from aiprod.core.logging import JOB_ERROR_CHARS, job_error_message
+from aiprod.core.settings import Settings
+from aiprod.db.migrate import upgrade
+from aiprod.db.models import Job
+from aiprod.db.session import session_scope
+from aiprod.jobs import transitions
+from aiprod.jobs.schema import GenerateBody
+from aiprod.service.keys import create_key
+from aiprod.worker.runner import Worker
+from tests.service.harness import write_models_toml
+
+SECRET_PATH = "/srv/aiprod-secret/models/ltx/transformer.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            f"FileNotFoundError: [Errno 2] No such file: '{SECRET_PATH}'",
+            "FileNotFoundError: [Errno 2] No such file: '<path>'",
+        ),
+        ("model folder /models/x not found", "model folder <path> not found"),
+        ("see ~/models/ltx/a.bin", "see <path>"),
+        (r"C:\models\ltx\a.bin missing", "<path> missing"),
+        # Not paths: URLs, ratios, plain text.
+        ("webhook https://example.com/a/b refused", "webhook https://example.com/a/b refused"),
+        ("size 32/64 is odd", "size 32/64 is odd"),
+    ],
+)
+def test_job_error_message_hides_paths(message: str, expected: str) -> None:
+    assert job_error_message(message) == expected
+
+
+def test_job_error_message_is_short() -> None:
+    out = job_error_message("x" * 5000)
+    assert len(out) == JOB_ERROR_CHARS and out.endswith("...")
+
+
+class _Crashing:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FileNotFoundError(2, "No such file or directory", SECRET_PATH),  # a crash
+        AiprodError(f"cannot read {SECRET_PATH}: corrupt", status_code=400, code="bad_model"),
+    ],
+)
+def test_worker_writes_no_server_path_into_the_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, exc: Exception
+) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    upgrade(url)
+    settings = Settings(
+        data_dir=tmp_path,
+        models_file=write_models_toml(tmp_path),
+        database_url=url,
+        secret_key="s" * 32,
+        max_attempts=1,
+    )
+    worker = Worker(settings, webhooks=False, preload=False)
+    try:
+        with session_scope(worker.sessions) as s:
+            key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
+            job, _ = transitions.create_job(
+                s,
+                api_key_id=key.id,
+                priority=0,
+                body=GenerateBody(prompt="a fox"),
+                registry=worker.registry,
+                storage=worker.storage,
+                settings=settings,
+            )
+        worker.pipelines[worker.registry.default] = _Crashing(exc)
+        with caplog.at_level(logging.WARNING):
+            assert worker.step()
+        with session_scope(worker.sessions) as s:
+            row = s.execute(select(Job).where(Job.id == job.id)).scalar_one()
+            assert row.status == "failed"
+            assert row.error_code in {"generation_failed", "bad_model"}
+            assert SECRET_PATH not in (row.error_message or "")
+            assert "<path>" in row.error_message
+        assert SECRET_PATH in caplog.text  # the operator still finds it in the log
+    finally:
+        worker.engine.dispose()
