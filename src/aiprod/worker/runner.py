@@ -39,7 +39,7 @@ from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepo
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs import transitions
 from aiprod.jobs.gpu import report_gpu_stats
-from aiprod.jobs.model_state import publish_model_states
+from aiprod.jobs.model_state import ModelState, publish_model_states
 from aiprod.jobs.schema import JobParams
 from aiprod.jobs.storage import Storage, open_storage, output_key
 from aiprod.jobs.webhooks import WebhookDispatcher
@@ -88,6 +88,8 @@ class Worker:
         self.jobs_done = 0
         self._hb_thread: threading.Thread | None = None
         self._reap_thread: threading.Thread | None = None
+        self._published_models: dict[str, ModelState] | None = None
+        self._published_at = 0.0
         self.dispatcher = (
             WebhookDispatcher(
                 sessions=self.sessions, settings=settings, secret=self.secret, owner=self.id
@@ -130,7 +132,7 @@ class Worker:
                 pass
         with session_scope(self.sessions) as s:
             WorkerRepository(s).seen(self.id, status="idle")
-            publish_model_states(s, self.id, self.models.states())
+            self._maybe_publish_models(s, force=True)
         self._hb_thread = threading.Thread(
             target=self._heartbeat_loop, name="heartbeat", daemon=True
         )
@@ -187,7 +189,7 @@ class Worker:
                 status="busy" if cur is not None else "idle",
                 current_job_id=cur.job_id if cur is not None else None,
             )
-            publish_model_states(s, self.id, self.models.states())
+            self._maybe_publish_models(s)
             report_gpu_stats(s, self.id)  # NVML memory/util/temperature; nothing without a GPU
 
     @staticmethod
@@ -248,9 +250,19 @@ class Worker:
     def _publish_models(self) -> None:
         try:
             with session_scope(self.sessions) as s:
-                publish_model_states(s, self.id, self.models.states())
+                self._maybe_publish_models(s, force=True)
         except Exception as exc:  # the heartbeat publishes again
             log.warning("could not publish model states: %s", exc)
+
+    def _maybe_publish_models(self, s: Session, *, force: bool = False) -> None:
+        """Write this worker's model states when they changed, and at least four times per
+        live-worker window (the API ignores states older than that window)."""
+        states = self.models.states()
+        now = time.monotonic()
+        window = self.settings.worker_live_seconds or 2.0 * self.settings.lease_seconds
+        if force or states != self._published_models or now - self._published_at > window / 4:
+            publish_model_states(s, self.id, states)
+            self._published_models, self._published_at = states, now
 
     def step(self) -> bool:
         """Claim and run one job; False when the queue had nothing for this worker."""
