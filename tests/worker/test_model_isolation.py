@@ -102,6 +102,14 @@ def test_a_broken_model_fails_fast_and_the_healthy_one_is_served(stack: _Stack) 
             assert ready.status_code == 200, body
             assert body["checks"]["models"] == "degraded"
 
+        # The worker tries the model again by itself, with backoff (5 s, then 10 s, ...).
+        def failures() -> int:
+            m = c.get("/readyz").json()["details"].get("models", {}).get("broken", {})
+            return int(m.get("failures") or 0)
+
+        first = failures()
+        wait_for(lambda: failures() > first, 60, 0.5, "the worker to retry loading 'broken'")
+
         metrics = c.get("/metrics").text
         assert 'aiprod_model_available{model="broken"} 0.0' in metrics
         assert 'aiprod_model_available{model="builtin"} 1.0' in metrics

@@ -44,6 +44,7 @@ def test_failed_load_backs_off_exponentially_then_recovers(tmp_path) -> None:  #
     st = slots.states()["builtin"]
     assert not st.available and st.failures == 1 and st.reason and st.retry_at
 
+    assert slots.due() == []
     # Inside the backoff: fails at once, without trying to load.
     clock.t += 4.9
     with pytest.raises(ModelUnavailable):
@@ -51,6 +52,7 @@ def test_failed_load_backs_off_exponentially_then_recovers(tmp_path) -> None:  #
     assert len(calls) == 1
     # After it: one more try, which fails and doubles the wait.
     clock.t += 0.2
+    assert slots.due() == ["builtin"]
     with pytest.raises(ModelUnavailable):
         slots.get(entry)
     assert len(calls) == 2 and slots.states()["builtin"].failures == 2

@@ -182,7 +182,12 @@ def _check_models(
 ) -> None:
     bad = unavailable_models(session, since=since)
     r.details["models"] = {
-        m: {"available": False, "reason": st.reason, "retry_at": st.retry_at}
+        m: {
+            "available": False,
+            "reason": st.reason,
+            "retry_at": st.retry_at,
+            "failures": st.failures,
+        }
         for m, st in sorted(bad.items())
     }
     if default_model in bad:

@@ -2,7 +2,9 @@
 
 A model whose load raises is marked unavailable with the reason (one line) and is not tried
 again before its backoff ends (``base`` seconds, doubling per consecutive failure, capped at
-``cap``); until then its jobs fail at once with ``model_unavailable``. The other models are not
+``cap``); until then its jobs fail at once with ``model_unavailable``. Once the backoff ends
+the worker tries again, on the model's next job or, when idle, by itself (``due``), so a fixed
+default model becomes available without waiting for a job. The other models are not
 affected and the worker keeps running. ``states()`` is what the worker publishes for the API
 (``aiprod.jobs.model_state``).
 """
@@ -119,6 +121,11 @@ class ModelSlots:
             "The operator has been told (GET /api/v1/models shows it); try another model or "
             "retry later"
         )
+
+    def due(self) -> list[str]:
+        """Failed models whose backoff has ended (the worker retries them when idle)."""
+        now = self._clock()
+        return sorted(m for m, f in self.failed.items() if now >= f.retry_at)
 
     def states(self) -> dict[str, ModelState]:
         out = {m: ModelState(available=True) for m in self.pipelines}

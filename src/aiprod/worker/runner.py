@@ -144,6 +144,7 @@ class Worker:
                 if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
                     break
                 self._maybe_clear_cache()
+                self._retry_failed_models()
                 if not self.step():
                     if self.exit_when_idle:
                         break
@@ -246,6 +247,15 @@ class Worker:
         except ModelUnavailable:
             self._publish_models()
             raise
+
+    def _retry_failed_models(self) -> None:
+        """Between jobs: load again the models whose retry backoff has ended."""
+        for model_id in self.models.due():
+            try:
+                self.pipeline(self.registry.get(model_id))
+            except ModelUnavailable:
+                continue  # published by pipeline(); the next try is further away
+            self._publish_models()
 
     def _publish_models(self) -> None:
         try:
