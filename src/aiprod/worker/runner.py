@@ -204,11 +204,18 @@ class Worker:
         """Requeue dead workers' jobs on a schedule of its own, so recovery never waits for
         this worker to finish a job. Every worker runs one; the requeue is a conditional
         UPDATE, so two reapers never requeue a job twice."""
+        failing = False  # log a failure once, and the recovery, not every pass
         while not self.stop_event.is_set():
             try:
                 reap(self.sessions, self.settings)
             except Exception as exc:
-                log.warning("reaper pass failed: %s: %s", type(exc).__name__, exc)
+                if not failing:
+                    log.warning("reaper pass failed: %s: %s", type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("reaper passes again")
+                failing = False
             self.stop_event.wait(self.settings.reaper_interval)
 
     def _maybe_clear_cache(self) -> None:
