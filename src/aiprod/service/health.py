@@ -4,8 +4,8 @@
 checks and one human sentence per failing check in ``reasons``::
 
     {"status": "not_ready",
-     "checks": {"database": "ok", "migrations": "ok", "workers": 0, "storage": "ok",
-                "disk": "ok"},
+     "checks": {"database": "ok", "migrations": "ok", "workers": 0, "models": "ok",
+                "storage": "ok", "disk": "ok"},
      "reasons": ["no live worker (none heartbeat in the last 60 s): start `aiprod worker` ..."],
      "details": {"migrations": {"current": "0001", "head": "0001"}, ...}}
 
