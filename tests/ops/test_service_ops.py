@@ -221,7 +221,9 @@ def test_readyz_follows_database_and_workers(tmp_path):
                     "workers",
                     "storage",
                     "disk",
+                    "models",  # issue 32: the default model is not unavailable
                 }
+                assert body["checks"]["models"] == "ok"
 
                 # Every worker gone (killed: no goodbye) -> not ready once its heartbeat is stale.
                 workers[0].send_signal(signal.SIGKILL)

@@ -267,14 +267,16 @@ def test_cancel_running_job(stack: Stack, client_key: str) -> None:
         assert wait_job(c, queued["id"], {"canceled"}, timeout=60)["status"] == "canceled"
 
 
-def test_failing_job_is_retried_with_backoff_then_failed(stack: Stack, client_key: str) -> None:
+def test_job_for_a_model_that_fails_to_load_fails_fast(stack: Stack, client_key: str) -> None:
+    # Issue 32: a model that cannot load fails its jobs at once (one attempt, a clear code),
+    # instead of 3 attempts with backoff; retries of the load are the worker's (backoff).
     with stack.client(client_key) as c:
         r = c.post("/api/v1/generate", json={"prompt": "doomed", "model": "broken"})
         assert r.status_code == 202, r.text
         job = r.json()
         final = wait_job(c, job["id"], {"failed", "succeeded"})
-        assert final["status"] == "failed" and final["attempts"] == 3  # AIPROD_MAX_ATTEMPTS
-        assert final["error"]["code"] == "config_error"
+        assert final["status"] == "failed" and final["attempts"] == 1
+        assert final["error"]["code"] == "model_unavailable"
         # issue 32: the message says what is wrong without the server's path; the log has it
         assert "does not exist" in final["error"]["message"]
         assert "<path>" in final["error"]["message"]

@@ -36,21 +36,42 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    """Runs N ``aiprod worker`` subprocesses and restarts any that die."""
+    """Runs N ``aiprod worker`` subprocesses and restarts any that die.
 
-    def __init__(self, count: int, env: dict[str, str]) -> None:
+    A worker that exits soon after it started (within ``healthy_after`` seconds) counts as a
+    crash: the n-th crash in a row waits ``base * 2**(n-1)`` seconds (capped at ``cap``) before
+    the restart, so a worker that cannot start is retried every ``cap`` seconds, not in a tight
+    loop. A worker that ran longer is restarted at once and its count starts over.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        env: dict[str, str],
+        *,
+        cmd: list[str] | None = None,
+        base: float = 2.0,
+        cap: float = 120.0,
+        healthy_after: float = 60.0,
+        poll: float = 1.0,
+    ) -> None:
         self.count = count
         self.env = env
+        self.cmd = cmd or [sys.executable, "-m", "aiprod.cli.main", "worker"]
+        self.base, self.cap, self.healthy_after, self.poll = base, cap, healthy_after, poll
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.started: list[float] = [0.0] * count
+        self.crashes: list[int] = [0] * count  # quick exits in a row, per slot
+        self.restart_at: list[float | None] = [None] * count
+        self.delays: list[float] = []  # every backoff chosen (logged; read by the tests)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
 
     def _spawn(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "aiprod.cli.main", "worker"]
-        proc = subprocess.Popen(cmd, env=self.env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(self.cmd, env=self.env, preexec_fn=_die_with_parent)
         self.procs[i] = proc
         self.started[i] = time.monotonic()
+        self.restart_at[i] = None
         logging.getLogger("aiprod.serve").info("worker %d started (pid %d)", i, proc.pid)
 
     def start(self) -> None:
@@ -58,18 +79,40 @@ class Supervisor:
             self._spawn(i)
         self.thread.start()
 
+    def restart_delay(self, crashes: int) -> float:
+        """Seconds to wait before restarting after ``crashes`` quick exits in a row."""
+        if crashes <= 0:
+            return 0.0
+        return float(min(self.cap, self.base * 2 ** (crashes - 1)))
+
     def _loop(self) -> None:
-        while not self.stop.wait(1.0):
+        log = logging.getLogger("aiprod.serve")
+        while not self.stop.wait(self.poll):
+            now = time.monotonic()
             for i, p in enumerate(self.procs):
-                if p is not None and p.poll() is not None and not self.stop.is_set():
-                    logging.getLogger("aiprod.serve").warning(
-                        "worker %d (pid %d) exited with %s; restarting", i, p.pid, p.returncode
+                if self.stop.is_set():
+                    return
+                if p is None or p.poll() is None:
+                    continue
+                if self.restart_at[i] is None:
+                    ran = now - self.started[i]
+                    self.crashes[i] = self.crashes[i] + 1 if ran < self.healthy_after else 0
+                    delay = self.restart_delay(self.crashes[i])
+                    self.delays.append(delay)
+                    self.restart_at[i] = now + delay
+                    log.warning(
+                        "worker %d (pid %d) exited with %s after %.0fs; restarting in %.0fs"
+                        " (quick exits in a row: %d)",
+                        i,
+                        p.pid,
+                        p.returncode,
+                        ran,
+                        delay,
+                        self.crashes[i],
                     )
-                    # A worker that keeps crashing at start is restarted at most every 5 s.
-                    if time.monotonic() - self.started[i] < 5:
-                        self.stop.wait(5)
-                    if not self.stop.is_set():
-                        self._spawn(i)
+                restart_at = self.restart_at[i]
+                if restart_at is not None and now >= restart_at:
+                    self._spawn(i)
 
     def shutdown(self, timeout: float = 15.0) -> None:
         self.stop.set()

@@ -192,6 +192,26 @@ def expired_jobs(session: Session, *, now: datetime | None = None, limit: int = 
     return list(session.execute(q).scalars())
 
 
+def reap_one(
+    session: Session, *, job: Job, now: datetime, status: JobStatus, **values: object
+) -> bool:
+    """Move an expired running job (as ``expired_jobs`` read it) to ``status``: one UPDATE
+    that matches only while the job is still running under the same expired lease, so of two
+    reapers (or a reaper and a late heartbeat) exactly one wins. False: someone else did."""
+    n = _rowcount(
+        session,
+        update(Job)
+        .where(
+            Job.id == job.id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner == job.lease_owner,
+            Job.lease_expires_at < now,
+        )
+        .values(status=status, lease_owner=None, lease_expires_at=None, **values),
+    )
+    return n == 1
+
+
 def queue_position(session: Session, job: Job) -> int:
     """How many queued jobs come before ``job`` in fair order (0 = next).
 

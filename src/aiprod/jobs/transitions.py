@@ -303,32 +303,33 @@ def _retry_later(
 
 def reap_expired(session: Session, *, settings: Settings) -> tuple[int, int]:
     """Running jobs whose lease expired: -> queued (after backoff) or, out of attempts, ->
-    failed. Returns (requeued, failed). Rows are locked, so many reapers may run at once."""
+    failed. Returns (requeued, failed). Each move is one conditional UPDATE (``queue.reap_one``)
+    and the rows are locked, so many reapers may run at once: a job is requeued once, and the
+    attempt (counted at claim) is never counted twice."""
     requeued = failed = 0
     now = utcnow()
     for job in queue.expired_jobs(session, now=now):
         msg = f"worker {job.lease_owner} stopped renewing its lease (crashed or hung)"
-        job.lease_owner = None
-        job.lease_expires_at = None
-        job.error_code = "worker_lost"
-        job.error_message = msg
+        values: dict[str, Any] = dict(error_code="worker_lost", error_message=msg)
         if job.attempts >= job.max_attempts:
-            job.status = JobStatus.FAILED
-            job.completed_at = now
-            session.flush()
+            status = JobStatus.FAILED
+            values["completed_at"] = now
+        else:
+            status = JobStatus.QUEUED
+            values["progress"] = 0.0
+            values["available_at"] = now + timedelta(
+                seconds=queue.backoff_seconds(settings.retry_backoff_seconds, job.attempts)
+            )
+        if not queue.reap_one(session, job=job, now=now, status=status, **values):
+            continue  # another reaper, or the job's worker, got there first
+        session.refresh(job)
+        if status == JobStatus.FAILED:
             on_terminal(session, job, settings=settings)
             failed += 1
         else:
-            job.status = JobStatus.QUEUED
-            job.progress = 0.0
-            job.available_at = now + timedelta(
-                seconds=queue.backoff_seconds(settings.retry_backoff_seconds, job.attempts)
-            )
             requeued += 1
-        log.warning("reaper: job %s %s (%s)", job.id, job.status, msg)
-        log_job_transition(
-            job.id, old=JobStatus.RUNNING, new=job.status, model=job.model, reason=msg
-        )
+        log.warning("reaper: job %s %s (%s)", job.id, status, msg)
+        log_job_transition(job.id, old=JobStatus.RUNNING, new=status, model=job.model, reason=msg)
     return requeued, failed
 
 

@@ -4,8 +4,8 @@
 checks and one human sentence per failing check in ``reasons``::
 
     {"status": "not_ready",
-     "checks": {"database": "ok", "migrations": "ok", "workers": 0, "storage": "ok",
-                "disk": "ok"},
+     "checks": {"database": "ok", "migrations": "ok", "workers": 0, "models": "ok",
+                "storage": "ok", "disk": "ok"},
      "reasons": ["no live worker (none heartbeat in the last 60 s): start `aiprod worker` ..."],
      "details": {"migrations": {"current": "0001", "head": "0001"}, ...}}
 
@@ -13,8 +13,11 @@ The checks: the database answers ``SELECT 1``; its Alembic revision is the code'
 least one worker heartbeat is recent (``AIPROD_READY_REQUIRES_WORKER=false`` turns this off for
 an API that should stay in the load balancer with no workers); the output storage folder takes
 a write; its filesystem has more than ``AIPROD_MIN_FREE_DISK_MB`` free (these settings are
-fields of ``aiprod.core.settings.Settings``). ``details.gpus`` lists the GPUs live workers
-reported with their last heartbeat (memory, utilization, temperature).
+fields of ``aiprod.core.settings.Settings``); the default model is not unavailable (the live
+workers that tried it all failed to load it; other unavailable models make ``models``
+"degraded" and are listed in ``details.models`` without failing readiness). ``details.gpus``
+lists the GPUs live workers reported with their last heartbeat (memory, utilization,
+temperature).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
 from aiprod.jobs.gpu import load_gpu_stats
+from aiprod.jobs.model_state import unavailable_models
 from aiprod.jobs.storage import StorageError, check_local_writable
 
 
@@ -59,6 +63,7 @@ def check_readiness(
     min_free_bytes: int,
     require_worker: bool = True,
     storage: Any = None,
+    default_model: str | None = None,
 ) -> Readiness:
     """Run every readiness check (none raises) and collect the results."""
     r = Readiness(ready=True)
@@ -106,6 +111,8 @@ def check_readiness(
                     f"no live worker (none sent a heartbeat in the last {worker_live_seconds:g} s):"
                     " start `aiprod worker` on a GPU machine, or check the workers' logs",
                 )
+            if default_model is not None:
+                _check_models(r, session, since, default_model, fail)
     except Exception as exc:  # any database failure means not ready; say which
         if _is_disk_full(exc):
             fail(
@@ -184,6 +191,31 @@ def _check_storage(
     except OSError as exc:
         fail("disk", "unknown", f"cannot measure free space on {storage_root}: {exc}")
     return r
+
+
+def _check_models(
+    r: Readiness, session: Session, since: datetime, default_model: str, fail: Any
+) -> None:
+    bad = unavailable_models(session, since=since)
+    r.details["models"] = {
+        m: {
+            "available": False,
+            "reason": st.reason,
+            "retry_at": st.retry_at,
+            "failures": st.failures,
+        }
+        for m, st in sorted(bad.items())
+    }
+    if default_model in bad:
+        fail(
+            "models",
+            "default unavailable",
+            f"the default model {default_model!r} failed to load on the live workers "
+            f"({bad[default_model].reason}): fix its entry in models.toml or its files (the "
+            "workers retry with backoff; POST /api/v1/admin/clear-cache retries at once)",
+        )
+    else:
+        r.checks["models"] = "degraded" if bad else "ok"
 
 
 def _live_workers(session: Session, within_seconds: float) -> int:

@@ -51,6 +51,7 @@ from aiprod import __version__ as _version
 from aiprod.core.logging import is_outage_error
 from aiprod.db.models import Job, JobStatus, WebhookDelivery, Worker
 from aiprod.jobs.gpu import load_gpu_stats
+from aiprod.jobs.model_state import load_model_states, unavailable_models
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class DatabaseCollector(Collector):
         yield done
 
         since = now - timedelta(seconds=self.worker_live_seconds)
+        yield from self._models(session, since)
         gpus = load_gpu_stats(session, since=since)
         if not gpus:
             return  # no NVIDIA GPU reported: the series are absent, not zero
@@ -224,6 +226,30 @@ class DatabaseCollector(Collector):
                 util.add_metric(lv, s.utilization_percent)
                 temp.add_metric(lv, s.temperature_celsius)
         yield from (used, total, util, temp)
+
+    @staticmethod
+    def _models(session: Session, since: datetime) -> Iterator[Metric]:
+        states = load_model_states(session, since=since)
+        reported = {m for per_worker in states.values() for m in per_worker}
+        if not reported:
+            return  # no live worker has tried a model yet
+        bad = unavailable_models(session, since=since)
+        avail = GaugeMetricFamily(
+            "aiprod_model_available",
+            "1 when the live workers can run the model, 0 while those that tried failed to load it",
+            labels=["model"],
+        )
+        info = GaugeMetricFamily(
+            "aiprod_model_unavailable_info",
+            "1 per unavailable model, with the load error as the reason label",
+            labels=["model", "reason"],
+        )
+        for m in sorted(reported):
+            avail.add_metric([m], 0.0 if m in bad else 1.0)
+            if m in bad:
+                info.add_metric([m, bad[m].reason or ""], 1.0)
+        yield avail
+        yield info
 
     def _webhooks(self, session: Session) -> Iterator[Metric]:
         query = select(

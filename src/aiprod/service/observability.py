@@ -196,6 +196,7 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
             worker_live_seconds=live_seconds,
             min_free_bytes=int(opts.min_free_disk_mb * 2**20),
             require_worker=opts.ready_requires_worker,
+            default_model=st.registry.default,
         )
         return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 

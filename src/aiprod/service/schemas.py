@@ -128,6 +128,8 @@ class ModelOut(_Out):
     limits: Limits
     defaults: Defaults
     default: bool
+    available: bool = True  # false while the live workers failed to load it
+    unavailable_reason: str | None = None
 
 
 class ModelsOut(_Out):

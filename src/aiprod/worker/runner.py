@@ -1,12 +1,17 @@
 """The worker process: owns the accelerator, loads each pipeline once, claims and runs jobs.
 
-Loop: reap expired leases (now and then) -> apply a pending clear-cache -> claim the next job in
-fair order -> run it with progress per step and cancellation between steps -> write the MP4 ->
-record cost, timing and the webhook in the same transaction as the terminal status.
+Loop: apply a pending clear-cache -> claim the next job in fair order -> run it with progress
+per step and cancellation between steps -> write the MP4 -> record cost, timing and the webhook
+in the same transaction as the terminal status.
 
-A heartbeat thread renews the lease of the running job and notices cancel requests or a lost
-lease; a webhook thread delivers the outbox. SIGTERM/SIGINT stop the worker between steps: the
-job in hand goes back to the queue without using up an attempt.
+A heartbeat thread renews the lease of the running job, notices cancel requests or a lost lease
+and publishes which models this worker could load; a reaper thread requeues the jobs of dead
+workers every ``reaper_interval`` seconds, whether or not this worker is busy; a webhook thread
+delivers the outbox. A model that fails to load does not stop the worker: it is marked
+unavailable (``worker/models.py``) and its jobs fail at once with ``model_unavailable``.
+
+SIGTERM/SIGINT stop the worker between steps: the job in hand goes back to the queue without
+using up an attempt.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from aiprod.db.repositories import StateRepository, TimingRepository, WorkerRepo
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs import transitions
 from aiprod.jobs.gpu import report_gpu_stats
+from aiprod.jobs.model_state import ModelState, publish_model_states
 from aiprod.jobs.schema import JobParams
 from aiprod.jobs.storage import Storage, open_storage, output_key
 from aiprod.jobs.webhooks import WebhookDispatcher
+from aiprod.worker.models import ModelSlots, ModelUnavailable
 
 log = logging.getLogger("aiprod.worker")
 
@@ -74,13 +81,16 @@ class Worker:
         self.registry: Registry = load_registry(settings.models_file)
         self.storage: Storage = open_storage(settings)
         self.secret = settings.resolved_secret_key()
-        self.pipelines: dict[str, Any] = {}
+        self.models = ModelSlots(self._load)
+        self.pipelines: dict[str, Any] = self.models.pipelines
         self.stop_event = threading.Event()
         self.current: _Current | None = None
         self.cache_epoch = 0
         self.jobs_done = 0
-        self._last_reap = 0.0
         self._hb_thread: threading.Thread | None = None
+        self._reap_thread: threading.Thread | None = None
+        self._published_models: dict[str, ModelState] | None = None
+        self._published_at = 0.0
         self.dispatcher = (
             WebhookDispatcher(
                 sessions=self.sessions, settings=settings, secret=self.secret, owner=self.id
@@ -110,12 +120,20 @@ class Worker:
             self.cache_epoch = StateRepository(s).get_int(CACHE_EPOCH)
             WorkerRepository(s).seen(self.id, cache_epoch=self.cache_epoch)
         log.info("worker %s started (models: %s)", self.id, ", ".join(self.model_ids))
+        # The reaper runs from the start, also while the default model loads.
+        self._reap_thread = threading.Thread(target=self._reaper_loop, name="reaper", daemon=True)
+        self._reap_thread.start()
         if self.preload:
             # Load the default model before claiming anything, so no lease runs during a load;
-            # the worker shows as "starting" until then.
-            self.pipeline(self.registry.default_entry)
+            # the worker shows as "starting" until then. A failed load marks the model
+            # unavailable (its jobs fail fast) and the worker serves the other models.
+            try:
+                self.pipeline(self.registry.default_entry)
+            except ModelUnavailable:
+                pass
         with session_scope(self.sessions) as s:
             WorkerRepository(s).seen(self.id, status="idle")
+            self._maybe_publish_models(s, force=True)
         self._hb_thread = threading.Thread(
             target=self._heartbeat_loop, name="heartbeat", daemon=True
         )
@@ -126,8 +144,8 @@ class Worker:
             while not self.stop_event.is_set():
                 if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
                     break
-                self._maybe_reap()
                 self._maybe_clear_cache()
+                self._retry_failed_models()
                 if not self.step():
                     if self.exit_when_idle:
                         break
@@ -173,6 +191,7 @@ class Worker:
                 status="busy" if cur is not None else "idle",
                 current_job_id=cur.job_id if cur is not None else None,
             )
+            self._maybe_publish_models(s)
             report_gpu_stats(s, self.id)  # NVML memory/util/temperature; nothing without a GPU
 
     @staticmethod
@@ -182,15 +201,23 @@ class Worker:
         if st.cancel_requested:
             cur.cancel.set()
 
-    def _maybe_reap(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap < self.settings.reaper_interval:
-            return
-        self._last_reap = now
-        try:
-            reap(self.sessions, self.settings)
-        except Exception:
-            log.exception("reaper pass failed")
+    def _reaper_loop(self) -> None:
+        """Requeue dead workers' jobs on a schedule of its own, so recovery never waits for
+        this worker to finish a job. Every worker runs one; the requeue is a conditional
+        UPDATE, so two reapers never requeue a job twice."""
+        failing = False  # log a failure once, and the recovery, not every pass
+        while not self.stop_event.is_set():
+            try:
+                reap(self.sessions, self.settings)
+            except Exception as exc:
+                if not failing:
+                    log.warning("reaper pass failed: %s: %s", type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("reaper passes again")
+                failing = False
+            self.stop_event.wait(self.settings.reaper_interval)
 
     def _maybe_clear_cache(self) -> None:
         with session_scope(self.sessions) as s:
@@ -198,6 +225,7 @@ class Worker:
         if epoch == self.cache_epoch:
             return
         default = self.registry.default
+        self.models.failed.clear()  # models that failed to load are tried again on their next job
         for model_id in list(self.pipelines):
             pipe = self.pipelines[model_id]
             if hasattr(pipe, "clear_cache"):
@@ -214,16 +242,45 @@ class Worker:
         log.info("worker %s cleared its cache (epoch %d)", self.id, epoch)
 
     # ------------------------------------------------------------------ jobs
-    def pipeline(self, entry: ModelEntry) -> Any:
-        pipe = self.pipelines.get(entry.id)
-        if pipe is None:
-            from aiprod import engine  # torch lives behind this import
+    def _load(self, entry: ModelEntry) -> Any:
+        from aiprod import engine  # torch lives behind this import
 
-            t0 = time.perf_counter()
-            pipe = engine.load_pipeline(entry, device=self.settings.device)
-            log.info("loaded model %s in %.1fs", entry.id, time.perf_counter() - t0)
-            self.pipelines[entry.id] = pipe
-        return pipe
+        return engine.load_pipeline(entry, device=self.settings.device)
+
+    def pipeline(self, entry: ModelEntry) -> Any:
+        """The entry's loaded pipeline (loaded on first use). Raises ``ModelUnavailable`` when
+        it fails to load or is waiting out its retry backoff; the failure is published at once."""
+        try:
+            return self.models.get(entry)
+        except ModelUnavailable:
+            self._publish_models()
+            raise
+
+    def _retry_failed_models(self) -> None:
+        """Between jobs: load again the models whose retry backoff has ended."""
+        for model_id in self.models.due():
+            try:
+                self.pipeline(self.registry.get(model_id))
+            except ModelUnavailable:
+                continue  # published by pipeline(); the next try is further away
+            self._publish_models()
+
+    def _publish_models(self) -> None:
+        try:
+            with session_scope(self.sessions) as s:
+                self._maybe_publish_models(s, force=True)
+        except Exception as exc:  # the heartbeat publishes again
+            log.warning("could not publish model states: %s", exc)
+
+    def _maybe_publish_models(self, s: Session, *, force: bool = False) -> None:
+        """Write this worker's model states when they changed, and at least four times per
+        live-worker window (the API ignores states older than that window)."""
+        states = self.models.states()
+        now = time.monotonic()
+        window = self.settings.worker_live_seconds or 2.0 * self.settings.lease_seconds
+        if force or states != self._published_models or now - self._published_at > window / 4:
+            publish_model_states(s, self.id, states)
+            self._published_models, self._published_at = states, now
 
     def step(self) -> bool:
         """Claim and run one job; False when the queue had nothing for this worker."""
@@ -292,6 +349,10 @@ class Worker:
             self._succeed(job, entry, key, data, seconds)
         except GenerationCanceled:
             self._canceled(job, cur, time.perf_counter() - t0)
+        except ModelUnavailable as exc:  # fail fast: retrying the job would not load it either
+            if cur.lost.is_set():
+                return
+            self._failed(job, exc.code, exc.message, permanent=True)
         except AiprodError as exc:
             if cur.lost.is_set():
                 return

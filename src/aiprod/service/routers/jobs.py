@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
+from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.estimate import estimate
+from aiprod.jobs.model_state import unavailable_models
 from aiprod.jobs.schema import GenerateBody, validate_generate
 from aiprod.jobs.views import render_job
 from aiprod.service.deps import (
@@ -243,11 +245,30 @@ def download(
 
 @router.get("/models", summary="Models this server can run", response_model=ModelsOut)
 def models(key: ApiKeyDep, state: StateDep) -> JSONResponse:
+    """`available` is false while the live workers that tried a model failed to load it
+    (`unavailable_reason` says why; its jobs fail at once with `model_unavailable`)."""
     reg = state.registry
+    opts = state.settings
+    since = datetime.now(UTC) - timedelta(
+        seconds=opts.worker_live_seconds or 2.0 * float(opts.lease_seconds)
+    )
+    with read_session(state) as session:
+        bad = unavailable_models(session, since=since)
     return JSONResponse(
         {
             "default": reg.default,
-            "data": [{**m.public_dict(), "default": m.id == reg.default} for m in reg.models],
+            "data": [
+                {
+                    **m.public_dict(),
+                    "default": m.id == reg.default,
+                    "available": m.id not in bad,
+                    # clients see no server paths (as in job errors); /readyz has the full reason
+                    "unavailable_reason": (
+                        job_error_message(bad[m.id].reason or "") if m.id in bad else None
+                    ),
+                }
+                for m in reg.models
+            ],
         }
     )
 
