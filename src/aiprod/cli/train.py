@@ -77,7 +77,7 @@ def _accelerate_cpu_processes() -> int:
         argv = psutil.Process(os.getppid()).cmdline()
     except psutil.Error:
         return 1
-    if "launch" not in argv:
+    if not any("accelerate" in a for a in argv[:4]):  # `accelerate launch`, `-m accelerate...`
         return 1
     n = 1
     for i, a in enumerate(argv):

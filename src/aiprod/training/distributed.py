@@ -50,7 +50,7 @@ def ranks_of(accelerator: Any) -> Ranks:
 def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> float:
     """The mean of a scalar over the ranks (the value itself in one process)."""
     if ranks.world == 1:
-        return float(value)
+        return float(value.detach())
     import torch.distributed as dist
 
     t = value.detach().float().reshape(1).clone()  # on the loss's device (NCCL: the GPU)

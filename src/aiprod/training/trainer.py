@@ -269,6 +269,7 @@ class Trainer:
         return {
             "steps": self.state.step,
             "seconds": time.perf_counter() - t0,
+            "processes": self.ranks.world,
             "final": str(final),
             "checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
         }
