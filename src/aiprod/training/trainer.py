@@ -73,10 +73,12 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.device = resolve_device(cfg.device)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
         self.accelerator = make_accelerator(self.device, cfg.precision)
+        if cfg.num_threads:  # (after accelerate, which sets its own under several CPU ranks)
+            torch.set_num_threads(cfg.num_threads)
         self.ranks = ranks_of(self.accelerator)
+        if self.ranks.world > 1 and self.device.type == "cuda":
+            self.device = self.accelerator.device  # this rank's GPU (cuda:LOCAL_RANK)
         # only the main process reports (the others' events would repeat its own)
         self.on_event = (on_event if self.ranks.main else None) or (lambda kind, data: None)
         if self.device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
