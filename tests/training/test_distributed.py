@@ -218,3 +218,21 @@ def test_accelerate_launch_cpu_starts_two_processes(tmp_path: Path) -> None:
     assert proc.stdout.count('"checkpoint"') == 1
     assert proc.stdout.count("checkpoint {") == 1  # the phase end's (every: 2 is the end)
     assert proc.stdout.count("step=2 ") == 1
+
+
+def test_a_sharded_accelerate_launch_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from accelerate.utils import DistributedType
+
+    from aiprod.core.errors import ConfigError
+    from aiprod.training import trainer as trainer_mod
+    from aiprod.training.config import TrainConfig
+
+    class Sharded:  # what `accelerate launch --use_fsdp` gives (accelerate ignores it on CPU)
+        distributed_type = DistributedType.FSDP
+        process_index, num_processes = 0, 2
+
+    monkeypatch.setattr(trainer_mod, "make_accelerator", lambda device, precision: Sharded())
+    with pytest.raises(ConfigError, match="does not shard yet"):
+        trainer_mod.Trainer(TrainConfig.model_validate(_config(tmp_path)))

@@ -80,6 +80,18 @@ def make_accelerator(device: torch.device, precision: str) -> Any:
         return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
 
 
+def refuse_sharding(accelerator: Any) -> None:
+    """The trainer runs DDP only: under ``accelerate launch --use_fsdp`` / DeepSpeed rank 0
+    alone would run sharded forwards (held-out loss, videos) and save sharded state dicts."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if kind.endswith(("FSDP", "DEEPSPEED", "MEGATRON_LM")):
+        raise ConfigError(
+            f"accelerate is set up for {kind.rsplit('.', 1)[-1]}: the trainer does not shard "
+            "yet (DDP only; docs/training.md, 'Large models'): launch without --use_fsdp / "
+            "--use_deepspeed"
+        )
+
+
 def ddp_options(accelerator: Any, *, unused_parameters: bool) -> None:
     """How the next ``prepare`` wraps a module in DDP: ``unused_parameters`` for a target
     whose loss may leave a trained parameter out of a step (DDP must not wait for it)."""

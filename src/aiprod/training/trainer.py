@@ -41,6 +41,7 @@ from aiprod.training.setup import (
     cpu_has_native_bf16,
     ddp_options,
     make_accelerator,
+    refuse_sharding,
     resolve_device,
     vocab_from_config,
 )
@@ -74,6 +75,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.device = resolve_device(cfg.device)
         self.accelerator = make_accelerator(self.device, cfg.precision)
+        refuse_sharding(self.accelerator)
         if cfg.num_threads:  # (after accelerate, which sets its own under several CPU ranks)
             torch.set_num_threads(cfg.num_threads)
         self.ranks = ranks_of(self.accelerator)
