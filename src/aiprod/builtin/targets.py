@@ -18,6 +18,7 @@ class VerifierTarget(Target):
     levels; its items are each clip's normalised latent and what its caption states."""
 
     name = "verifier"
+    unused_parameters = True  # a head gets no loss when no caption of the batch states it
 
     def setup_model(self, phases: list[VerifierPhase]) -> None:
         self.comp.ensure_verifier(self.ctx.cfg.model.architecture.verifier)
@@ -29,12 +30,16 @@ class VerifierTarget(Target):
         return data
 
     def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
-        phase, dev, gen = run.cfg, self.ctx.device, self.ctx.noise
+        phase, dev, gen, ranks = run.cfg, self.ctx.device, self.ctx.noise, self.ctx.ranks
         assert isinstance(phase, VerifierPhase)
-        x0 = torch.stack([run.data.latents[i] for i in idx]).to(dev)
-        labels = torch.stack([run.data.labels[i] for i in idx]).to(dev)
-        sig = sample_sigmas(x0.shape[0], self.ctx.flow(phase.flow), generator=gen).to(dev)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        b = len(idx)
+        pos = ranks.local(b)  # this rank's rows of the global batch (all in one process)
+        mine = [idx[p] for p in pos]
+        x0 = torch.stack([run.data.latents[i] for i in mine]).to(dev)
+        labels = torch.stack([run.data.labels[i] for i in mine]).to(dev)
+        sig = sample_sigmas(b, self.ctx.flow(phase.flow), generator=gen)
+        sig = ranks.pick(sig, pos).to(dev)
+        noise = ranks.pick(torch.randn((b, *x0.shape[1:]), generator=gen), pos).to(dev)
         logits = run.module(add_noise(x0, noise, sig), sig)
         loss = classification_loss(logits, labels)
         return loss, {"shape": tuple(x0.shape), "sigmas": sig.cpu()}

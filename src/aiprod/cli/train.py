@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +60,55 @@ def _event_printer() -> Any:
     return on_event
 
 
+def _accelerate_cpu_processes() -> int:
+    """The N of ``accelerate launch --cpu --num_processes N`` when it started this process
+    alone, else 1. Its CPU launcher starts one process (with ACCELERATE_USE_CPU and
+    MASTER_ADDR set, no RANK): it leaves the other N-1 to ``mpirun`` (``--mpirun_hostfile``),
+    and without one the run would train in one process. N is read from that launcher's
+    command line (the parent process)."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "MASTER_ADDR" not in env:
+        return 1
+    if any(k in env for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMI_SIZE")):
+        return 1  # already one rank of a launcher that started them all
+    import psutil
+
+    try:
+        argv = psutil.Process(os.getppid()).cmdline()
+    except psutil.Error:
+        return 1
+    if not any("accelerate" in a for a in argv[:4]):  # `accelerate launch`, `-m accelerate...`
+        return 1
+    n = 1
+    for i, a in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            if a == flag and i + 1 < len(argv):
+                n = int(argv[i + 1])
+            elif a.startswith(flag + "="):
+                n = int(a.split("=", 1)[1])
+    return n
+
+
+def _relaunch(n: int) -> int:
+    """Start this command again as ``n`` ranks under torchrun (gloo on CPU); its exit status."""
+    env = os.environ
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        env["MASTER_ADDR"],
+        "--master_port",
+        env.get("MASTER_PORT", "29500"),
+        "-m",
+        "aiprod.cli.main",
+        *sys.argv[1:],
+    ]
+    return subprocess.call(cmd)
+
+
 @app.command("train")
 @train_errors
 def train_cmd(
@@ -70,17 +122,25 @@ def train_cmd(
 
     Example: aiprod train configs/builtin-step1-scratch.yaml --resume
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    processes = _accelerate_cpu_processes()
+    if processes > 1:
+        raise typer.Exit(_relaunch(processes))
+    rank = int(os.environ.get("RANK", "0"))  # torchrun / accelerate launch; only rank 0 logs
+    level = logging.INFO if rank == 0 else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from aiprod.training.config import load_config
     from aiprod.training.trainer import Trainer
 
     cfg = load_config(config)
     trainer = Trainer(cfg, on_event=_event_printer())
     if dry_run:
+        report = trainer.dry_run()
+        if not trainer.ranks.main:
+            return
         table = Table(
             "phase", "target", "batch", "out", "loss", "prep s", "step s", "params", "RSS MiB"
         )
-        for r in trainer.dry_run():
+        for r in report:
             table.add_row(
                 r["phase"],
                 r["target"],
@@ -95,7 +155,8 @@ def train_cmd(
         out.print(table)
         return
     result = trainer.train(resume=resume)
-    out.print(json.dumps(result, indent=2))
+    if trainer.ranks.main:
+        out.print(json.dumps(result, indent=2))
 
 
 _SERVED = "default: the served built-in model's (models.toml)"

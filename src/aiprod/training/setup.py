@@ -64,6 +64,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def make_accelerator(device: torch.device, precision: str) -> Any:
+    """``accelerate``'s Accelerator: one process, or one rank of ``torchrun`` / ``accelerate
+    launch`` (it reads their environment; gloo on CPU, NCCL on GPUs)."""
     from accelerate import Accelerator
 
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
@@ -76,3 +78,25 @@ def make_accelerator(device: torch.device, precision: str) -> Any:
 
         AcceleratorState._reset_state()
         return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+
+
+def refuse_sharding(accelerator: Any) -> None:
+    """The trainer runs DDP only: under ``accelerate launch --use_fsdp`` / DeepSpeed rank 0
+    alone would run sharded forwards (held-out loss, videos) and save sharded state dicts."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if kind.endswith(("FSDP", "DEEPSPEED", "MEGATRON_LM")):
+        raise ConfigError(
+            f"accelerate is set up for {kind.rsplit('.', 1)[-1]}: the trainer does not shard "
+            "yet (DDP only; docs/training.md, 'Large models'): launch without --use_fsdp / "
+            "--use_deepspeed"
+        )
+
+
+def ddp_options(accelerator: Any, *, unused_parameters: bool) -> None:
+    """How the next ``prepare`` wraps a module in DDP: ``unused_parameters`` for a target
+    whose loss may leave a trained parameter out of a step (DDP must not wait for it)."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator.ddp_handler = DistributedDataParallelKwargs(
+        find_unused_parameters=unused_parameters
+    )

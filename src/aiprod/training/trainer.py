@@ -9,6 +9,11 @@ the global RNGs, so ``resume=True`` continues bit-for-bit (on CPU) from the late
 A phase with ``ema_decay`` also keeps an exponential moving average of its weights
 (checkpointed too), evaluates with it and ends with it. Logging, held-out loss and
 validation videos are ``training.monitor``'s.
+
+Under several processes (``torchrun`` / ``accelerate launch``: DDP through ``accelerate``)
+each step's global batch is split across the ranks (``training.distributed``); only the
+main process writes (cache, logs, TensorBoard, held-out loss, videos, checkpoints, the
+final model), the others wait for it at a barrier where they need its files.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from aiprod.training.cache import LatentCache
 from aiprod.training.components import Components, build_components
 from aiprod.training.config import TrainConfig
 from aiprod.training.data import BucketBatcher
+from aiprod.training.distributed import barrier, gather, mean_over_ranks, ranks_of
 from aiprod.training.lora import add_lora, lora_state_dict
 from aiprod.training.monitor import Monitor, memory_stats
 from aiprod.training.schedule import PhaseLR
 from aiprod.training.setup import (
     cpu_has_native_bf16,
+    ddp_options,
     make_accelerator,
+    refuse_sharding,
     resolve_device,
     vocab_from_config,
 )
@@ -66,10 +74,15 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.device = resolve_device(cfg.device)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
         self.accelerator = make_accelerator(self.device, cfg.precision)
-        self.on_event = on_event or (lambda kind, data: None)
+        refuse_sharding(self.accelerator)
+        if cfg.num_threads:  # (after accelerate, which sets its own under several CPU ranks)
+            torch.set_num_threads(cfg.num_threads)
+        self.ranks = ranks_of(self.accelerator)
+        if self.ranks.world > 1 and self.device.type == "cuda":
+            self.device = self.accelerator.device  # this rank's GPU (cuda:LOCAL_RANK)
+        # only the main process reports (the others' events would repeat its own)
+        self.on_event = (on_event if self.ranks.main else None) or (lambda kind, data: None)
         if self.device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
             msg = (
                 "precision: bf16 on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 "
@@ -82,7 +95,9 @@ class Trainer:
         self.state = TrainState()
         vocab = vocab_from_config(cfg) if cfg.model.source == "builtin" else set()
         self.comp = build_components(cfg.model, vocab=vocab, seed=cfg.seed)
-        self.targets = make_targets(TrainContext(cfg, self.comp, self.device, self.noise))
+        self.targets = make_targets(
+            TrainContext(cfg, self.comp, self.device, self.noise, self.ranks)
+        )
         self._finish_model(self.comp)
         self.cache = LatentCache(
             self.out / "cache", self.comp, self.targets, on_event=self.on_event
@@ -125,7 +140,8 @@ class Trainer:
     def _setup_phase(self, index: int, *, dry_run: bool = False) -> PhaseRun:
         phase = self.cfg.phases[index]
         target = self.targets[phase.target]
-        data = self.cache.prepare(phase, limit=phase.batch_size if dry_run else None)
+        with self.accelerator.main_process_first():  # it writes the cache, the others read it
+            data = self.cache.prepare(phase, limit=phase.batch_size if dry_run else None)
         if not data.bucket_of:
             raise ConfigError(f"phase '{phase.name}' has no clips")
         target.begin(index, phase_step=self.state.phase_step)
@@ -141,7 +157,12 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             groups, lr=phase.lr.peak, weight_decay=phase.weight_decay, betas=(0.9, 0.99)
         )
-        module, optimizer = self.accelerator.prepare(target.module(), optimizer)
+        distributed = self.ranks.world > 1
+        if distributed:
+            ddp_options(self.accelerator, unused_parameters=target.unused_parameters)
+        module, optimizer = self.accelerator.prepare(
+            target.ddp_module() if distributed else target.module(), optimizer
+        )
         text_encoder = self.accelerator.prepare_model(mods[1][0]) if len(mods) > 1 else None
         batcher = BucketBatcher(
             data.bucket_of, batch_size=phase.batch_size, seed=self.cfg.seed * 101 + index
@@ -162,18 +183,18 @@ class Trainer:
     # ------------------------------------------------------------------ steps
 
     def forward_backward(self, run: PhaseRun, idx: list[int]) -> tuple[float, dict[str, Any]]:
-        """Loss of one batch, backpropagated; returns (loss, per-sample details)."""
+        """Loss of one global batch (this rank's share of it), backpropagated; returns (the
+        global batch's mean loss, this rank's per-sample details)."""
         with self.accelerator.autocast():
             loss, extra = run.target.loss(run, idx)
+        if self.ranks.world > 1:
+            loss = loss * self.ranks.weight(len(idx))
         self.accelerator.backward(loss)
-        return float(loss.detach()), extra
+        return mean_over_ranks(loss, self.ranks), extra
 
     def train_step(self, run: PhaseRun) -> tuple[float, dict[str, Any]]:
-        """One optimizer step: next batch, forward/backward, clip, step, schedule."""
+        """One optimizer step: next (global) batch, forward/backward, clip, step, schedule."""
         idx = run.batcher.next()
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        if world > 1:
-            idx = idx[rank::world] or idx[:1]
         lr = run.schedule.lr()
         for g in run.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -218,7 +239,7 @@ class Trainer:
                     run.batcher.load_state_dict(pending["batcher"])
                     if run.ema is not None and pending.get("ema") is not None:
                         run.ema.load_state_dict(pending["ema"])
-                ckpt.restore_rng(pending["rng"], self.noise)
+                ckpt.restore_rng(self._own_rng(pending), self.noise)
                 pending = None
             self.monitor.restart_clock()
             run.module.train()
@@ -226,7 +247,8 @@ class Trainer:
                 loss, extra = self.train_step(run)
                 self.state.step += 1
                 self.state.phase_step += 1
-                self.monitor.log_step(run, self.state.step, loss, extra)
+                if self.ranks.main:
+                    self.monitor.log_step(run, self.state.step, loss, extra)
                 self._periodic(run)
                 if stop_after is not None and self.state.step >= stop_after:
                     if self.state.phase_step < run.total_steps:
@@ -239,13 +261,19 @@ class Trainer:
             self.state.phase_index = index + 1
             self.state.phase_step = 0
             self.save(None, heldout=self._maybe_heldout())
+            if self.ranks.world > 1:
+                self.accelerator.free_memory()  # drop this phase's DDP wrapper and optimizer
             if stop_after is not None and self.state.step >= stop_after:
                 return self._stopped(t0)
-        final = self.export(self.out / "final")
-        self.monitor.flush()
+        final = self.out / "final"
+        if self.ranks.main:
+            final = self.export(final)
+            self.monitor.flush()
+        barrier(self.ranks)
         return {
             "steps": self.state.step,
             "seconds": time.perf_counter() - t0,
+            "processes": self.ranks.world,
             "final": str(final),
             "checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
         }
@@ -267,9 +295,19 @@ class Trainer:
         self.on_event("resume", {"from": str(last), "step": self.state.step})
         return pending
 
+    def _own_rng(self, pending: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG states from a checkpoint: its own when written by as many
+        processes, else the main process's (the step's generator is the same on every rank,
+        so a run resumes exactly under another number of processes)."""
+        per_rank = pending.get("rng_ranks")
+        if per_rank and len(per_rank) == self.ranks.world:
+            return per_rank[self.ranks.rank]
+        return pending["rng"]
+
     def _stopped(self, t0: float) -> dict[str, Any]:
         self.on_event("stopped", {"step": self.state.step})
-        self.monitor.flush()
+        if self.ranks.main:
+            self.monitor.flush()
         return {
             "steps": self.state.step,
             "seconds": time.perf_counter() - t0,
@@ -278,17 +316,20 @@ class Trainer:
         }
 
     def _maybe_heldout(self) -> dict[str, float] | None:
+        if not self.ranks.main:
+            return None
         done = self.cfg.phases[: self.state.phase_index]
         if not any(self.targets[p.target].validates for p in done):
             return None
         return self.monitor.heldout_loss()
 
     def _periodic(self, run: PhaseRun) -> None:
-        heldout = self.monitor.periodic(run, self.state.step)
+        main = self.ranks.main
+        heldout = self.monitor.periodic(run, self.state.step) if main else None
         if self.state.step % self.cfg.checkpoint.every == 0 and (
             self.state.phase_step < run.total_steps
         ):
-            if heldout is None and run.target.validates:
+            if heldout is None and run.target.validates and main:
                 heldout = self.monitor.heldout_loss(run)
             self.save(run, heldout=heldout)
 
@@ -305,6 +346,22 @@ class Trainer:
         return {k: m.state_dict() for k, m in self.comp.modules().items() if k in trained}
 
     def save(self, run: PhaseRun | None, *, heldout: dict[str, float] | None = None) -> Path:
+        """Checkpoint (every rank calls it; the main process writes, the others wait)."""
+        rng = ckpt.capture_rng(self.noise)
+        rng_ranks = gather(rng, self.ranks)
+        path = self.ckpt_dir / f"step-{self.state.step:08d}"
+        if self.ranks.main:
+            path = self._write(run, rng, rng_ranks, heldout)
+        barrier(self.ranks)
+        return path
+
+    def _write(
+        self,
+        run: PhaseRun | None,
+        rng: dict[str, Any],
+        rng_ranks: list[dict[str, Any]],
+        heldout: dict[str, float] | None,
+    ) -> Path:
         state = {
             "fingerprint": self.fingerprint,
             "train": self.state.__dict__.copy(),
@@ -312,8 +369,10 @@ class Trainer:
             "schedule": run.schedule.state_dict() if run else None,
             "batcher": run.batcher.state_dict() if run else None,
             "ema": run.ema.state_dict() if run and run.ema else None,
-            "rng": ckpt.capture_rng(self.noise),
+            "rng": rng,
         }
+        if self.ranks.world > 1:
+            state["rng_ranks"] = rng_ranks
         phase = self.cfg.phases[min(self.state.phase_index, len(self.cfg.phases) - 1)]
         meta = {
             "step": self.state.step,

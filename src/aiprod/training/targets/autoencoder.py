@@ -6,8 +6,33 @@ import torch
 
 from aiprod.training.config import UpsamplerPhase, VaePhase
 from aiprod.training.data import Clip, frames_to_tensor
-from aiprod.training.encode import normalize_latents
+from aiprod.training.encode import latent_shape, normalize_latents
 from aiprod.training.targets.base import Loss, PhaseData, PhaseRun, Target, encode_video, half
+
+
+def encode_decode(
+    vae: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, posterior_noise: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clips -> (reconstruction, the sampled latent, each clip's KL to the prior); ``eps`` is
+    the posterior's standard noise, drawn by the caller (its shape is the latent's)."""
+    dist = vae.encode(x).latent_dist
+    assert eps.shape == dist.mean.shape, (eps.shape, dist.mean.shape)
+    z = dist.mean + posterior_noise * dist.std * eps
+    return vae.decode(z).sample, z, dist.kl()
+
+
+class AutoencoderPass(torch.nn.Module):
+    """:func:`encode_decode` as a module's forward, so DDP (which syncs gradients only
+    through its module's forward) can wrap the autoencoder's training pass."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor, posterior_noise: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return encode_decode(self.vae, x, eps, posterior_noise)
 
 
 class VaeTarget(Target):
@@ -22,23 +47,32 @@ class VaeTarget(Target):
         data.pixels = [c.frames for c in clips]
         return data
 
+    def ddp_module(self) -> torch.nn.Module:
+        return AutoencoderPass(self.module())
+
     def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
-        phase, dev = run.cfg, self.ctx.device
+        phase, dev, ranks = run.cfg, self.ctx.device, self.ctx.ranks
         assert isinstance(phase, VaePhase)
-        x = torch.stack([frames_to_tensor(run.data.pixels[i]) for i in idx]).to(dev)
-        dist = run.module.encode(x).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=self.ctx.noise).to(dev)
-        z = dist.mean + phase.posterior_noise * dist.std * eps
-        rec = run.module.decode(z).sample
-        w = torch.ones_like(x[:, :1])
+        b = len(idx)
+        pos = ranks.local(b)  # this rank's rows of the global batch (all in one process)
+        x = torch.stack([frames_to_tensor(run.data.pixels[idx[p]]) for p in pos]).to(dev)
+        _, _, f, h, w = x.shape
+        vae = self.comp.vae
+        shape = (b, *latent_shape(vae, width=w, height=h, num_frames=f))
+        eps = ranks.pick(torch.randn(shape, generator=self.ctx.noise), pos).to(dev)
+        if ranks.world > 1:  # DDP(AutoencoderPass): DDP syncs gradients through a forward
+            rec, z, kl_per = run.module(x, eps, phase.posterior_noise)
+        else:
+            rec, z, kl_per = encode_decode(run.module, x, eps, phase.posterior_noise)
+        wgt = torch.ones_like(x[:, :1])
         if phase.fg_weight:
             med = x.flatten(3).median(dim=-1).values[..., None, None]  # (B, 3, F, 1, 1)
             fg = (x - med).abs().amax(dim=1, keepdim=True) > 0.2
-            w = w + phase.fg_weight * fg.float()
+            wgt = wgt + phase.fg_weight * fg.float()
         err = rec.float() - x
-        mse = (err.pow(2) * w).mean() / w.mean()
-        l1 = (err.abs() * w).mean() / w.mean()
-        kl = dist.kl().mean() / dist.mean[0].numel()
+        mse = (err.pow(2) * wgt).mean() / wgt.mean()
+        l1 = (err.abs() * wgt).mean() / wgt.mean()
+        kl = kl_per.mean() / z[0].numel()
         loss = mse + phase.l1_weight * l1 + phase.kl_weight * kl
         return loss, {
             "shape": tuple(x.shape),
@@ -85,8 +119,9 @@ class UpsamplerTarget(Target):
 
     def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
         dev = self.ctx.device
-        lo = torch.stack([run.data.low[i] for i in idx]).to(dev)
-        hi = torch.stack([run.data.high[i] for i in idx]).to(dev)
+        mine = [idx[p] for p in self.ctx.ranks.local(len(idx))]  # this rank's rows
+        lo = torch.stack([run.data.low[i] for i in mine]).to(dev)
+        hi = torch.stack([run.data.high[i] for i in mine]).to(dev)
         pred = run.module(lo)
         vae = self.comp.vae
         loss = (normalize_latents(vae, pred.float()) - normalize_latents(vae, hi)).pow(2).mean()

@@ -21,6 +21,7 @@ import torch
 from aiprod.training.components import Components
 from aiprod.training.config import FlowConfig, TrainConfig
 from aiprod.training.data import Clip, frames_to_tensor, latent_foreground
+from aiprod.training.distributed import Ranks
 from aiprod.training.encode import embed_ids, normalize_latents, tokenize
 
 if TYPE_CHECKING:
@@ -77,13 +78,16 @@ class PhaseRun:
 
 @dataclass
 class TrainContext:
-    """What targets share with the trainer: the run's config, model, device and the one
-    generator every random draw of a step comes from (checkpointed, for exact resume)."""
+    """What targets share with the trainer: the run's config, model, device, the one
+    generator every random draw of a step comes from (checkpointed, for exact resume) and
+    this process's rank. ``loss`` gets the global batch: it draws the random numbers of all
+    of it and computes the rows ``ranks.local`` names (``training.distributed``)."""
 
     cfg: TrainConfig
     comp: Components
     device: torch.device
     noise: torch.Generator
+    ranks: Ranks = field(default_factory=Ranks)
 
     def flow(self, own: FlowConfig | None) -> FlowConfig:
         """A phase's own noise-level sampler (``own``), else the run's."""
@@ -96,6 +100,8 @@ class Target(ABC):
     name: ClassVar[str]
     cached: ClassVar[bool] = True  # items go through the latent cache (False: raw pixels)
     validates: ClassVar[bool] = False  # held-out loss and validation videos during its phases
+    # whether a step's loss may leave a trained parameter out (DDP then looks for them)
+    unused_parameters: ClassVar[bool] = False
 
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
@@ -110,6 +116,11 @@ class Target(ABC):
     def module(self) -> torch.nn.Module:
         """The module a phase of this target trains."""
         return self.comp.modules()[self.name]
+
+    def ddp_module(self) -> torch.nn.Module:
+        """What DDP wraps under several processes: a module whose forward is the training
+        pass (the trained module itself, unless ``loss`` calls it other than by forward)."""
+        return self.module()
 
     def param_groups(self, phase: Any) -> list[tuple[torch.nn.Module, float]]:
         """(module, lr scale) for each module a phase trains, in the order of its optimizer's
@@ -134,7 +145,8 @@ class Target(ABC):
 
     @abstractmethod
     def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
-        """Loss of the batch ``idx`` of ``run``'s items (not yet backpropagated), details."""
+        """Mean loss of this rank's rows (``ctx.ranks.local``) of the global batch ``idx`` of
+        ``run``'s items (not yet backpropagated), details."""
 
     def end(self, run: PhaseRun) -> None:  # noqa: B027
         """A phase ends (after its EMA average, if any, is in place)."""

@@ -70,40 +70,49 @@ class DenoiserTarget(Target):
         self.uncond = (embed_ids(self.comp, t, self.ctx.device)[0].cpu(), m[0], t[0])
 
     def loss(self, run: PhaseRun, idx: list[int]) -> Loss:
-        d, dev, gen, phase = run.data, self.ctx.device, self.ctx.noise, run.cfg
+        d, dev, gen, phase, ranks = (
+            run.data,
+            self.ctx.device,
+            self.ctx.noise,
+            run.cfg,
+            self.ctx.ranks,
+        )
         assert isinstance(phase, TransformerPhase | RefinerPhase)
-        x0 = torch.stack([d.latents[i] for i in idx]).to(dev)
-        mask = torch.stack([d.mask[i] for i in idx])
-        b = x0.shape[0]
-        drop = torch.rand(b, generator=gen) < phase.caption_dropout
+        # the whole batch's random numbers (same on every rank), this rank's rows of them
+        b = len(idx)
+        pos = ranks.local(b)
+        mine = [idx[p] for p in pos]
+        x0 = torch.stack([d.latents[i] for i in mine]).to(dev)
+        mask = torch.stack([d.mask[i] for i in mine])
+        drop = ranks.pick(torch.rand(b, generator=gen) < phase.caption_dropout, pos)
         assert self.uncond is not None
         mask[drop] = self.uncond[1]
         if run.text_encoder is not None:  # embed now, through the encoder being trained
-            ids = torch.stack([d.ids[i] for i in idx])
+            ids = torch.stack([d.ids[i] for i in mine])
             ids[drop] = self.uncond[2]
             emb = run.text_encoder(ids.to(dev))[0].float()
         else:
-            emb = torch.stack([d.emb[i] for i in idx])
+            emb = torch.stack([d.emb[i] for i in mine])
             emb[drop] = self.uncond[0]
         flow = self.ctx.flow(phase.flow)
         s0 = self.refine_from(phase)
         if s0 is not None:
             flow = flow.model_copy(update={"max_sigma": s0})
-        sig = sample_sigmas(b, flow, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        sig = ranks.pick(sample_sigmas(b, flow, generator=gen), pos)
+        noise = ranks.pick(torch.randn((b, *x0.shape[1:]), generator=gen), pos).to(dev)
         if s0 is None:
             xt, target = add_noise(x0, noise, sig.to(dev)), velocity_target(x0, noise)
         else:
             # The straight path from where the refinement starts (the upsampled latent noised
             # to s0) to the clip; with a perfect upsampler it is the usual flow path.
-            start = torch.stack([d.start[i] for i in idx]).to(dev)
+            start = torch.stack([d.start[i] for i in mine]).to(dev)
             xt, target = refine_path(x0, start, noise, sig.to(dev), s0)
         v = velocity(
             run.module, self.comp.vae, xt, sig.to(dev), emb.to(dev), mask.to(dev), fps=d.fps[idx[0]]
         )
         err = (v.float() - target).pow(2)
         if phase.fg_weight:  # subjects' cells count 1 + fg_weight times, the mean kept at 1
-            w = 1 + phase.fg_weight * torch.stack([d.fg[i] for i in idx]).to(dev)
+            w = 1 + phase.fg_weight * torch.stack([d.fg[i] for i in mine]).to(dev)
             err = err * (w / w.mean(dim=(1, 2, 3, 4), keepdim=True))
         per = err.mean(dim=(1, 2, 3, 4))
         return per.mean(), {
