@@ -6,19 +6,16 @@ with ``load_gpu_stats``. Stored in ``service_state`` under ``gpu:<worker id>``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aiprod.db.models import ServiceState
+from aiprod.db.repositories import StateRepository
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +90,11 @@ def read_gpu_stats(indices: Sequence[int] | None = None) -> list[GpuStat]:
     return stats
 
 
-def _gpu_state_key(worker_id: str) -> str:
-    # service_state.key is 64 characters; long worker ids are hashed (the id is in the value).
-    key = GPU_STATE_PREFIX + worker_id
-    if len(key) <= 64:
-        return key
-    return GPU_STATE_PREFIX + hashlib.sha256(worker_id.encode()).hexdigest()[:40]
-
-
 def publish_gpu_stats(session: Session, worker_id: str, stats: Sequence[GpuStat]) -> None:
     """Store a worker's GPU stats (call with its heartbeat; the caller commits)."""
-    value = json.dumps({"worker": worker_id, "gpus": [asdict(s) for s in stats]})
-    key = _gpu_state_key(worker_id)
-    row = session.get(ServiceState, key)
-    now = datetime.now(UTC)
-    if row is None:
-        session.add(ServiceState(key=key, value=value, updated_at=now))
-    else:
-        row.value = value
-        row.updated_at = now
+    StateRepository(session).put_worker_value(
+        GPU_STATE_PREFIX, worker_id, {"gpus": [asdict(s) for s in stats]}
+    )
 
 
 _NVML_MISSING = False
@@ -146,16 +129,10 @@ def report_gpu_stats(session: Session, worker_id: str) -> list[GpuStat]:
 
 def load_gpu_stats(session: Session, *, since: datetime) -> dict[str, list[GpuStat]]:
     """GPU stats published since ``since``, by worker id."""
-    rows = session.scalars(
-        select(ServiceState).where(
-            ServiceState.key.startswith(GPU_STATE_PREFIX), ServiceState.updated_at >= since
-        )
-    )
     out: dict[str, list[GpuStat]] = {}
-    for row in rows:
+    for key, data in StateRepository(session).worker_values(GPU_STATE_PREFIX, since=since):
         try:
-            data = json.loads(row.value)
             out[str(data["worker"])] = [GpuStat.from_dict(g) for g in data["gpus"]]
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring malformed GPU stats in service_state[%s]", row.key)
+        except (KeyError, TypeError):
+            log.warning("ignoring malformed GPU stats in service_state[%s]", key)
     return out

@@ -9,17 +9,14 @@ a model no worker has tried yet counts as available (it loads on its first job).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aiprod.db.models import ServiceState
+from aiprod.db.repositories import StateRepository
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +41,17 @@ class ModelState:
         }
 
 
-def _state_key(worker_id: str) -> str:
-    # service_state.key is 64 characters; long worker ids are hashed (the id is in the value).
-    key = MODEL_STATE_PREFIX + worker_id
-    if len(key) <= 64:
-        return key
-    return MODEL_STATE_PREFIX + hashlib.sha256(worker_id.encode()).hexdigest()[:40]
-
-
 def publish_model_states(session: Session, worker_id: str, states: dict[str, ModelState]) -> None:
     """Store a worker's model states (call with its heartbeat; the caller commits)."""
-    value = json.dumps(
-        {"worker": worker_id, "models": {m: s.as_dict() for m, s in sorted(states.items())}}
-    )
-    key = _state_key(worker_id)
-    row = session.get(ServiceState, key)
-    now = datetime.now(UTC)
-    if row is None:
-        session.add(ServiceState(key=key, value=value, updated_at=now))
-    else:
-        row.value = value
-        row.updated_at = now
+    models = {m: st.as_dict() for m, st in sorted(states.items())}
+    StateRepository(session).put_worker_value(MODEL_STATE_PREFIX, worker_id, {"models": models})
 
 
 def load_model_states(session: Session, *, since: datetime) -> dict[str, dict[str, ModelState]]:
     """Model states published since ``since``: {worker id: {model id: state}}."""
-    rows = session.scalars(
-        select(ServiceState).where(
-            ServiceState.key.startswith(MODEL_STATE_PREFIX), ServiceState.updated_at >= since
-        )
-    )
     out: dict[str, dict[str, ModelState]] = {}
-    for row in rows:
+    for key, data in StateRepository(session).worker_values(MODEL_STATE_PREFIX, since=since):
         try:
-            data = json.loads(row.value)
             out[str(data["worker"])] = {
                 str(m): ModelState(
                     available=bool(s["available"]),
@@ -88,7 +62,7 @@ def load_model_states(session: Session, *, since: datetime) -> dict[str, dict[st
                 for m, s in data["models"].items()
             }
         except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring malformed model states in service_state[%s]", row.key)
+            log.warning("ignoring malformed model states in service_state[%s]", key)
     return out
 
 

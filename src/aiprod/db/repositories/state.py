@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -21,6 +23,34 @@ class StateRepository:
     def get_int(self, key: str, default: int = 0) -> int:
         row = self.s.get(ServiceState, key)
         return int(row.value) if row is not None else default
+
+    def put_worker_value(self, prefix: str, worker_id: str, value: dict[str, Any]) -> None:
+        """Store a worker's JSON ``value`` (with ``worker`` = its id) under ``prefix``; the
+        caller commits. ``service_state.key`` holds 64 characters: long ids are hashed."""
+        key = prefix + worker_id
+        if len(key) > 64:
+            key = prefix + hashlib.sha256(worker_id.encode()).hexdigest()[:40]
+        text = json.dumps({"worker": worker_id, **value})
+        row = self.s.get(ServiceState, key)
+        if row is None:
+            self.s.add(ServiceState(key=key, value=text, updated_at=utcnow()))
+        else:
+            row.value = text
+            row.updated_at = utcnow()
+
+    def worker_values(self, prefix: str, *, since: datetime) -> Iterator[tuple[str, Any]]:
+        """(key, parsed JSON or None when malformed) of the values stored under ``prefix``
+        since ``since``."""
+        rows = self.s.scalars(
+            select(ServiceState).where(
+                ServiceState.key.startswith(prefix), ServiceState.updated_at >= since
+            )
+        )
+        for row in rows:
+            try:
+                yield row.key, json.loads(row.value)
+            except ValueError:
+                yield row.key, None
 
     def increment(self, key: str) -> int:
         row = self.s.execute(

@@ -63,13 +63,9 @@ class WebhookRepository:
         )
         return [(r[0], r[1], r[2]) for r in self.s.execute(q)]
 
-    def claim(
-        self, ids: Sequence[str], *, owner: str, lease_seconds: float, now: datetime | None = None
-    ) -> list[str]:
-        """Lease those of ``ids`` that are still due and not locked by another transaction."""
-        if not ids:
-            return []
-        now = now or utcnow()
+    def _lock_due(self, ids: Sequence[str], now: datetime) -> list[WebhookDelivery]:
+        """Those of ``ids`` still pending and due, locked (rows another transaction holds are
+        skipped)."""
         q = (
             select(WebhookDelivery)
             .where(
@@ -79,7 +75,16 @@ class WebhookRepository:
             )
             .with_for_update(skip_locked=True)
         )
-        rows = list(self.s.execute(q).scalars())
+        return list(self.s.execute(q).scalars())
+
+    def claim(
+        self, ids: Sequence[str], *, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> list[str]:
+        """Lease those of ``ids`` that are still due and not locked by another transaction."""
+        if not ids:
+            return []
+        now = now or utcnow()
+        rows = self._lock_due(ids, now)
         for r in rows:
             r.locked_by = owner
             r.next_attempt_at = now + timedelta(seconds=lease_seconds)
@@ -91,16 +96,7 @@ class WebhookRepository:
         if not ids:
             return 0
         now = now or utcnow()
-        q = (
-            select(WebhookDelivery)
-            .where(
-                WebhookDelivery.id.in_(list(ids)),
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-            )
-            .with_for_update(skip_locked=True)
-        )
-        rows = list(self.s.execute(q).scalars())
+        rows = self._lock_due(ids, now)
         for r in rows:
             r.next_attempt_at = until
         self.s.flush()
