@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import image_from_base64
-from aiprod.core.registry import ModelEntry, Registry
+from aiprod.core.registry import MAX_PROMPT_CHARS, ModelEntry, Registry
 from aiprod.jobs.destinations import DestinationRefused, Network, check_webhook_url
 
 MAX_METADATA_BYTES = 8 * 1024
@@ -35,8 +35,15 @@ class GenerateBody(BaseModel):
         },
     )
 
-    prompt: str = Field(description="What the video shows (1..2000 characters).")
-    negative_prompt: str | None = None
+    # The server's checks (core/registry.py resolve_request) stated in the OpenAPI: 1..2000
+    # characters, at least one of them not whitespace (the JSON Schema pattern is a search).
+    prompt: str = Field(
+        description="What the video shows (1..2000 characters, not only whitespace).",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"},
+    )
+    negative_prompt: str | None = Field(
+        default=None, json_schema_extra={"maxLength": MAX_PROMPT_CHARS}
+    )
     model: str | None = Field(default=None, description="Model id; default: the server's default.")
     width: int | None = None
     height: int | None = None

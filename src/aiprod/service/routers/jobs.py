@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -16,6 +16,7 @@ from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.estimate import estimate
 from aiprod.jobs.model_state import unavailable_models
 from aiprod.jobs.schema import GenerateBody, validate_generate
+from aiprod.jobs.transitions import MAX_IDEMPOTENCY_KEY
 from aiprod.jobs.views import render_job
 from aiprod.service.deps import (
     ApiKeyDep,
@@ -53,7 +54,14 @@ def generate(
     key: ApiKeyDep,
     session: SessionDep,
     state: StateDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            # checked by transitions.create_job (422 naming the header); stated here too
+            json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
     `Idempotency-Key` returns the same job instead of creating another. 503 with
@@ -73,6 +81,12 @@ def generate(
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(out, status_code=202, headers=headers)
+
+
+# What _parse_time accepts, stated in the OpenAPI: a date or a date-time (never empty).
+_ISO_TIME: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
 
 
 def _parse_time(value: str | None, field: str) -> datetime | None:
@@ -100,9 +114,19 @@ def list_jobs(
     request: Request,
     key: ApiKeyDep,
     state: StateDep,
-    status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
-    created_after: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
-    created_before: Annotated[str | None, Query(description="ISO 8601, exclusive")] = None,
+    status: Annotated[
+        list[str] | None,
+        Query(
+            description="Filter by status (repeatable).",
+            json_schema_extra={"items": {"type": "string", "enum": list(JobStatus)}},
+        ),
+    ] = None,
+    created_after: Annotated[
+        str | None, Query(description="ISO 8601, inclusive", json_schema_extra=_ISO_TIME)
+    ] = None,
+    created_before: Annotated[
+        str | None, Query(description="ISO 8601, exclusive", json_schema_extra=_ISO_TIME)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JSONResponse:
