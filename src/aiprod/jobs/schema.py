@@ -45,14 +45,16 @@ class GenerateBody(BaseModel):
         default=None, json_schema_extra={"maxLength": MAX_PROMPT_CHARS}
     )
     model: str | None = Field(default=None, description="Model id; default: the server's default.")
-    width: int | None = None
-    height: int | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    seed: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    two_stage: bool | None = None
+    # Strict: JSON numbers and booleans only, as the OpenAPI states (lax pydantic took
+    # `"seed": false` as 0 and `"width": "32"` as 32: schemathesis's negative_data_rejection).
+    width: int | None = Field(default=None, strict=True)
+    height: int | None = Field(default=None, strict=True)
+    num_frames: int | None = Field(default=None, strict=True)
+    fps: int | None = Field(default=None, strict=True)
+    seed: int | None = Field(default=None, strict=True)
+    num_inference_steps: int | None = Field(default=None, strict=True)
+    guidance_scale: float | None = Field(default=None, strict=True)
+    two_stage: bool | None = Field(default=None, strict=True)
     image: str | None = Field(
         default=None, description="Conditioning image (PNG/JPEG/WebP), base64 or a data: URL."
     )
