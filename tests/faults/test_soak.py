@@ -144,7 +144,6 @@ def test_soak_with_a_worker_killed_midway_accounts_for_every_job(api: Stack) -> 
         for job_id, j in jobs.items():
             n = completions(logs, job_id)
             assert n == (1 if j["status"] == "succeeded" else 0), (job_id, j["status"], n)
-            assert j["status"] == "canceled" or job_id not in cancels or n == 1
         assert counts["failed"] == 0, [j for j in jobs.values() if j["status"] == "failed"]
     finally:
         stop.set()
