@@ -26,7 +26,6 @@ import httpx
 from tests.service.harness import (
     Stack,
     _die_with_parent,
-    _group_alive,
     aiprod_cmd,
     free_port,
     wait_for,
@@ -236,7 +235,3 @@ def own_postgres(bindir: Path) -> Iterator[OwnPostgres]:
         yield pg
     finally:
         pg.close()
-
-
-def group_gone(stack: Stack) -> bool:
-    return not _group_alive(stack.proc.pid)
