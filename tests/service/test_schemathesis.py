@@ -40,6 +40,9 @@ from aiprod.service.app import create_app
 from aiprod.service.keys import create_key
 from tests.service.harness import fresh_pg_database, write_models_toml
 
+# property-based fuzzing of every route: the full suite runs it, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("AIPROD_FUZZ_EXAMPLES", "20"))
 
 # Fields of the generate body whose valid values depend on the model (its limits, listed by
