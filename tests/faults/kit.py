@@ -39,45 +39,6 @@ def seconds(short: float, long: float) -> float:
     return long if LONG else short
 
 
-class Workers:
-    """`aiprod worker` processes against a Stack's database (started apart from the API so
-    the API can be killed alone, and a worker killed alone)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.stack.tmp / f"worker-{name}.log").open("ab")
-        proc = subprocess.Popen(
-            aiprod_cmd("worker"),
-            env=dict(self.stack.env, **env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.tmp,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def logs(self) -> str:
-        return "".join(
-            p.read_text(errors="replace") for p in sorted(self.stack.tmp.glob("worker-*.log"))
-        )
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 def kill_api(stack: Stack) -> None:
     """SIGKILL the `aiprod serve --workers 0` process (uvicorn runs in it)."""
     stack.proc.send_signal(signal.SIGKILL)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +14,6 @@ import pytest
 from tests.faults.kit import (
     LONG,
     Record,
-    Workers,
     completions,
     join,
     kill_api,
@@ -25,23 +22,9 @@ from tests.faults.kit import (
     seconds,
     wait_terminal,
 )
-from tests.service.harness import Stack, wait_for
+from tests.service.harness import Stack, Workers, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'aiprod.db'}",
-        workers=0,
-        AIPROD_READY_REQUIRES_WORKER="false",
-    )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_api_sigkill_under_load_loses_no_job_and_runs_none_twice(api: Stack) -> None:

@@ -14,14 +14,12 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.kit import LONG, Record, Workers, completions, join, run_threads, wait_terminal
-from tests.service.harness import Stack, wait_for
+from tests.faults.kit import LONG, Record, completions, join, run_threads, wait_terminal
+from tests.service.harness import Stack, Workers, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -29,20 +27,6 @@ DURATION = float(os.environ.get("AIPROD_FAULTS_SOAK_SECONDS", "300" if LONG else
 KEYS = 3
 STEPS = (2, 2, 2, 10, 20)  # mostly quick jobs; some long enough to be canceled mid-run
 ALLOWED_5XX = frozenset({503})
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'aiprod.db'}",
-        workers=0,
-        AIPROD_READY_REQUIRES_WORKER="false",
-    )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_soak_with_a_worker_killed_midway_accounts_for_every_job(api: Stack) -> None:

@@ -277,6 +277,45 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+class Workers:
+    """`aiprod worker` processes against a Stack's database (started apart from the API so
+    the API can be killed alone, and a worker killed alone; tests/faults, tests/worker)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.stack.tmp / f"worker-{name}.log").open("ab")
+        proc = subprocess.Popen(
+            aiprod_cmd("worker"),
+            env=dict(self.stack.env, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.stack.tmp,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(self.stack.tmp.glob("worker-*.log"))
+        )
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

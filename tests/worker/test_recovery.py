@@ -24,8 +24,7 @@ import pytest
 
 from tests.service.harness import (
     Stack,
-    _die_with_parent,
-    aiprod_cmd,
+    Workers,
     fresh_pg_database,
     wait_for,
     wait_job,
@@ -59,42 +58,15 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
             s.stop()
 
 
-class _Workers:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, step_delay: float) -> subprocess.Popen[bytes]:
-        """An `aiprod worker` that waits ``step_delay`` seconds after each denoising step."""
-        env = dict(
-            self.stack.env,
-            AIPROD_LEASE_SECONDS=str(LEASE),
-            AIPROD_HEARTBEAT_INTERVAL=str(HEARTBEAT),
-            AIPROD_REAPER_INTERVAL=str(REAPER),
-            AIPROD_WORKER_STEP_DELAY=str(step_delay),
-        )
-        log = (self.stack.tmp / f"worker-{name}.log").open("wb")
-        proc = subprocess.Popen(
-            aiprod_cmd("worker"),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.tmp,
-            preexec_fn=_die_with_parent,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+def _start_worker(workers: Workers, name: str, step_delay: float) -> subprocess.Popen[bytes]:
+    """An `aiprod worker` that waits ``step_delay`` seconds after each denoising step."""
+    return workers.start(
+        name,
+        AIPROD_LEASE_SECONDS=str(LEASE),
+        AIPROD_HEARTBEAT_INTERVAL=str(HEARTBEAT),
+        AIPROD_REAPER_INTERVAL=str(REAPER),
+        AIPROD_WORKER_STEP_DELAY=str(step_delay),
+    )
 
 
 def _worker_row(a, pid: int) -> dict | None:  # type: ignore[no-untyped-def]
@@ -106,7 +78,7 @@ def _worker_row(a, pid: int) -> dict | None:  # type: ignore[no-untyped-def]
 
 def test_killed_workers_job_is_requeued_while_the_survivor_is_busy(api: Stack) -> None:
     key = api.create_key("client")
-    workers = _Workers(api)
+    workers = Workers(api)
     try:
         with api.client(key) as c, api.client(api.admin_key) as a:
 
@@ -117,7 +89,7 @@ def test_killed_workers_job_is_requeued_while_the_survivor_is_busy(api: Stack) -
             # Both workers step at a pace that makes the long job outlast the recovery target
             # by far, and the other job take a few seconds.
             delay = (TARGET + ALLOWANCE + 30) / STEPS
-            procs = {p.pid: p for p in (workers.start(n, delay) for n in ("w1", "w2"))}
+            procs = {p.pid: p for p in (_start_worker(workers, n, delay) for n in ("w1", "w2"))}
 
             def idle() -> bool:
                 rows = [_worker_row(a, pid) for pid in procs]
