@@ -52,7 +52,7 @@ def test_gate_is_given_back_after_commit_rollback_and_a_failed_statement(tmp_pat
             os.close(fd)
         done = threading.Event()
 
-        def write() -> None:
+        def write(done: threading.Event = done) -> None:
             with sessions.begin() as s2:
                 s2.execute(text("INSERT INTO t VALUES (2)"))
             done.set()
