@@ -261,3 +261,30 @@ def test_queue_snapshot_positions_match_queue_position(sessions) -> None:  # typ
         claimed = [j for j in jobs if j is not None and j.status != "queued"]
         assert [snapshot.position(j.id) for j in claimed] == [None, None]
         assert sorted(snapshot.position(j.id) for j in queued) == list(range(len(queued)))
+
+
+def test_queue_snapshot_places_jobs_queued_after_it(sessions) -> None:  # type: ignore[no-untyped-def]
+    # A submit renders its new job's position from the shared snapshot taken before the job
+    # existed (no counting queries inside the write transaction): it must equal the live count,
+    # for a key with queued jobs, a key with none queued that was served before, and a new key.
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with session_scope(sessions) as s:
+        a, b, c, d = _key(s, "a"), _key(s, "b"), _key(s, "c"), _key(s, "d")
+        for i in range(3):
+            _job(s, a, at=t0 + timedelta(seconds=i))
+        _job(s, b, at=t0 + timedelta(seconds=1))
+        _job(s, c, at=t0 + timedelta(seconds=2), priority=5)
+        _job(s, d, at=t0)
+    with session_scope(sessions) as s:  # d's only job is claimed: d has none queued, served once
+        while queue.claim(s, worker_id="w", lease_seconds=30).api_key_id != d:
+            pass
+    with session_scope(sessions) as s:
+        snapshot = queue.QueueSnapshot.take(s)
+        e = _key(s, "e")  # created after the snapshot
+    for n, (key, priority) in enumerate([(a, 0), (b, 0), (d, 0), (e, 0), (c, 5), (a, 5)]):
+        with session_scope(sessions) as s:
+            job = _job(s, key, at=t0 + timedelta(seconds=10 + n), priority=priority)
+            live = queue.queue_position(s, job)
+            placed = snapshot.position_of(job.priority, job.api_key_id, job.created_at, job.id)
+            assert placed == live, (key, priority)
+            s.rollback()  # each one alone: the snapshot never saw the others

@@ -261,17 +261,17 @@ class QueueSnapshot:
     per_priority: dict[int, int]  # priority -> queued jobs
     # (priority, api key id) -> that key's queued (created_at, job id), oldest first
     per_key: dict[tuple[int, str], list[tuple[datetime, str]]]
-    last_claimed: dict[str, datetime | None]  # api key id -> its last claim
+    last_claimed: dict[str, datetime | None]  # api key id -> its last claim (every key)
 
     @classmethod
     def take(cls, session: Session) -> QueueSnapshot:
         rows = session.execute(
-            select(Job.id, Job.priority, Job.api_key_id, Job.created_at, ApiKey.last_claimed_at)
-            .join(ApiKey, ApiKey.id == Job.api_key_id)
-            .where(Job.status == JobStatus.QUEUED)
+            select(Job.id, Job.priority, Job.api_key_id, Job.created_at).where(
+                Job.status == JobStatus.QUEUED
+            )
         ).all()
         per_key: dict[tuple[int, str], list[tuple[datetime, str]]] = {}
-        for job_id, priority, key_id, created_at, _last in rows:
+        for job_id, priority, key_id, created_at in rows:
             per_key.setdefault((priority, key_id), []).append((created_at, job_id))
         for entries in per_key.values():
             entries.sort()
@@ -279,7 +279,9 @@ class QueueSnapshot:
             jobs={r[0]: (r[1], r[2], r[3]) for r in rows},
             per_priority=dict(Counter(r[1] for r in rows)),
             per_key=per_key,
-            last_claimed={r[2]: r[4] for r in rows},
+            last_claimed=dict(
+                session.execute(select(ApiKey.id, ApiKey.last_claimed_at)).tuples().all()
+            ),
         )
 
     def position(self, job_id: str) -> int | None:
@@ -287,15 +289,23 @@ class QueueSnapshot:
         if job_id not in self.jobs:
             return None
         priority, key_id, created_at = self.jobs[job_id]
+        return self.position_of(priority, key_id, created_at, job_id)
+
+    def position_of(self, priority: int, key_id: str, created_at: datetime, job_id: str) -> int:
+        """``queue_position`` of a queued job, in the snapshot or queued after it (e.g. one
+        just submitted)."""
         higher = sum(n for p, n in self.per_priority.items() if p > priority)
-        older_mine = bisect.bisect_left(self.per_key[(priority, key_id)], (created_at, job_id))
+        mine_entries = self.per_key.get((priority, key_id), [])
+        older_mine = bisect.bisect_left(mine_entries, (created_at, job_id))
         turn = older_mine + 1  # as in queue_position
         never = datetime.min.replace(tzinfo=UTC)
-        mine = (self.last_claimed[key_id] or never, self.per_key[(priority, key_id)][0][0])
+        claimed = self.last_claimed.get(key_id)
+        oldest = mine_entries[0][0] if mine_entries else created_at
+        mine = (claimed or never, min(oldest, created_at))
         ahead = older_mine
         for (p, other), entries in self.per_key.items():
             if p != priority or other == key_id:
                 continue
-            before = (self.last_claimed[other] or never, entries[0][0]) < mine
+            before = (self.last_claimed.get(other) or never, entries[0][0]) < mine
             ahead += min(len(entries), turn if before else turn - 1)
         return higher + ahead

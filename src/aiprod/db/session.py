@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import ConfigError
 from aiprod.core.logging import OUTAGE_MARK
+from aiprod.db import write_gate
 
 # The API runs sync endpoints and dependencies on anyio's thread pool (40 threads). A request
 # holds its session's connection until the dependency's exit, which itself needs a pool thread:
@@ -161,6 +162,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
             **kwargs,
         )
+        if parsed.database and parsed.database != ":memory:":
+            write_gate.install(engine, str(Path(parsed.database).expanduser()), BUSY_TIMEOUT_S)
         _sqlite_setup(engine)
         watch_outages(engine)
         return engine

@@ -97,7 +97,8 @@ def render_job(
     settings: Settings,
     queue_view: QueueView | None = None,
 ) -> dict[str, Any]:
-    """job_to_dict plus the queue position and ETA (live, or from ``queue_view``)."""
+    """job_to_dict plus the queue position and ETA (live, or from ``queue_view``: as of its
+    snapshot, at most ``ttl`` old, with a job queued since placed behind what it holds)."""
     position = None
     eta = None
     per_job = job.estimated_seconds
@@ -105,7 +106,11 @@ def render_job(
         if queue_view is not None:
             snapshot, alive = queue_view.get(session, settings)
             position = snapshot.position(job.id)
-        if queue_view is None or position is None:  # not queued yet when the view was taken
+            if position is None:  # queued after the snapshot (e.g. just submitted)
+                position = snapshot.position_of(
+                    job.priority, job.api_key_id, job.created_at, job.id
+                )
+        else:
             position = queue.queue_position(session, job)
             alive = len(WorkerRepository(session).alive(settings.lease_seconds * 2))
         workers = max(1, alive)
