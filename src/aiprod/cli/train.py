@@ -117,6 +117,14 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the latest checkpoint")
     ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE over the config (repeatable): a dotted path, list items by index, "
+            "a YAML value, e.g. --set phases.0.steps=3",
+        ),
+    ] = None,
 ) -> None:
     """Train a model through its curriculum phases.
 
@@ -131,8 +139,12 @@ def train_cmd(
     from aiprod.training.config import load_config
     from aiprod.training.trainer import Trainer
 
-    cfg = load_config(config)
+    from aiprod.training.provenance import write_run_file
+
+    cfg = load_config(config, overrides=overrides)
     trainer = Trainer(cfg, on_event=_event_printer())
+    if trainer.ranks.main and not dry_run:
+        write_run_file(cfg, config, overrides=overrides or [])
     if dry_run:
         report = trainer.dry_run()
         if not trainer.ranks.main:

@@ -369,11 +369,18 @@ class LoraConfig(_Strict):
     alpha: float = Field(default=8.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # what final/ holds: "merged" = the model folder with the adapter fused into the
+    # transformer (diffusers' fuse_lora), plus the adapter in final/lora/; "adapter" = only
+    # final/lora/ (pytorch_lora_weights.safetensors, for diffusers' load_lora_weights)
+    export: Literal["merged", "adapter"] = "merged"
 
 
 class MonitorConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
     tensorboard: bool = True
+    # held-out evaluation; false: no clips are held out of training (a small dataset of your
+    # own keeps all of them), no held-out loss, and the best checkpoint is the latest
+    heldout: bool = True
     heldout_every: int = Field(default=100, ge=1)
     heldout_clips: int = Field(default=8, ge=1)
     heldout_quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -435,14 +442,52 @@ class TrainConfig(_Strict):
                 "monitor": True,
                 "checkpoint": True,
                 "model": {"scheduler_shift"},
+                "lora": {"export"},
             },
             exclude_defaults=True,
         )
+        if not self.monitor.heldout:  # every clip trains (none held out): another trajectory
+            data["heldout"] = False
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfig:
-    """Read a YAML training config; raises ``ConfigError`` naming the bad field."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings on top of a config: a dotted path (list items by index,
+    ``phases.0.steps=3``) and a YAML value (``'phases.0.buckets=[[64, 32, 9]]'``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set phases.0.steps=3")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: {text!r} is not a YAML value ({exc})") from exc
+        node: Any = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {part!r} is not an item of a {len(node)}-list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping or list")
+    return raw
+
+
+def load_config(
+    path: Path | str, *, base_dir: Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Read a YAML training config (with ``--set KEY=VALUE`` overrides); raises
+    ``ConfigError`` naming the bad field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist (see configs/debug.yaml)")
@@ -452,6 +497,7 @@ def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfi
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:

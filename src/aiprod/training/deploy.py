@@ -21,19 +21,29 @@ from aiprod.core.errors import ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.components import Components, build_components, save_folder
 from aiprod.training.config import TrainConfig, drop_other_targets_fields, trains_text_encoder
-from aiprod.training.lora import add_lora, merge_lora
+from aiprod.training.lora import add_lora, merge_lora, save_adapter
 
 
 def export_components(
-    comp: Components, dest: Path, *, mode: str = "full", info: dict[str, Any] | None = None
+    comp: Components,
+    dest: Path,
+    *,
+    mode: str = "full",
+    lora_export: str = "merged",
+    info: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``comp`` as a model folder; a LoRA transformer is merged on a copy first."""
-    out = comp
-    if mode == "lora":
-        out = Components(
-            **{**comp.__dict__, "transformer": merge_lora(copy.deepcopy(comp.transformer))}
-        )
-    return save_folder(out, dest, info=info)
+    """Save ``comp`` as a model folder. A LoRA run writes its adapter to ``dest/lora/`` (diffusers'
+    format) and, with ``lora_export="merged"``, the model with the adapter fused in (on a copy)."""
+    if mode != "lora":
+        return save_folder(comp, dest, info=info)
+    if lora_export == "merged":
+        merged = merge_lora(copy.deepcopy(comp.transformer))
+        save_folder(Components(**{**comp.__dict__, "transformer": merged}), dest, info=info)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "aiprod.json").write_text(json.dumps({**comp.info, **(info or {})}, indent=2))
+    save_adapter(comp.transformer, dest / "lora")
+    return dest
 
 
 def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]]:
