@@ -10,7 +10,8 @@ import pytest
 from aiprod.core.errors import ConfigError
 from aiprod.core.registry import load_registry
 from aiprod.training.config import TrainConfig
-from aiprod.training.deploy import load_checkpoint, register
+from aiprod.training.deploy import load_checkpoint
+from aiprod.training.register import register
 from aiprod.training.evaluate import evaluate, heldout_prompts
 from aiprod.training.trainer import Trainer
 

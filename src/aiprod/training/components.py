@@ -441,8 +441,9 @@ def save_folder(comp: Components, dest: Path, *, info: dict[str, Any] | None = N
             "_class_name": "LTXPipeline",
             "_diffusers_version": __import__("diffusers").__version__,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "T5EncoderModel"],
-            "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+            "text_encoder": ["transformers", type(comp.text_encoder).__name__],
+            # the class it has (a fine-tuned LTX-Video keeps its own, e.g. T5TokenizerFast)
+            "tokenizer": ["transformers", type(comp.tokenizer).__name__],
             "transformer": ["diffusers", "LTXVideoTransformer3DModel"],
             "vae": ["diffusers", "AutoencoderKLLTXVideo"],
         }

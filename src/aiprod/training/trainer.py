@@ -443,7 +443,6 @@ class Trainer:
     def export(self, dest: Path) -> Path:
         """Write the current model as a diffusers-layout folder (LoRA merged in)."""
         from aiprod.training.deploy import export_components
-
         from aiprod.training.provenance import run_info
 
         return export_components(
