@@ -117,6 +117,10 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the latest checkpoint")
     ] = False,
+    document: Annotated[
+        str | None,
+        typer.Option("--doc", help="the document of a multi-document YAML with this name"),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -140,7 +144,7 @@ def train_cmd(
     from aiprod.training.provenance import write_run_file
     from aiprod.training.trainer import Trainer
 
-    cfg = load_config(config, overrides=overrides)
+    cfg = load_config(config, overrides=overrides, document=document)
     trainer = Trainer(cfg, on_event=_event_printer())
     if trainer.ranks.main and not dry_run:
         write_run_file(cfg, config, overrides=overrides or [])

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
-from aiprod.training.config import BuiltinArch, ModelConfig, VerifierArch
+from aiprod.training.config import BuiltinArch, ModelConfig, UpsamplerArch, VerifierArch
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ class Components:
         if self.verifier is not None:
             mods["verifier"] = self.verifier
         return mods
+
+    def ensure_upsampler(self, arch: UpsamplerArch) -> torch.nn.Module:
+        """The latent upsampler, first made (random, ``arch``-sized) for this autoencoder's
+        latents when the model has none."""
+        if self.upsampler is None:
+            from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+            self.upsampler = LTXLatentUpsamplerModel(
+                in_channels=self.vae.config.latent_channels,
+                mid_channels=arch.mid_channels,
+                num_blocks_per_stage=arch.num_blocks_per_stage,
+            )
+        return self.upsampler
 
     def ensure_verifier(self, arch: VerifierArch | None = None) -> torch.nn.Module:
         """The prompt verifier a config's ``model.architecture.verifier`` asks for: first made

@@ -483,16 +483,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _document(path: Path, docs: list[Any], name: str | None) -> Any:
+    """One document of a YAML file: the first, or the one whose ``name`` is ``name``."""
+    if name is None:
+        return docs[0] if docs else None
+    names = [d.get("name") for d in docs if isinstance(d, dict)]
+    for d in docs:
+        if isinstance(d, dict) and d.get("name") == name:
+            return d
+    raise ConfigError(f"{path}: no document named {name!r}; it has: {', '.join(map(str, names))}")
+
+
 def load_config(
-    path: Path | str, *, base_dir: Path | None = None, overrides: list[str] | None = None
+    path: Path | str,
+    *,
+    base_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    document: str | None = None,
 ) -> TrainConfig:
-    """Read a YAML training config (with ``--set KEY=VALUE`` overrides); raises
-    ``ConfigError`` naming the bad field."""
+    """Read a YAML training config (its first document, or the one named ``document``, with
+    ``--set KEY=VALUE`` overrides); raises ``ConfigError`` naming the bad field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist (see configs/debug.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _document(path, list(yaml.safe_load_all(path.read_text())), document)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):

@@ -58,8 +58,8 @@ def load_checkpoint(path: Path) -> tuple[Components, TrainConfig, dict[str, Any]
     for name, sd in parts.items():
         if name == "transformer_lora":
             comp.transformer.load_state_dict(sd, strict=False)
-        elif name == "upsampler" and comp.upsampler is None:
-            raise ConfigError(f"{path}: has upsampler weights but the model has no upsampler")
+        elif name == "upsampler":  # trained here for a model that had none: made like it was
+            comp.ensure_upsampler(cfg.model.architecture.upsampler).load_state_dict(sd)
         elif name == "refiner":
             comp.ensure_refiner().load_state_dict(sd)
         elif name == "verifier":
