@@ -16,20 +16,23 @@ from aiprod.training.config import LoraConfig
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
 
-def add_lora(transformer: torch.nn.Module, cfg: LoraConfig) -> None:
-    """Freeze the transformer and attach trainable LoRA adapters to ``cfg.target_modules``."""
+def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) -> None:
+    """Freeze the transformer and attach trainable LoRA adapters to ``cfg.target_modules``,
+    initialised from ``seed`` (so a run, and a resumed one, start from the same adapters)."""
     from peft import LoraConfig as PeftLoraConfig
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(  # type: ignore[operator]
-        PeftLoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=list(cfg.target_modules),
-            init_lora_weights="gaussian",
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(  # type: ignore[operator]
+            PeftLoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.alpha,
+                lora_dropout=cfg.dropout,
+                target_modules=list(cfg.target_modules),
+                init_lora_weights="gaussian",
+            )
         )
-    )
 
 
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:

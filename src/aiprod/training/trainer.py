@@ -132,7 +132,7 @@ class Trainer:
         for m in comp.modules().values():
             m.requires_grad_(False)
         if cfg.mode == "lora":
-            add_lora(comp.transformer, cfg.lora)
+            add_lora(comp.transformer, cfg.lora, seed=cfg.seed)
         if cfg.gradient_checkpointing:
             comp.transformer.enable_gradient_checkpointing()
             comp.vae.enable_gradient_checkpointing()
