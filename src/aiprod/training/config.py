@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from aiprod.core.errors import ConfigError
+from aiprod.training.yaml_doc import apply_overrides, pick_document
 
 
 class _Strict(BaseModel):
@@ -451,49 +452,6 @@ class TrainConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` settings on top of a config: a dotted path (list items by index,
-    ``phases.0.steps=3``) and a YAML value (``'phases.0.buckets=[[64, 32, 9]]'``)."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set phases.0.steps=3")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: {text!r} is not a YAML value ({exc})") from exc
-        node: Any = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: {part!r} is not an item of a {len(node)}-list")
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping or list")
-    return raw
-
-
-def _document(path: Path, docs: list[Any], name: str | None) -> Any:
-    """One document of a YAML file: the first, or the one whose ``name`` is ``name``."""
-    if name is None:
-        return docs[0] if docs else None
-    names = [d.get("name") for d in docs if isinstance(d, dict)]
-    for d in docs:
-        if isinstance(d, dict) and d.get("name") == name:
-            return d
-    raise ConfigError(f"{path}: no document named {name!r}; it has: {', '.join(map(str, names))}")
-
-
 def load_config(
     path: Path | str,
     *,
@@ -507,7 +465,7 @@ def load_config(
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist (see configs/debug.yaml)")
     try:
-        raw = _document(path, list(yaml.safe_load_all(path.read_text())), document)
+        raw = pick_document(path, list(yaml.safe_load_all(path.read_text())), document)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
