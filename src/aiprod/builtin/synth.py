@@ -88,7 +88,7 @@ def write_synth_dataset(
     check_min_gap(min_gap)
     if width % 2 or height % 2:
         raise ValueError(f"H.264 needs even width and height, got {width}x{height}")
-    root = Path(out_dir)
+    root = Path(out_dir).absolute()  # so the manifest stores paths relative to it
     records: list[ClipRecord] = []
     total = n_per_phase * len(phases)
     done = 0

@@ -47,7 +47,9 @@ def models_register(
     checkpoint: Annotated[
         Path, typer.Argument(help="a run folder (its best), a step-N checkpoint or a model folder")
     ],
-    model_id: Annotated[str, typer.Option("--id", help="registry id the API will serve it as")],
+    model_id: Annotated[
+        str | None, typer.Option("--id", help="registry id the API will serve it as")
+    ] = None,
     version: Annotated[
         str | None, typer.Option(help="model_version recorded on jobs (default: from the run)")
     ] = None,
@@ -55,10 +57,18 @@ def models_register(
     default: Annotated[
         bool, typer.Option("--default", help="make it the server's default model")
     ] = False,
+    upsampler_of: Annotated[
+        str | None,
+        typer.Option(
+            "--upsampler-of",
+            help="install an upsampler run as this entry's components.upsampler (no --id)",
+        ),
+    ] = None,
 ) -> None:
-    """Install a trained checkpoint as a model folder and add it to the registry.
+    """Install a training run as a model folder and add it to the registry (comments and
+    layout of models.toml kept); or attach an upsampler run to an entry.
 
-    Example: aiprod models register runs/builtin --id builtin-v2 --default
+    Example: aiprod models register runs/lora-ltxv --id my-ltxv-lora
     """
     from aiprod.cli.train import register_model
 
@@ -69,6 +79,7 @@ def models_register(
         version=version,
         description=description,
         make_default=default,
+        upsampler_of=upsampler_of,
     )
     out.print(json.dumps(entry, indent=2, default=str), highlight=False)
     out.print("restart the workers (or `aiprod serve`) to serve it")

@@ -117,6 +117,18 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the latest checkpoint")
     ] = False,
+    document: Annotated[
+        str | None,
+        typer.Option("--doc", help="the document of a multi-document YAML with this name"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE over the config (repeatable): a dotted path, list items by index, "
+            "a YAML value, e.g. --set phases.0.steps=3",
+        ),
+    ] = None,
 ) -> None:
     """Train a model through its curriculum phases.
 
@@ -129,10 +141,13 @@ def train_cmd(
     level = logging.INFO if rank == 0 else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from aiprod.training.config import load_config
+    from aiprod.training.provenance import write_run_file
     from aiprod.training.trainer import Trainer
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides=overrides, document=document)
     trainer = Trainer(cfg, on_event=_event_printer())
+    if trainer.ranks.main and not dry_run:
+        write_run_file(cfg, config, overrides=overrides or [])
     if dry_run:
         report = trainer.dry_run()
         if not trainer.ranks.main:
@@ -281,18 +296,20 @@ def eval_cmd(
 
 def register_model(
     checkpoint: Path,
-    model_id: str,
+    model_id: str | None,
     *,
     models_file: Path | None = None,
     version: str | None = None,
     description: str | None = None,
     make_default: bool = False,
+    upsampler_of: str | None = None,
 ) -> dict[str, Any]:
-    """``aiprod models register CHECKPOINT --id ID``: install and list a trained model.
+    """``aiprod models register RUN --id ID`` (or ``--upsampler-of ENTRY``): install a run.
 
     ``models_file`` defaults to ``AIPROD_MODELS_FILE`` (settings), else the packaged one.
     """
-    from aiprod.training.deploy import register
+    from aiprod.core.errors import ConfigError
+    from aiprod.training.register import register, register_upsampler
 
     if models_file is None:
         from aiprod.core.registry import default_models_file
@@ -301,6 +318,12 @@ def register_model(
         # read now, not the process-wide cached settings: the CLI's other commands and
         # served_settings() read AIPROD_MODELS_FILE the same way
         models_file = Settings().models_file or default_models_file()
+    if upsampler_of is not None:
+        if model_id is not None:
+            raise ConfigError("give --id (a new model) or --upsampler-of (an entry's upsampler)")
+        return register_upsampler(checkpoint, entry_id=upsampler_of, models_file=Path(models_file))
+    if model_id is None:
+        raise ConfigError("--id is missing: the registry id to serve it as, e.g. --id my-model")
     return register(
         checkpoint,
         model_id=model_id,

@@ -228,6 +228,7 @@ class ModelEntry(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     defaults: Defaults = Field(default_factory=Defaults)
     options: Options = Field(default_factory=Options)
+    trained_from: dict[str, str] = Field(default_factory=dict)  # aiprod models register: run, base
 
     def __init__(self, /, **data: Any) -> None:
         if type(self) is ModelEntry:

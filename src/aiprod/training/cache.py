@@ -34,7 +34,9 @@ class LatentCache:
         targets: dict[str, Target],
         *,
         on_event: Callable[[str, dict[str, Any]], None],
+        split: bool = True,
     ) -> None:
+        self.split = split  # False: no held-out split, every clip trains
         self.root = root
         self.comp = comp
         self.targets = targets
@@ -46,6 +48,7 @@ class LatentCache:
             "buckets": phase.buckets,
             "target": phase.target,
             "heldout": heldout,
+            **({} if self.split else {"split": False}),
             "vae": tensors_digest(self.comp.vae.state_dict()),
             # held-out items (and phases that train the encoder) embed their token ids on use
             "te": None if heldout else tensors_digest(self.comp.text_encoder.state_dict()),
@@ -66,13 +69,13 @@ class LatentCache:
         if limit is not None:
             data_cfg = data_cfg.model_copy(update={"limit": limit})
         if not target.cached:
-            clips = load_clips(data_cfg, phase.buckets, heldout=heldout)
+            clips = load_clips(data_cfg, phase.buckets, heldout=heldout, split=self.split)
             return target.items(phase, clips, heldout=heldout)
         key = self.key(phase.model_copy(update={"data": data_cfg}), heldout=heldout)
         path = self.root / f"{phase.name}{'-heldout' if heldout else ''}-{key}.pt"
         if path.is_file():
             return PhaseData(**torch.load(path, weights_only=False))
-        clips = load_clips(data_cfg, phase.buckets, heldout=heldout)
+        clips = load_clips(data_cfg, phase.buckets, heldout=heldout, split=self.split)
         self.on_event("prepare", {"phase": phase.name, "clips": len(clips), "heldout": heldout})
         self.comp.vae.eval()
         data = target.items(phase, clips, heldout=heldout)

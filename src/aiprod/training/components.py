@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
-from aiprod.training.config import BuiltinArch, ModelConfig, VerifierArch
+from aiprod.training.config import BuiltinArch, ModelConfig, UpsamplerArch, VerifierArch
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Components:
     refiner: torch.nn.Module | None = None  # stage-2 denoiser; None = the transformer refines
     # ranks the drafts of a clip (aiprod.builtin.verifier); None = one draft per prompt
     verifier: torch.nn.Module | None = None
+    # prompt tokens per caption (see text_length()); None = the tokenizer's own, if sane
+    text_length: int | None = None
 
     @property
     def stage2(self) -> torch.nn.Module:
@@ -103,7 +105,8 @@ class Components:
 
     @property
     def max_length(self) -> int:
-        return int(self.tokenizer.model_max_length)
+        """Prompt tokens per caption: padded and truncated to this."""
+        return text_length(self.text_length, self.tokenizer)
 
     def to(self, device: torch.device) -> Components:
         for m in self.modules().values():
@@ -123,6 +126,19 @@ class Components:
         if self.verifier is not None:
             mods["verifier"] = self.verifier
         return mods
+
+    def ensure_upsampler(self, arch: UpsamplerArch) -> torch.nn.Module:
+        """The latent upsampler, first made (random, ``arch``-sized) for this autoencoder's
+        latents when the model has none."""
+        if self.upsampler is None:
+            from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+            self.upsampler = LTXLatentUpsamplerModel(
+                in_channels=self.vae.config.latent_channels,
+                mid_channels=arch.mid_channels,
+                num_blocks_per_stage=arch.num_blocks_per_stage,
+            )
+        return self.upsampler
 
     def ensure_verifier(self, arch: VerifierArch | None = None) -> torch.nn.Module:
         """The prompt verifier a config's ``model.architecture.verifier`` asks for: first made
@@ -151,6 +167,26 @@ class Components:
         elif attributes is not None:
             self.verifier.rank_by(attributes)
         return self.verifier
+
+
+# A tokenizer saved without ``model_max_length`` reports transformers' "no limit" (1e30),
+# which cannot pad anything. Above this a length is not a real limit.
+MAX_TEXT_LENGTH = 1024
+# diffusers' LTXPipeline default (max_sequence_length=128), used when neither the registry
+# entry (options.max_sequence_length) nor the tokenizer gives a usable length
+DEFAULT_TEXT_LENGTH = 128
+
+
+def text_length(configured: int | None, tokenizer: Any) -> int:
+    """The prompt length a model trains with: ``configured`` (the registry entry's
+    ``options.max_sequence_length``), else the tokenizer's ``model_max_length`` when it is a
+    real limit (1..1024), else ``DEFAULT_TEXT_LENGTH``."""
+    if configured is not None:
+        return int(configured)
+    own = getattr(tokenizer, "model_max_length", None)
+    if isinstance(own, int) and 0 < own <= MAX_TEXT_LENGTH:
+        return own
+    return DEFAULT_TEXT_LENGTH
 
 
 def scheduler_config() -> dict[str, Any]:
@@ -352,15 +388,32 @@ def _build_or_load(cfg: ModelConfig, *, vocab: set[str], seed: int, tokenizer: A
         return build_builtin(cfg.architecture, vocab=vocab, seed=seed, tokenizer=tokenizer)
     if cfg.source == "builtin":
         return load_folder(cfg.init_from)  # type: ignore[arg-type]
+    entry = base_entry(cfg)
+    if entry.family not in ("ltxv", "builtin") or entry.path is None or not entry.path.is_dir():
+        why = (
+            "LTX-2 is served but not trained by aiprod train (docs/training.md, 'LTX-2')"
+            if entry.family == "ltx2"
+            else "the trainer needs an ltxv/builtin entry whose path is a diffusers folder"
+        )
+        raise ConfigError(f"model '{entry.id}' ({entry.family}) cannot be trained here: {why}")
+    comp = load_folder(entry.path)
+    comp.text_length = entry.options.max_sequence_length
+    return comp
+
+
+def base_models_file(cfg: ModelConfig) -> Path | None:
+    """The models.toml a ``registry`` run reads: ``model.models_file``, else
+    ``AIPROD_MODELS_FILE``, else (None) the packaged one."""
+    from aiprod.core.settings import Settings
+
+    return cfg.models_file or Settings().models_file
+
+
+def base_entry(cfg: ModelConfig) -> Any:
+    """The registry entry a ``registry`` run fine-tunes (``ModelEntry``)."""
     from aiprod.core.registry import load_registry
 
-    entry = load_registry(cfg.models_file).get(cfg.registry_id)
-    if entry.family not in ("ltxv", "builtin") or entry.path is None or not entry.path.is_dir():
-        raise ConfigError(
-            f"model '{entry.id}' ({entry.family}) cannot be trained here: the trainer needs an "
-            "ltxv/builtin entry whose path is a diffusers folder"
-        )
-    return load_folder(entry.path)
+    return load_registry(base_models_file(cfg)).get(cfg.registry_id)
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -401,8 +454,9 @@ def save_folder(comp: Components, dest: Path, *, info: dict[str, Any] | None = N
             "_class_name": "LTXPipeline",
             "_diffusers_version": __import__("diffusers").__version__,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "T5EncoderModel"],
-            "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+            "text_encoder": ["transformers", type(comp.text_encoder).__name__],
+            # the class it has (a fine-tuned LTX-Video keeps its own, e.g. T5TokenizerFast)
+            "tokenizer": ["transformers", type(comp.tokenizer).__name__],
             "transformer": ["diffusers", "LTXVideoTransformer3DModel"],
             "vae": ["diffusers", "AutoencoderKLLTXVideo"],
         }

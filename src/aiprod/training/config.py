@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from aiprod.core.errors import ConfigError
+from aiprod.training.yaml_doc import apply_overrides, pick_document
 
 
 class _Strict(BaseModel):
@@ -369,11 +370,18 @@ class LoraConfig(_Strict):
     alpha: float = Field(default=8.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # what final/ holds: "merged" = the model folder with the adapter fused into the
+    # transformer (diffusers' fuse_lora), plus the adapter in final/lora/; "adapter" = only
+    # final/lora/ (pytorch_lora_weights.safetensors, for diffusers' load_lora_weights)
+    export: Literal["merged", "adapter"] = "merged"
 
 
 class MonitorConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
     tensorboard: bool = True
+    # held-out evaluation; false: no clips are held out of training (a small dataset of your
+    # own keeps all of them), no held-out loss, and the best checkpoint is the latest
+    heldout: bool = True
     heldout_every: int = Field(default=100, ge=1)
     heldout_clips: int = Field(default=8, ge=1)
     heldout_quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -435,23 +443,34 @@ class TrainConfig(_Strict):
                 "monitor": True,
                 "checkpoint": True,
                 "model": {"scheduler_shift"},
+                "lora": {"export"},
             },
             exclude_defaults=True,
         )
+        if not self.monitor.heldout:  # every clip trains (none held out): another trajectory
+            data["heldout"] = False
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: Path | str, *, base_dir: Path | None = None) -> TrainConfig:
-    """Read a YAML training config; raises ``ConfigError`` naming the bad field."""
+def load_config(
+    path: Path | str,
+    *,
+    base_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    document: str | None = None,
+) -> TrainConfig:
+    """Read a YAML training config (its first document, or the one named ``document``, with
+    ``--set KEY=VALUE`` overrides); raises ``ConfigError`` naming the bad field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist (see configs/debug.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = pick_document(path, list(yaml.safe_load_all(path.read_text())), document)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:

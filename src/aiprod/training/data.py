@@ -93,9 +93,15 @@ def synth_clips(
 
 
 def load_clips(
-    data: DataConfig, buckets: list[tuple[int, int, int]], *, heldout: bool = False
+    data: DataConfig,
+    buckets: list[tuple[int, int, int]],
+    *,
+    heldout: bool = False,
+    split: bool = True,
 ) -> list[Clip]:
-    """The clips of one phase (or its held-out split), fitted to the phase's buckets."""
+    """The clips of one phase (or its held-out split), fitted to the phase's buckets.
+
+    ``split=False`` (``monitor.heldout: false``): a manifest's clips all train, none held out."""
     if data.synth is not None:
         s = data.synth
         seed = s.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
@@ -121,7 +127,7 @@ def load_clips(
     rows = accepted(read_manifest(data.manifest))
     if data.filter_phase is not None:
         rows = [r for r in rows if r.phase == data.filter_phase]
-    rows = [r for r in rows if _is_heldout(r.clip_id) == heldout and r.caption]
+    rows = [r for r in rows if (not split or _is_heldout(r.clip_id) == heldout) and r.caption]
     clips: list[Clip] = []
     for r in rows:
         frames, fps = read_video(r.path)

@@ -131,7 +131,7 @@ class Monitor:
         if not run.target.validates:
             return None
         heldout = None
-        if step % mon.heldout_every == 0:
+        if mon.heldout and step % mon.heldout_every == 0:
             heldout = self.heldout_loss(run)
             if heldout and self.writer is not None:
                 for k, v in heldout.items():

@@ -100,7 +100,11 @@ class Trainer:
         )
         self._finish_model(self.comp)
         self.cache = LatentCache(
-            self.out / "cache", self.comp, self.targets, on_event=self.on_event
+            self.out / "cache",
+            self.comp,
+            self.targets,
+            on_event=self.on_event,
+            split=cfg.monitor.heldout,
         )
         self.monitor = Monitor(
             cfg,
@@ -128,7 +132,7 @@ class Trainer:
         for m in comp.modules().values():
             m.requires_grad_(False)
         if cfg.mode == "lora":
-            add_lora(comp.transformer, cfg.lora)
+            add_lora(comp.transformer, cfg.lora, seed=cfg.seed)
         if cfg.gradient_checkpointing:
             comp.transformer.enable_gradient_checkpointing()
             comp.vae.enable_gradient_checkpointing()
@@ -319,7 +323,7 @@ class Trainer:
         if not self.ranks.main:
             return None
         done = self.cfg.phases[: self.state.phase_index]
-        if not any(self.targets[p.target].validates for p in done):
+        if not self.cfg.monitor.heldout or not any(self.targets[p.target].validates for p in done):
             return None
         return self.monitor.heldout_loss()
 
@@ -329,7 +333,7 @@ class Trainer:
         if self.state.step % self.cfg.checkpoint.every == 0 and (
             self.state.phase_step < run.total_steps
         ):
-            if heldout is None and run.target.validates and main:
+            if heldout is None and run.target.validates and main and self.cfg.monitor.heldout:
                 heldout = self.monitor.heldout_loss(run)
             self.save(run, heldout=heldout)
 
@@ -439,12 +443,15 @@ class Trainer:
     def export(self, dest: Path) -> Path:
         """Write the current model as a diffusers-layout folder (LoRA merged in)."""
         from aiprod.training.deploy import export_components
+        from aiprod.training.provenance import run_info
 
         return export_components(
             self.comp,
             dest,
             mode=self.cfg.mode,
+            lora_export=self.cfg.lora.export,
             info={
+                **run_info(self.cfg),
                 "trained_by": "aiprod train",
                 "config_name": self.cfg.name,
                 "fingerprint": self.fingerprint,

@@ -100,15 +100,7 @@ class UpsamplerTarget(Target):
     name = "upsampler"
 
     def setup_model(self, phases: list[UpsamplerPhase]) -> None:
-        if self.comp.upsampler is None:
-            from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
-
-            up = self.ctx.cfg.model.architecture.upsampler
-            self.comp.upsampler = LTXLatentUpsamplerModel(
-                in_channels=self.comp.vae.config.latent_channels,
-                mid_channels=up.mid_channels,
-                num_blocks_per_stage=up.num_blocks_per_stage,
-            )
+        self.comp.ensure_upsampler(self.ctx.cfg.model.architecture.upsampler)
 
     def items(self, phase: UpsamplerPhase, clips: list[Clip], *, heldout: bool) -> PhaseData:
         data = PhaseData.of(clips)  # (half-size latent, full-size latent) pairs
