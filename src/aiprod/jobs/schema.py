@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import image_from_base64
+from aiprod.core.model_files import fit_request
 from aiprod.core.registry import MAX_PROMPT_CHARS, ModelEntry, Registry
 from aiprod.jobs.destinations import DestinationRefused, Network, check_webhook_url
 
@@ -126,6 +127,7 @@ class JobParams(BaseModel):
         """``entry``'s defaults and limits applied to the request's fields; a missing seed
         becomes a random 31-bit one. Raises InvalidRequest naming the field."""
         params = entry.resolve_request(request)
+        fit_request(entry, params)  # what the model's files cannot do (two-stage, grid)
         if params["seed"] is None:
             params["seed"] = secrets.randbelow(2**31)
         return cls(**params)

@@ -18,22 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiprod.core.errors import AiprodError
+from aiprod.core.errors import AiprodError, ModelUnavailable
 from aiprod.core.registry import ModelEntry
 from aiprod.jobs.model_state import ModelState
+
+__all__ = ["ModelSlots", "ModelUnavailable", "load_error_reason"]
 
 log = logging.getLogger("aiprod.worker")
 
 MODEL_RETRY_BASE_SECONDS = 5.0
 MODEL_RETRY_CAP_SECONDS = 300.0
 MAX_REASON = 300
-
-
-class ModelUnavailable(AiprodError):
-    """The job's model could not be loaded on this worker (permanent for the job)."""
-
-    status_code = 503
-    code = "model_unavailable"
 
 
 @dataclass
