@@ -392,7 +392,7 @@ def _skip_invalid_entries(raw: dict[str, Any], path: Path) -> tuple[dict[str, An
             if model_id == raw.get("default") or not isinstance(model_id, str) or not model_id:
                 keep.append(item)  # the whole file fails below, naming this entry
                 continue
-            line = ConfigError.from_validation(exc, f"{path}: models[{i}] ({model_id})").message
+            line = ConfigError.from_validation(exc, f"models.toml models[{i}] ({model_id})").message
             skipped[model_id] = line + "; fix or remove this entry in models.toml"
             continue
         keep.append(item)

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, GenerationCanceled
 from aiprod.core.logging import job_error_message
+from aiprod.core.model_files import registry_problems
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
@@ -123,6 +124,14 @@ class Worker:
         # The reaper runs from the start, also while the default model loads.
         self._reap_thread = threading.Thread(target=self._reaper_loop, name="reaper", daemon=True)
         self._reap_thread.start()
+        # Entries whose files are broken (core/model_files.py) fail their load at once, before
+        # any model loads: they are marked unavailable and published, the others are served.
+        for model_id in registry_problems(self.registry):
+            if model_id in self.model_ids:
+                try:
+                    self.pipeline(self.registry.get(model_id))
+                except ModelUnavailable:
+                    pass
         if self.preload:
             # Load the default model before claiming anything, so no lease runs during a load;
             # the worker shows as "starting" until then. A failed load marks the model
