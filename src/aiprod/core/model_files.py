@@ -319,11 +319,10 @@ def _facts(entry: ModelEntry) -> ModelFacts | None:
 
     if isinstance(entry, BuiltinEntry) and entry.options.tiny_seed is not None:
         return None  # built in memory; the engine checks its requests
-    try:
-        up = upsampler_dir(entry)
-        vae = _vae_config(entry)
-    except ConfigError:
-        return None  # a broken entry: refused as unavailable, not here
+    if entry_problems(entry):
+        return None  # a broken entry: refused as unavailable (503), not here
+    up = upsampler_dir(entry)
+    vae = _vae_config(entry)
     spatial = temporal = None
     if vae is not None:
         scale = sum(bool(s) for s in vae.get("spatio_temporal_scaling", ()) or ())
