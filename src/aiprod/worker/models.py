@@ -51,6 +51,34 @@ def load_error_reason(exc: BaseException) -> str:
     return line[:MAX_REASON]
 
 
+# Errors a backend raises that are the same on every attempt (a wrong config, an upsampler that
+# does not fit the model, a bad input): the job fails at once instead of being retried.
+DETERMINISTIC = (ValueError, TypeError, KeyError, IndexError, NotImplementedError)
+DETERMINISTIC_TEXT = ("size mismatch", "shape", "must match", "expected", "channels", "dimension")
+
+
+def classify_crash(model_id: str, exc: BaseException) -> tuple[str, str, bool]:
+    """(code, one-line message, permanent) for an exception a backend raised: deterministic
+    ones (config/input) fail the job at once as ``model_error``; others (a transient
+    failure) are retried as ``generation_failed``."""
+    first = (str(exc).strip().splitlines() or [""])[0][:MAX_REASON]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    text = first.lower()
+    oom = "out of memory" in text
+    if not oom and (
+        isinstance(exc, DETERMINISTIC)
+        or (isinstance(exc, RuntimeError) and any(t in text for t in DETERMINISTIC_TEXT))
+    ):
+        return (
+            "model_error",
+            f"model '{model_id}' cannot run this request ({what}); its files do not fit "
+            "together or the request does not fit the model: the operator checks it with "
+            "`aiprod models list` (not retried)",
+            True,
+        )
+    return "generation_failed", f"model '{model_id}' failed ({what}); retried", False
+
+
 class ModelSlots:
     def __init__(
         self,

@@ -45,7 +45,7 @@ from aiprod.jobs.model_state import ModelState, publish_model_states
 from aiprod.jobs.schema import JobParams
 from aiprod.jobs.storage import Storage, open_storage, output_key
 from aiprod.jobs.webhooks import WebhookDispatcher
-from aiprod.worker.models import ModelSlots, ModelUnavailable
+from aiprod.worker.models import ModelSlots, ModelUnavailable, classify_crash
 
 log = logging.getLogger("aiprod.worker")
 
@@ -367,13 +367,12 @@ class Worker:
                 return
             permanent = 400 <= exc.status_code < 500
             self._failed(job, exc.code, exc.message, permanent=permanent)
-        except Exception as exc:  # a crash in the engine: retry with backoff, then fail
+        except Exception as exc:  # a crash in the engine: deterministic fails now, else retry
             log.exception("job %s crashed", job.id)
             if cur.lost.is_set():
                 return
-            self._failed(
-                job, "generation_failed", f"{type(exc).__name__}: {exc}"[:2000], permanent=False
-            )
+            code, message, permanent = classify_crash(job.model, exc)
+            self._failed(job, code, message, permanent=permanent)
 
     def _succeed(self, job: Job, entry: ModelEntry, key: str, data: bytes, seconds: float) -> None:
         with session_scope(self.sessions) as s:
