@@ -95,6 +95,7 @@ def create_job(
         estimated_seconds=seconds,
         estimated_cost_usd=round(seconds * v.entry.price_per_gpu_second, 6),
         metadata_=body.metadata,
+        warnings=v.warnings or None,
     )
     try:
         if v.image is not None:
