@@ -70,12 +70,28 @@ def test_the_mapping() -> None:
     res = _run(missing_file)
     assert res.exit_code == 1 and "/nonexistent/file" in _one_line(res)
     assert _run(value, expected=(ValueError,)).exit_code == 1
-    # anything else is a bug: it keeps its exception (and traceback)
+    # anything else (a bug, a backend's exception): one line, exit 1; --debug re-raises it
     res = _run(value)
-    assert isinstance(res.exception, ValueError) and res.stderr == ""
+    assert res.exit_code == 1 and "ValueError: bad width" in _one_line(res)
     res = _run(bug)
+    assert (
+        res.exit_code == 1 and "RuntimeError: a bug" in _one_line(res) and "--debug" in res.stderr
+    )
+    assert "Traceback" not in res.stderr
+    sub = typer.Typer()
+    sub.command()(cli_errors(bug))
+    res = runner.invoke(sub, [], env={"AIPROD_DEBUG": "1"})
     assert isinstance(res.exception, RuntimeError)
     assert _run(exits).exit_code == 3
+
+
+def test_debug_flag_sets_the_switch(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("AIPROD_DEBUG", "0")  # restored after the test
+    res = runner.invoke(app, ["--debug", "models", "list"])
+    assert res.exit_code == 0, res.stderr
+    import os
+
+    assert os.environ.get("AIPROD_DEBUG") == "1"
 
 
 def _commands(group, prefix: str = ""):  # noqa: ANN001, ANN202

@@ -59,9 +59,45 @@ def test_each_video_lands_where_it_should(videos, tmp_path) -> None:
             assert reason_codes(rec.reject_reason) == [code], (name, rec.reject_reason)
         assert rec.license == "CC-BY-4.0"
     assert out["fps15"].fps == 15 and out["p200"].height == 200
-    assert "15 < 24" in out["fps15"].reject_reason
+    # The reason names the setting that rejected the clip, its value and the fix.
+    assert (
+        "15 fps (below validate.min_fps=24, lower `validate.min_fps`" in out["fps15"].reject_reason
+    )
+    assert out["p200"].reject_reason.startswith(
+        "resolution_too_low: 356x200 (short side 200px) (below validate.min_short_side=256, "
+        "lower `validate.min_short_side` in your data config to keep it)"
+    )
     assert out["frozen"].checks["changed_fraction"] == 0.0
     assert out["slow"].checks["changed_fraction"] > 3 * VCFG.frozen_max_changed
+
+
+def test_rejected_clips_are_checked_again_when_the_thresholds_change(videos, tmp_path) -> None:
+    names = ("p200", "fps15", "not_video")
+    recs = ingest([videos[k] for k in names], tmp_path / "ds", license="CC0-1.0")
+    first = validate(recs, VCFG, workers=1)
+    assert all(r.status == REJECTED for r in first)
+    assert first[0].checks["thresholds"]["min_short_side"] == 256
+    # The same thresholds: the rejected clips are not decoded again.
+    seen: list[int] = []
+    again = validate(first, VCFG, workers=1, on_progress=lambda d, t: seen.append(t))
+    assert [r.reject_reason for r in again] == [r.reject_reason for r in first]
+    assert not seen or seen[-1] == 0
+    # Relaxed: the 356x200 clip passes now; the others stay rejected, with the new values.
+    relaxed = VCFG.model_copy(update={"min_short_side": 200})
+    out = {Path(r.path).stem: r for r in validate(first, relaxed, workers=1)}
+    assert out["p200"].status == ACCEPTED, out["p200"].reject_reason
+    assert out["fps15"].status == REJECTED and out["not_video"].status == REJECTED
+    assert out["fps15"].checks["thresholds"]["min_short_side"] == 200
+    # --recheck checks them again with unchanged thresholds too.
+    seen.clear()
+    validate(
+        list(out.values()),
+        relaxed,
+        workers=1,
+        recheck=True,
+        on_progress=lambda d, t: seen.append(t),
+    )
+    assert seen and seen[-1] == 3
 
 
 def test_split_normalize_organize_report(videos, tmp_path) -> None:

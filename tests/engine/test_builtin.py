@@ -28,7 +28,7 @@ def _req(entry, **kw) -> GenerationRequest:  # noqa: ANN001
 def test_engine_types_import_without_torch() -> None:
     code = (
         "import sys, aiprod.engine, aiprod.engine.types, aiprod.engine.checks,"
-        " aiprod.engine.drafts, aiprod.engine.files, aiprod.core.media;"
+        " aiprod.engine.drafts, aiprod.core.model_files, aiprod.core.media;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

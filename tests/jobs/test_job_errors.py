@@ -99,3 +99,59 @@ def test_worker_writes_no_server_path_into_the_job(
         assert SECRET_PATH in caplog.text  # the operator still finds it in the log
     finally:
         worker.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "attempts_left"),
+    [
+        # An upsampler that does not fit the model: the same on every attempt, not retried.
+        (
+            RuntimeError(
+                "Given groups=1, weight of size [32, 16, 3, 3, 3], expected input[1, 8, 2, 4, 4]"
+                " to have 16 channels, but got 8 channels instead\nmore torch text"
+            ),
+            "model_error",
+            False,
+        ),
+        (ValueError("`height` and `width` have to be divisible by 32"), "model_error", False),
+        # A transient failure: retried (the job goes back to the queue).
+        (RuntimeError("CUDA error: unspecified launch failure"), "generation_failed", True),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "generation_failed", True),
+    ],
+)
+def test_backend_errors_are_classified(
+    tmp_path: Path, exc: Exception, code: str, attempts_left: bool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    upgrade(url)
+    settings = Settings(
+        data_dir=tmp_path,
+        models_file=write_models_toml(tmp_path),
+        database_url=url,
+        secret_key="s" * 32,
+        max_attempts=3,
+    )
+    worker = Worker(settings, webhooks=False, preload=False)
+    try:
+        with session_scope(worker.sessions) as s:
+            key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
+            job, _ = transitions.create_job(
+                s,
+                api_key_id=key.id,
+                priority=0,
+                body=GenerateBody(prompt="a fox"),
+                registry=worker.registry,
+                storage=worker.storage,
+                settings=settings,
+            )
+        worker.pipelines[worker.registry.default] = _Crashing(exc)
+        assert worker.step()
+        with session_scope(worker.sessions) as s:
+            row = s.execute(select(Job).where(Job.id == job.id)).scalar_one()
+            assert row.error_code == code
+            assert "\n" not in (row.error_message or "")  # one line
+            assert row.error_message.startswith("model 'builtin'")
+            assert row.status == ("queued" if attempts_left else "failed"), row.status
+            assert row.attempts == 1
+    finally:
+        worker.engine.dispose()

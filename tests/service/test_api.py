@@ -27,7 +27,7 @@ from tests.service.harness import MODELS_TOML, Stack, fresh_pg_database, wait_fo
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-# A registry entry whose weights are missing: every attempt fails when the worker loads it.
+# A registry entry whose weights are missing: named at serve start, refused at submit.
 BROKEN_MODEL = """
 [[models]]
 id = "broken"
@@ -268,22 +268,18 @@ def test_cancel_running_job(stack: Stack, client_key: str) -> None:
 
 
 def test_job_for_a_model_that_fails_to_load_fails_fast(stack: Stack, client_key: str) -> None:
-    # Issue 32: a model that cannot load fails its jobs at once (one attempt, a clear code),
-    # instead of 3 attempts with backoff; retries of the load are the worker's (backoff).
+    # Issues 32/33: a model whose files are broken is refused at submit (503 naming the model,
+    # with Retry-After), instead of 202 then a failure; the message names no server path.
     with stack.client(client_key) as c:
         r = c.post("/api/v1/generate", json={"prompt": "doomed", "model": "broken"})
-        assert r.status_code == 202, r.text
-        job = r.json()
-        final = wait_job(c, job["id"], {"failed", "succeeded"})
-        assert final["status"] == "failed" and final["attempts"] == 1
-        assert final["error"]["code"] == "model_unavailable"
-        # issue 32: the message says what is wrong without the server's path; the log has it
-        assert "does not exist" in final["error"]["message"]
-        assert "<path>" in final["error"]["message"]
-        assert "no-such-weights" not in final["error"]["message"]
-        assert "no-such-weights" in stack.logs(full=True)
-        assert final["download_url"] is None and final["cost_usd"] is None
-        # the workers are fine afterwards
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        err = r.json()["error"]
+        assert err["code"] == "model_unavailable" and err["field"] == "model"
+        assert "does not exist" in err["message"] and "<path>" in err["message"]
+        assert "no-such-weights" not in err["message"]
+        assert "no-such-weights" in stack.logs(full=True)  # serve's start names it
+        # the workers are fine
         ok = c.post("/api/v1/generate", json={"prompt": "fine"}).json()
         assert wait_job(c, ok["id"], {"succeeded", "failed"})["status"] == "succeeded"
 

@@ -1,5 +1,8 @@
 """In-process: the model states the workers publish (aiprod.jobs.model_state) as GET /models,
-/readyz and /metrics show them; a model is unavailable only while no live worker has it."""
+/readyz and /metrics show them; a model is unavailable only while no live worker has it.
+The API here is an API-only host (``check_model_files=False``: the files live on the workers'
+hosts), so only the published states count; tests/service/test_model_checks.py covers the API
+checking the files itself."""
 
 from __future__ import annotations
 
@@ -28,7 +31,10 @@ def _setup(tmp_path: Path, *, default: str) -> tuple[TestClient, str, object]:
     url = f"sqlite:///{tmp_path / 'aiprod.db'}"
     upgrade(url)
     settings = Settings(
-        data_dir=tmp_path, models_file=write_models_toml(tmp_path, toml), database_url=url
+        data_dir=tmp_path,
+        models_file=write_models_toml(tmp_path, toml),
+        database_url=url,
+        check_model_files=False,
     )
     sessions = make_sessionmaker(make_engine(url))
     with session_scope(sessions) as s:

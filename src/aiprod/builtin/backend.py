@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from aiprod.builtin.verifier import PromptVerifier, pick_best
+from aiprod.core.model_files import component_path
 from aiprod.core.registry import BuiltinEntry
 from aiprod.engine.backends.ltxv import assemble, load_components
-from aiprod.engine.files import component_path
 from aiprod.engine.loading import load_or_fail, modules_to
 from aiprod.engine.ltx import SIZE_MULTIPLE
 from aiprod.engine.ltxv_engine import LTXVideoEngine

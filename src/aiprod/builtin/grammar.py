@@ -26,6 +26,7 @@ textured background); with a pan, on-screen motion is the subject's motion minus
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -394,3 +395,19 @@ def parse_caption(text: str) -> CaptionFacts:
         noisy=noisy,
         tilted=tilted,
     )
+
+
+_VOCAB_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # the built-in tokenizer's split
+VOCAB_DRAWS = 300  # captions drawn per phase; every word of the grammar appears well before
+
+
+@functools.cache
+def vocabulary() -> tuple[str, ...]:
+    """Every word (and punctuation mark) a caption of this grammar can contain, sorted: the
+    built-in model's vocabulary (its tokenizer is built from its training captions; other
+    words reach it as <unk>). docs/model_card.md#vocabulary lists it (a test keeps it equal)."""
+    words: set[str] = set()
+    for phase in PHASES:
+        for params, _ in draws(phase, VOCAB_DRAWS, 0):
+            words.update(_VOCAB_WORD.findall(caption(params).lower()))
+    return tuple(sorted(words))

@@ -165,8 +165,21 @@ def probe(
 
 @app.command()
 @data_errors
-def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
+def validate(
+    dataset: DatasetArg,
+    config: ConfigOpt = None,
+    workers: WorkersOpt = None,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="Check rejected clips again (done anyway when the thresholds changed).",
+        ),
+    ] = False,
+) -> None:
     """Probe and check every clip (fps, size, duration, corrupt, black, frozen, motion).
+
+    Clips rejected with other thresholds than the config's now are checked again.
 
     Example: aiprod data validate ./ds --config configs/data.yaml
     """
@@ -178,7 +191,7 @@ def validate(dataset: DatasetArg, config: ConfigOpt = None, workers: WorkersOpt 
         dataset=dataset,
         config=config,
         run=lambda cfg, rows, on_progress: run(
-            rows, cfg.validate_, workers=workers, on_progress=on_progress
+            rows, cfg.validate_, workers=workers, on_progress=on_progress, recheck=recheck
         ),
     )
     info = summary(recs)

@@ -19,12 +19,15 @@ status  when
 ======  ==================================================================================
 
 The line is ``error: <message>``; the message is the error's own (it says how to fix it).
-Anything else is a bug and keeps its traceback.
+Anything else (a bug, or an exception from a model backend) is one line too, ``error: <type>:
+<first line of its message>`` with exit 1; ``aiprod --debug ...`` (or ``AIPROD_DEBUG=1``)
+re-raises it with its traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -40,6 +43,12 @@ EXIT_CONFIG = 2
 
 err = Console(stderr=True)
 
+
+def debug_enabled() -> bool:
+    """``aiprod --debug`` (which sets AIPROD_DEBUG=1) or AIPROD_DEBUG set: show tracebacks."""
+    return os.environ.get("AIPROD_DEBUG", "").lower() in {"1", "true", "yes", "on"}
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -48,6 +57,11 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     # escape: messages quote things like `pip install 'aiprod[s3]'` that are not rich markup
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on one stderr line."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def exit_for(
@@ -114,7 +128,14 @@ def cli_errors(
             except Exception as exc:
                 exit_ = exit_for(exc, config_status=config_status, expected=expected)
                 if exit_ is None:
-                    raise
+                    if debug_enabled():
+                        raise
+                    first = (str(exc).strip().splitlines() or [""])[0][:500]
+                    exit_ = fail(
+                        f"{type(exc).__name__}: {first} (unexpected; run `aiprod --debug ...` "
+                        "for the traceback)",
+                        EXIT_FAILED,
+                    )
                 raise exit_ from None
 
         wrapper.cli_errors = True  # type: ignore[attr-defined]  # checked by tests/cli

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from aiprod.cli.common import load_settings
-from aiprod.cli.errors import cli_errors, err
+from aiprod.cli.errors import cli_errors, err, warn
 from aiprod.core.errors import AiprodError
 
 
@@ -68,8 +68,13 @@ def generate(
     )
     from aiprod import engine
 
-    # defaults filled and limits checked (bad input fails here, before the model loads)
+    # defaults filled, limits and what the model's files can do checked (the API's checks:
+    # bad input fails here, before the model loads)
     req = engine.build_request(entry, {**params, "image": image_bytes})
+    from aiprod.core.vocabulary import prompt_warnings
+
+    for line in prompt_warnings(entry, req.prompt, req.negative_prompt):
+        warn(line)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

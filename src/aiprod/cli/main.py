@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 import click
 import typer
@@ -66,6 +67,18 @@ app = typer.Typer(
 db_app = typer.Typer(
     help="Database migrations.\n\nExample: aiprod db upgrade", no_args_is_help=True
 )
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an unexpected error (AIPROD_DEBUG=1)."
+    ),
+) -> None:
+    if debug:
+        os.environ["AIPROD_DEBUG"] = "1"  # read by aiprod.cli.errors; inherited by workers
+
+
 app.add_typer(keys.app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(models.app, name="models")

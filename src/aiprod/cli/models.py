@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from aiprod.cli.common import load_settings, out, table_console
-from aiprod.cli.errors import cli_errors
+from aiprod.cli.errors import EXIT_CONFIG, cli_errors, fail
 
 app = typer.Typer(
     help="The model registry (models.toml).\n\nExample: aiprod models list", no_args_is_help=True
@@ -20,15 +20,21 @@ app = typer.Typer(
 @app.command("list")
 @cli_errors
 def models_list() -> None:
-    """List the models in the registry (AIPROD_MODELS_FILE or the built-in models.toml).
+    """List the models in the registry (AIPROD_MODELS_FILE or the built-in models.toml) and
+    check each one's files: one line per problem on stderr, exit 2 when any entry has one.
 
     Example: aiprod models list
     """
+    from aiprod.core.model_files import registry_problems
     from aiprod.core.registry import load_registry
 
     reg = load_registry(load_settings().models_file)
-    table = Table("id", "family", "version", "default", "$/GPU-s", "max size", "max frames")
+    problems = registry_problems(reg)
+    table = Table(
+        "id", "family", "version", "default", "$/GPU-s", "max size", "max frames", "files"
+    )
     for m in reg.models:
+        n = len(problems.get(m.id, []))
         table.add_row(
             m.id,
             m.family,
@@ -37,8 +43,20 @@ def models_list() -> None:
             f"{m.price_per_gpu_second:g}",
             f"{m.limits.max_width}x{m.limits.max_height}",
             str(m.limits.max_frames),
+            "ok" if not n else f"{n} problem{'s' if n > 1 else ''}",
         )
+    for model_id in reg.skipped:
+        table.add_row(model_id, "?", "", "", "", "", "", "invalid entry")
     table_console().print(table)
+    for lines in problems.values():
+        for line in lines:
+            fail(line, EXIT_CONFIG)
+    if problems:
+        raise fail(
+            f"{len(problems)} model(s) cannot run: {', '.join(problems)} (fix the lines above; "
+            "`aiprod serve` skips them, and refuses to start while the default is one)",
+            EXIT_CONFIG,
+        )
 
 
 @app.command("register")

@@ -14,12 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aiprod.cli.common import load_settings, out, setup_logging
-from aiprod.cli.errors import cli_errors
+from aiprod.cli.errors import EXIT_CONFIG, cli_errors, fail, warn
+
+if TYPE_CHECKING:
+    from aiprod.core.settings import Settings
 
 
 def _die_with_parent() -> None:
@@ -155,6 +158,29 @@ def worker(
     w.run()
 
 
+def check_models_at_start(settings: Settings) -> None:
+    """One line per problem of each registry entry (core/model_files.py); a broken default
+    stops the start (exit 2), a broken other entry is reported and skipped."""
+    from aiprod.core.model_files import registry_problems
+    from aiprod.core.registry import load_registry
+
+    reg = load_registry(settings.models_file)
+    problems = registry_problems(reg)
+    for model_id, lines in problems.items():
+        if model_id == reg.default:
+            continue
+        for line in lines:
+            warn(f"{line} (model '{model_id}' is skipped; the others are served)")
+    if reg.default in problems:
+        for line in problems[reg.default]:
+            fail(line, EXIT_CONFIG)
+        raise fail(
+            f"the default model '{reg.default}' cannot run: fix the lines above, or set "
+            "`default` in models.toml to a model that works",
+            EXIT_CONFIG,
+        )
+
+
 @cli_errors
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
@@ -189,6 +215,13 @@ def serve(
 
     setup_logging(log_level)
     settings = load_settings()
+    n = 0 if no_worker else workers
+    if settings.check_model_files is None and n == 0:
+        # API only: the model files live on the workers' hosts (their failed loads still show).
+        settings = settings.model_copy(update={"check_model_files": False})
+        os.environ["AIPROD_CHECK_MODEL_FILES"] = "false"  # for --api-processes > 1
+    if settings.check_model_files is not False:
+        check_models_at_start(settings)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     secret = settings.resolved_secret_key()
     upgrade(settings.resolved_database_url)
@@ -201,7 +234,6 @@ def serve(
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
-    n = 0 if no_worker else workers
     out.print(
         f"aiprod {url}  (API docs: {url}/docs, OpenAPI: {url}/openapi.json)",
         highlight=False,

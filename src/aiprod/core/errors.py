@@ -98,3 +98,15 @@ class GenerationFailed(AiprodError):
 
     status_code = 500
     code = "generation_failed"
+
+
+class ModelUnavailable(AiprodError):
+    """The model cannot run on this server now (its files are broken or its load failed):
+    503, with ``retry_after`` seconds when the workers will try it again."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, field="model")
+        self.retry_after = retry_after

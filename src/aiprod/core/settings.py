@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None  # default: AWS_DEFAULT_REGION / AWS config
     models_file: Path | None = None  # default: the models.toml shipped in the package
+    # The API checks each model's files (core/model_files.py) for GET /models, /readyz and
+    # submit. None = yes, except `aiprod serve --no-worker` (the files live on the workers'
+    # hosts; their failed loads still show). Set false on an API-only host without the files.
+    check_model_files: bool | None = None
     secret_key: str | None = None  # default: generated into data_dir/secret_key on first use
     rate_limit_per_minute: int = Field(default=100, ge=1)
     # How long an API process trusts a key's row before reading it again: a revoked key is

@@ -3,7 +3,10 @@
 Every check's outcome goes into the record's ``checks``; a rejected clip keeps every reason
 it failed in ``reject_reason`` (``code: detail``, joined by ``; ``), first the most basic.
 Reason codes: ``not_a_video``, ``codec_not_allowed``, ``fps_too_low``, ``resolution_too_low``,
-``too_short``, ``too_long``, ``corrupt``, ``truncated``, ``black``, ``frozen``.
+``too_short``, ``too_long``, ``corrupt``, ``truncated``, ``black``, ``frozen``. A reason a
+threshold decided names the setting and its value (``validate.min_short_side=256``) and how to
+keep the clip. The thresholds used are stored in ``checks["thresholds"]``: a later run with
+other thresholds checks the clips it rejected again (``--recheck`` forces it).
 """
 
 from __future__ import annotations
@@ -147,10 +150,24 @@ def _facts(rec: ClipRecord, info: MediaInfo) -> ClipRecord:
     )
 
 
+def thresholds(cfg: ValidateConfig) -> dict[str, object]:
+    """The settings a validation used (stored with every validated clip)."""
+    return cfg.model_dump(mode="json")
+
+
+def _setting(name: str, value: object, change: str = "lower") -> str:
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        f" (below validate.{name}={shown}, {change} `validate.{name}` in your data config "
+        "to keep it)"
+    )
+
+
 def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
     """Probe, decode and check one clip; return it accepted or rejected with its reasons."""
     reasons: list[str] = []
     checks: dict[str, object] = dict(rec.checks)
+    checks["thresholds"] = thresholds(cfg)
     try:
         info = probe(rec.path)
     except MediaError as exc:
@@ -161,19 +178,28 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
     rec = _facts(rec, info)
     checks["probe"] = "ok"
     if cfg.allowed_codecs and info.codec not in cfg.allowed_codecs:
-        reasons.append(f"codec_not_allowed: {info.codec} (allowed: {cfg.allowed_codecs})")
+        reasons.append(
+            f"codec_not_allowed: {info.codec} is not in validate.allowed_codecs="
+            f"{cfg.allowed_codecs} (add it, or empty the list, in your data config to keep it)"
+        )
     if info.fps < cfg.min_fps:
-        reasons.append(f"fps_too_low: {info.fps:.3g} < {cfg.min_fps:g}")
+        reasons.append(f"fps_too_low: {info.fps:.3g} fps" + _setting("min_fps", cfg.min_fps))
     short = min(info.width, info.height)
     if short < cfg.min_short_side:
         reasons.append(
-            f"resolution_too_low: short side {short}px < {cfg.min_short_side}px "
-            f"({info.width}x{info.height})"
+            f"resolution_too_low: {info.width}x{info.height} (short side {short}px)"
+            + _setting("min_short_side", cfg.min_short_side)
         )
     if info.duration < cfg.min_duration_s:
-        reasons.append(f"too_short: {info.duration:.2f}s < {cfg.min_duration_s:g}s")
+        reasons.append(
+            f"too_short: {info.duration:.2f}s" + _setting("min_duration_s", cfg.min_duration_s)
+        )
     if info.duration > cfg.max_duration_s:
-        reasons.append(f"too_long: {info.duration:.1f}s > {cfg.max_duration_s:g}s")
+        reasons.append(
+            f"too_long: {info.duration:.1f}s (above validate.max_duration_s="
+            f"{cfg.max_duration_s:g}, raise `validate.max_duration_s` in your data config to "
+            "keep it)"
+        )
     try:
         a = analyze(rec.path, max_seconds=cfg.analyze_max_s)
     except (MediaError, OSError) as exc:
@@ -192,7 +218,10 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
         rec = rec.replace(motion_score=round(a.motion_score, 4))
         promised = info.num_frames
         if promised and a.total_frames < cfg.min_decoded_fraction * promised:
-            reasons.append(f"truncated: {a.total_frames} of {promised} frames present")
+            reasons.append(
+                f"truncated: {a.total_frames} of {promised} frames present (under "
+                f"validate.min_decoded_fraction={cfg.min_decoded_fraction:g})"
+            )
         elif a.decoded_frames == 0:
             reasons.append(f"corrupt: no frame decodes ({a.decode_error or 'empty stream'})")
         elif a.decode_error:
@@ -200,12 +229,15 @@ def validate_clip(rec: ClipRecord, cfg: ValidateConfig) -> ClipRecord:
         if a.decoded_frames:
             if a.p999_luma <= cfg.black_max_luma:
                 reasons.append(
-                    f"black: 99.9th-percentile luma {a.p999_luma:.1f} <= {cfg.black_max_luma:g}"
+                    f"black: 99.9th-percentile luma {a.p999_luma:.1f} is at or under "
+                    f"validate.black_max_luma={cfg.black_max_luma:g} (lower it in your data "
+                    "config to keep it)"
                 )
             elif a.decoded_frames > 1 and a.changed_fraction <= cfg.frozen_max_changed:
                 reasons.append(
-                    f"frozen: {a.changed_fraction:.2%} of pixels change "
-                    f"<= {cfg.frozen_max_changed:.2%}"
+                    f"frozen: {a.changed_fraction:.2%} of pixels change, at or under "
+                    f"validate.frozen_max_changed={cfg.frozen_max_changed:g} (lower it in your "
+                    "data config to keep it)"
                 )
     checks["valid"] = not reasons
     if reasons:
@@ -218,22 +250,42 @@ def reason_codes(reject_reason: str) -> list[str]:
     return [part.split(":", 1)[0].strip() for part in reject_reason.split(";") if part.strip()]
 
 
+def _rejected_by_validate(rec: ClipRecord) -> bool:
+    return rec.checks.get("valid") is False or rec.checks.get("probe") == "failed"
+
+
 def validate(
     records: Sequence[ClipRecord],
     cfg: ValidateConfig,
     *,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    recheck: bool = False,
 ) -> list[ClipRecord]:
-    """Validate every record not yet rejected, in parallel; rejected ones pass through.
+    """Validate every record not yet rejected, in parallel. A clip this stage rejected is
+    checked again when the thresholds differ from those it was rejected with (or with
+    ``recheck``); clips other stages rejected pass through.
 
     Scenes cut by ``split`` and not yet normalized (``start_s`` set) keep their source's
     result: they are checked again once ``normalize`` has made them files of their own.
     """
+    current = thresholds(cfg)
+
+    def due(r: ClipRecord) -> bool:
+        if r.start_s is not None:
+            return False
+        if r.status != REJECTED:
+            return True
+        return _rejected_by_validate(r) and (recheck or r.checks.get("thresholds") != current)
+
+    again = sum(1 for r in records if r.status == REJECTED and due(r))
+    if again:
+        why = "--recheck" if recheck else "the thresholds changed since they were rejected"
+        log.info("checking %d rejected clips again (%s)", again, why)
     out, results = run_parallel_where(
         functools.partial(validate_clip, cfg=cfg),
         records,
-        lambda r: r.status != REJECTED and r.start_s is None,
+        due,
         workers=workers,
         on_progress=on_progress,
     )

@@ -159,6 +159,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # What the client should know about the request (e.g. prompt words the model ignores).
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class CostLog(Base):

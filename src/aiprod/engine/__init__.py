@@ -60,7 +60,7 @@ def pipeline_from_components(
 
 def check_model_files(entry: ModelEntry) -> None:
     """Torch-free pre-flight: raise ``ConfigError`` if the entry's files cannot load."""
-    from aiprod.engine.files import check_model_files as _check
+    from aiprod.core.model_files import check_model_files as _check
 
     _check(entry)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import decode_image  # the one decoder, with the API's limits
+from aiprod.core.model_files import fit_request
 from aiprod.engine.types import GenerationRequest
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 def build_request(entry: ModelEntry, params: dict[str, Any]) -> GenerationRequest:
     """Defaults from ``entry``, limits checked; a missing seed becomes a random 31-bit one."""
     resolved = entry.resolve_request(params)
+    fit_request(entry, resolved)  # what the model's files cannot do (as the API refuses it)
     if resolved["seed"] is None:
         resolved["seed"] = secrets.randbelow(2**31)
     image = params.get("image")

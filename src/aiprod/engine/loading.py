@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import component_path, upsampler_dir
 from aiprod.core.registry import ModelEntry
-from aiprod.engine.files import component_path
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,8 @@ def load_text_and_upsampler(
         if sdir is not None
         else FlowMatchEulerDiscreteScheduler()
     )
-    up = component_path(entry, "latent_upsampler", required=False)
+    up = upsampler_dir(entry)
     if up is not None:
-        if (up / "latent_upsampler").is_dir():
-            up = up / "latent_upsampler"
         comps["latent_upsampler"] = load_or_fail(
             entry,
             "latent upsampler",

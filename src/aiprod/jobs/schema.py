@@ -8,6 +8,7 @@ job object, turned into the engine's ``GenerationRequest`` by the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -19,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.media import image_from_base64
+from aiprod.core.model_files import fit_request
 from aiprod.core.registry import MAX_PROMPT_CHARS, ModelEntry, Registry
+from aiprod.core.vocabulary import prompt_warnings
 from aiprod.jobs.destinations import DestinationRefused, Network, check_webhook_url
 
 MAX_METADATA_BYTES = 8 * 1024
@@ -126,6 +129,7 @@ class JobParams(BaseModel):
         """``entry``'s defaults and limits applied to the request's fields; a missing seed
         becomes a random 31-bit one. Raises InvalidRequest naming the field."""
         params = entry.resolve_request(request)
+        fit_request(entry, params)  # what the model's files cannot do (two-stage, grid)
         if params["seed"] is None:
             params["seed"] = secrets.randbelow(2**31)
         return cls(**params)
@@ -159,6 +163,7 @@ class Validated:
     entry: ModelEntry
     params: JobParams
     image: bytes | None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def validate_generate(
@@ -186,7 +191,8 @@ def validate_generate(
                 f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
                 field="metadata",
             )
-    return Validated(entry=entry, params=params, image=image)
+    warnings = prompt_warnings(entry, params.prompt, params.negative_prompt)
+    return Validated(entry=entry, params=params, image=image, warnings=warnings)
 
 
 def request_hash(body: GenerateBody) -> str:

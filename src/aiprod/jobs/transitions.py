@@ -31,6 +31,7 @@ from aiprod.db import queue
 from aiprod.db.models import Job, JobStatus, new_id, utcnow
 from aiprod.db.repositories import CostRepository, JobRepository, WebhookRepository
 from aiprod.jobs.estimate import estimate_seconds
+from aiprod.jobs.model_state import availability, refuse_unavailable
 from aiprod.jobs.schema import GenerateBody, request_hash, validate_generate
 from aiprod.jobs.storage import Storage, input_key
 from aiprod.jobs.views import iso, job_to_dict
@@ -70,6 +71,8 @@ def create_job(
         if existing is not None:
             return _replay(existing, req_hash), False
     v = validate_generate(body, registry, webhook_allow=settings.webhook_allowed_networks)
+    # A model known unavailable (broken files, a failed load): 503 now, not 202 then a failure.
+    refuse_unavailable(v.entry.id, availability(session, registry, settings).get(v.entry.id))
     seconds, _ = estimate_seconds(session, v.entry, v.params)
     job = Job(
         id=new_id(),
@@ -92,6 +95,7 @@ def create_job(
         estimated_seconds=seconds,
         estimated_cost_usd=round(seconds * v.entry.price_per_gpu_second, 6),
         metadata_=body.metadata,
+        warnings=v.warnings or None,
     )
     try:
         if v.image is not None:

@@ -63,6 +63,7 @@ def job_to_dict(
         "gpu_seconds": None if job.gpu_seconds is None else round(job.gpu_seconds, 4),
         "download_url": download_url(job, base_url),
         "metadata": job.metadata_,
+        "warnings": list(job.warnings or []),
     }
 
 

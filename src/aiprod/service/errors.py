@@ -47,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 429 and rate is not None:
             headers["Retry-After"] = str(rate.reset_seconds)
         if exc.status_code == 503:  # temporary (storage full or not writable...): say when
-            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            headers["Retry-After"] = str(getattr(exc, "retry_after", None) or RETRY_AFTER_SECONDS)
         if exc.status_code >= 500:
             log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)

@@ -32,10 +32,11 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from aiprod.core.registry import Registry
 from aiprod.db.migrate import head_revision
 from aiprod.db.models import Worker
 from aiprod.jobs.gpu import load_gpu_stats
-from aiprod.jobs.model_state import unavailable_models
+from aiprod.jobs.model_state import ModelState, model_availability, unavailable_models
 from aiprod.jobs.storage import StorageError, check_local_writable
 
 
@@ -64,6 +65,8 @@ def check_readiness(
     require_worker: bool = True,
     storage: Any = None,
     default_model: str | None = None,
+    registry: Registry | None = None,
+    check_files: bool = True,
 ) -> Readiness:
     """Run every readiness check (none raises) and collect the results."""
     r = Readiness(ready=True)
@@ -112,7 +115,12 @@ def check_readiness(
                     " start `aiprod worker` on a GPU machine, or check the workers' logs",
                 )
             if default_model is not None:
-                _check_models(r, session, since, default_model, fail)
+                bad = (
+                    model_availability(session, registry, since=since, check_files=check_files)
+                    if registry is not None
+                    else unavailable_models(session, since=since)
+                )
+                _check_models(r, bad, default_model, fail)
     except Exception as exc:  # any database failure means not ready; say which
         if _is_disk_full(exc):
             fail(
@@ -193,10 +201,7 @@ def _check_storage(
     return r
 
 
-def _check_models(
-    r: Readiness, session: Session, since: datetime, default_model: str, fail: Any
-) -> None:
-    bad = unavailable_models(session, since=since)
+def _check_models(r: Readiness, bad: dict[str, ModelState], default_model: str, fail: Any) -> None:
     r.details["models"] = {
         m: {
             "available": False,
@@ -210,7 +215,7 @@ def _check_models(
         fail(
             "models",
             "default unavailable",
-            f"the default model {default_model!r} failed to load on the live workers "
+            f"the default model {default_model!r} cannot run "
             f"({bad[default_model].reason}): fix its entry in models.toml or its files (the "
             "workers retry with backoff; POST /api/v1/admin/clear-cache retries at once)",
         )

@@ -197,6 +197,8 @@ def install_observability(app: FastAPI, state: Any | None = None) -> ServiceMetr
             min_free_bytes=int(opts.min_free_disk_mb * 2**20),
             require_worker=opts.ready_requires_worker,
             default_model=st.registry.default,
+            registry=st.registry,
+            check_files=opts.check_model_files is not False,
         )
         return JSONResponse(report.body(), status_code=200 if report.ready else 503)
 

@@ -96,6 +96,11 @@ class JobOut(_Out):
     gpu_seconds: float | None
     download_url: str | None = Field(description="Set when the job succeeded.")
     metadata: dict[str, Any] | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the request does not get as asked, e.g. prompt words the model "
+        "ignores (see docs/model_card.md#vocabulary).",
+    )
 
 
 class Page(_Out, Generic[T]):

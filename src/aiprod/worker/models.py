@@ -18,22 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiprod.core.errors import AiprodError
+from aiprod.core.errors import AiprodError, ModelUnavailable
 from aiprod.core.registry import ModelEntry
 from aiprod.jobs.model_state import ModelState
+
+__all__ = ["ModelSlots", "ModelUnavailable", "load_error_reason"]
 
 log = logging.getLogger("aiprod.worker")
 
 MODEL_RETRY_BASE_SECONDS = 5.0
 MODEL_RETRY_CAP_SECONDS = 300.0
 MAX_REASON = 300
-
-
-class ModelUnavailable(AiprodError):
-    """The job's model could not be loaded on this worker (permanent for the job)."""
-
-    status_code = 503
-    code = "model_unavailable"
 
 
 @dataclass
@@ -54,6 +49,34 @@ def load_error_reason(exc: BaseException) -> str:
     lines = text.strip().splitlines()
     line = lines[0] if lines else type(exc).__name__
     return line[:MAX_REASON]
+
+
+# Errors a backend raises that are the same on every attempt (a wrong config, an upsampler that
+# does not fit the model, a bad input): the job fails at once instead of being retried.
+DETERMINISTIC = (ValueError, TypeError, KeyError, IndexError, NotImplementedError)
+DETERMINISTIC_TEXT = ("size mismatch", "shape", "must match", "expected", "channels", "dimension")
+
+
+def classify_crash(model_id: str, exc: BaseException) -> tuple[str, str, bool]:
+    """(code, one-line message, permanent) for an exception a backend raised: deterministic
+    ones (config/input) fail the job at once as ``model_error``; others (a transient
+    failure) are retried as ``generation_failed``."""
+    first = (str(exc).strip().splitlines() or [""])[0][:MAX_REASON]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    text = first.lower()
+    oom = "out of memory" in text
+    if not oom and (
+        isinstance(exc, DETERMINISTIC)
+        or (isinstance(exc, RuntimeError) and any(t in text for t in DETERMINISTIC_TEXT))
+    ):
+        return (
+            "model_error",
+            f"model '{model_id}' cannot run this request ({what}); its files do not fit "
+            "together or the request does not fit the model: the operator checks it with "
+            "`aiprod models list` (not retried)",
+            True,
+        )
+    return "generation_failed", f"model '{model_id}' failed ({what}); retried", False
 
 
 class ModelSlots:

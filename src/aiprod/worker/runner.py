@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, GenerationCanceled
 from aiprod.core.logging import job_error_message
+from aiprod.core.model_files import registry_problems
 from aiprod.core.registry import ModelEntry, Registry, load_registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
@@ -44,7 +45,7 @@ from aiprod.jobs.model_state import ModelState, publish_model_states
 from aiprod.jobs.schema import JobParams
 from aiprod.jobs.storage import Storage, open_storage, output_key
 from aiprod.jobs.webhooks import WebhookDispatcher
-from aiprod.worker.models import ModelSlots, ModelUnavailable
+from aiprod.worker.models import ModelSlots, ModelUnavailable, classify_crash
 
 log = logging.getLogger("aiprod.worker")
 
@@ -123,6 +124,14 @@ class Worker:
         # The reaper runs from the start, also while the default model loads.
         self._reap_thread = threading.Thread(target=self._reaper_loop, name="reaper", daemon=True)
         self._reap_thread.start()
+        # Entries whose files are broken (core/model_files.py) fail their load at once, before
+        # any model loads: they are marked unavailable and published, the others are served.
+        for model_id in registry_problems(self.registry):
+            if model_id in self.model_ids:
+                try:
+                    self.pipeline(self.registry.get(model_id))
+                except ModelUnavailable:
+                    pass
         if self.preload:
             # Load the default model before claiming anything, so no lease runs during a load;
             # the worker shows as "starting" until then. A failed load marks the model
@@ -358,13 +367,12 @@ class Worker:
                 return
             permanent = 400 <= exc.status_code < 500
             self._failed(job, exc.code, exc.message, permanent=permanent)
-        except Exception as exc:  # a crash in the engine: retry with backoff, then fail
+        except Exception as exc:  # a crash in the engine: deterministic fails now, else retry
             log.exception("job %s crashed", job.id)
             if cur.lost.is_set():
                 return
-            self._failed(
-                job, "generation_failed", f"{type(exc).__name__}: {exc}"[:2000], permanent=False
-            )
+            code, message, permanent = classify_crash(job.model, exc)
+            self._failed(job, code, message, permanent=permanent)
 
     def _succeed(self, job: Job, entry: ModelEntry, key: str, data: bytes, seconds: float) -> None:
         with session_scope(self.sessions) as s:

@@ -14,9 +14,9 @@ from types import ModuleType
 from typing import Any
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import check_model_files
 from aiprod.core.registry import ModelEntry
 from aiprod.engine.common import check_attention_backend, resolve_device, resolve_dtype
-from aiprod.engine.files import check_model_files
 from aiprod.engine.types import Pipeline
 
 

@@ -10,8 +10,13 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import (
+    check_family,
+    check_model_path,
+    component_path,
+    single_file_config,
+)
 from aiprod.core.registry import LTX2Entry
-from aiprod.engine.files import check_family, check_model_path, component_path, single_file_config
 from aiprod.engine.loading import (
     apply_options,
     check_call_kwargs,

@@ -10,9 +10,14 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import (
+    check_family,
+    check_model_path,
+    component_path,
+    single_file_config,
+)
 from aiprod.core.registry import LTXVEntry
 from aiprod.engine.drafts import DraftRanker
-from aiprod.engine.files import check_family, check_model_path, component_path, single_file_config
 from aiprod.engine.loading import (
     apply_options,
     check_call_kwargs,

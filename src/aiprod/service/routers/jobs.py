@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -14,7 +14,7 @@ from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.estimate import estimate
-from aiprod.jobs.model_state import unavailable_models
+from aiprod.jobs.model_state import availability
 from aiprod.jobs.schema import GenerateBody, validate_generate
 from aiprod.jobs.transitions import MAX_IDEMPOTENCY_KEY
 from aiprod.jobs.views import render_job
@@ -279,12 +279,8 @@ def models(key: ApiKeyDep, state: StateDep) -> JSONResponse:
     """`available` is false while the live workers that tried a model failed to load it
     (`unavailable_reason` says why; its jobs fail at once with `model_unavailable`)."""
     reg = state.registry
-    opts = state.settings
-    since = datetime.now(UTC) - timedelta(
-        seconds=opts.worker_live_seconds or 2.0 * float(opts.lease_seconds)
-    )
     with read_session(state) as session:
-        bad = unavailable_models(session, since=since)
+        bad = availability(session, reg, state.settings)
     return JSONResponse(
         {
             "default": reg.default,
