@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import DEFAULT_TEXT_LENGTH
 from aiprod.core.registry import load_registry
-from aiprod.training.components import DEFAULT_TEXT_LENGTH, text_length
+from aiprod.training.components import text_length
 from aiprod.training.config import TrainConfig
 from aiprod.training.register import register, register_upsampler
 from aiprod.training.trainer import Trainer
@@ -101,7 +102,7 @@ def test_text_length_order() -> None:
         model_max_length = int(1e30)  # transformers' "no limit"
 
     assert text_length(77, Tok()) == 77
-    assert text_length(None, Tok()) == DEFAULT_TEXT_LENGTH
+    assert text_length(None, Tok()) == DEFAULT_TEXT_LENGTH["ltxv"]
     Tok.model_max_length = 64
     assert text_length(None, Tok()) == 64
 
@@ -165,7 +166,7 @@ def test_register_keeps_family_base_settings_comments_and_records_provenance(
     assert entry.family == "ltxv" and out["family"] == "ltxv"
     assert (entry.defaults.width, entry.defaults.num_frames) == (64, 9)  # the base's, not 160/25
     assert entry.dtype == "float32" and entry.price_per_gpu_second == 0.002
-    assert entry.options.max_sequence_length == DEFAULT_TEXT_LENGTH  # as trained
+    assert entry.options.max_sequence_length == DEFAULT_TEXT_LENGTH["ltxv"]  # as trained
     assert entry.trained_from["base_model"] == "my-ltxv"
     assert entry.trained_from["run"] == str(run.resolve())
     assert entry.trained_from["step"] == "3" and entry.trained_from["commit"]

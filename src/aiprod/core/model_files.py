@@ -42,9 +42,19 @@ NOT_IN_SINGLE_FILE = {
     "ltx2": ("text_encoder", "tokenizer", "connectors", "vocoder"),
 }
 # Text tokens when neither models.toml (options.max_sequence_length) nor the tokenizer
-# (a model_max_length below 1e6; transformers writes 1e30 for "no limit") sets it.
+# (a model_max_length of 8..1024; transformers writes 1e30 for "no limit") sets it.
 DEFAULT_TEXT_LENGTH = {"ltxv": 128, "builtin": 128, "ltx2": 1024}
-SANE_TOKENIZER_LENGTH = 1_000_000
+TOKENIZER_LENGTH_RANGE = (8, 1024)
+
+
+def tokenizer_length(n: object) -> int | None:
+    """A tokenizer's ``model_max_length`` when it is a real limit (8..1024), else None."""
+    lo, hi = TOKENIZER_LENGTH_RANGE
+    if isinstance(n, int | float) and not isinstance(n, bool) and lo <= n <= hi:
+        return int(n)
+    return None
+
+
 # The LTX pipelines check sizes against 32, whatever the VAE's own ratio is.
 PIPELINE_SIZE_MULTIPLE = 32
 # The name a component has in models.toml ([models.components]) when it differs from its folder.
@@ -169,16 +179,17 @@ def _component_config(entry: ModelEntry, name: str, folder: Path) -> dict[str, A
 
 def resolve_text_length(entry: ModelEntry) -> tuple[int, str]:
     """The prompt's token length and where it came from: ``options.max_sequence_length``,
-    else the tokenizer's ``model_max_length`` when sane (8 .. 1e6), else the family's default
+    else the tokenizer's ``model_max_length`` when a real limit (``tokenizer_length``), else the
+    family's default
     (``DEFAULT_TEXT_LENGTH``; docs/models.md)."""
     if entry.options.max_sequence_length is not None:
         return entry.options.max_sequence_length, "options.max_sequence_length"
     tok = component_path(entry, "tokenizer", required=False)
     if tok is not None and (tok / "tokenizer_config.json").is_file():
         cfg = read_config(entry, tok / "tokenizer_config.json", what="tokenizer")
-        n = cfg.get("model_max_length")
-        if isinstance(n, int | float) and 8 <= n < SANE_TOKENIZER_LENGTH:
-            return int(n), "tokenizer model_max_length"
+        n = tokenizer_length(cfg.get("model_max_length"))
+        if n is not None:
+            return n, "tokenizer model_max_length"
     return DEFAULT_TEXT_LENGTH[entry.family], f"default for family '{entry.family}'"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from aiprod.core.errors import ConfigError
+from aiprod.core.model_files import DEFAULT_TEXT_LENGTH, tokenizer_length
 from aiprod.training.config import BuiltinArch, ModelConfig, UpsamplerArch, VerifierArch
 
 log = logging.getLogger(__name__)
@@ -169,24 +170,16 @@ class Components:
         return self.verifier
 
 
-# A tokenizer saved without ``model_max_length`` reports transformers' "no limit" (1e30),
-# which cannot pad anything. Above this a length is not a real limit.
-MAX_TEXT_LENGTH = 1024
-# diffusers' LTXPipeline default (max_sequence_length=128), used when neither the registry
-# entry (options.max_sequence_length) nor the tokenizer gives a usable length
-DEFAULT_TEXT_LENGTH = 128
-
-
-def text_length(configured: int | None, tokenizer: Any) -> int:
-    """The prompt length a model trains with: ``configured`` (the registry entry's
+def text_length(configured: int | None, tokenizer: Any, family: str = "ltxv") -> int:
+    """The prompt length a model trains with, by the rule the load-time checks state
+    (``core.model_files.resolve_text_length``): ``configured`` (the registry entry's
     ``options.max_sequence_length``), else the tokenizer's ``model_max_length`` when it is a
-    real limit (1..1024), else ``DEFAULT_TEXT_LENGTH``."""
+    real limit (a tokenizer saved without one reports 1e30), else the family's default (128,
+    diffusers' ``LTXPipeline`` default, for LTX-Video)."""
     if configured is not None:
         return int(configured)
-    own = getattr(tokenizer, "model_max_length", None)
-    if isinstance(own, int) and 0 < own <= MAX_TEXT_LENGTH:
-        return own
-    return DEFAULT_TEXT_LENGTH
+    own = tokenizer_length(getattr(tokenizer, "model_max_length", None))
+    return own if own is not None else DEFAULT_TEXT_LENGTH.get(family, DEFAULT_TEXT_LENGTH["ltxv"])
 
 
 def scheduler_config() -> dict[str, Any]:
