@@ -290,6 +290,7 @@ class Worker:
                 worker_id=self.id,
                 lease_seconds=self.settings.lease_seconds,
                 models=self.model_ids,
+                settings=self.settings,
             )
             if job is None:
                 return False
@@ -382,6 +383,7 @@ class Worker:
             if done is None:
                 log.warning("job %s: lease lost before finishing; result discarded", job.id)
                 return
+            transitions.finish_deleted(s, done, storage=self.storage)
             TimingRepository(s).record(
                 model=entry.id,
                 model_version=entry.version,
