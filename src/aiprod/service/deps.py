@@ -204,7 +204,7 @@ async def require_admin(key: ApiKeyDep) -> AuthedKey:
 AdminDep = Annotated[AuthedKey, Depends(require_admin)]
 
 
-_QUERY_NAMES: WeakKeyDictionary[APIRoute, frozenset[str]] = WeakKeyDictionary()
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # id(route) -> its query parameters (routes live on)
 
 
 def _query_names(dependant: Dependant) -> set[str]:
@@ -221,9 +221,9 @@ async def known_query_params(request: Request, key: ApiKeyDep) -> None:
     route = request.scope.get("route")
     if not request.query_params or not isinstance(route, APIRoute):
         return
-    names = _QUERY_NAMES.get(route)
+    names = _QUERY_NAMES.get(id(route))
     if names is None:
-        names = _QUERY_NAMES[route] = frozenset(_query_names(route.dependant))
+        names = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
     for name in request.query_params:
         if name not in names:
             takes = ", ".join(sorted(names)) if names else "no query parameters"
