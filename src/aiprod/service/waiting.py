@@ -32,7 +32,14 @@ from starlette.types import Receive, Scope, Send
 from aiprod.core.errors import NotFound
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs.views import render_job
-from aiprod.jobs.watch import HEARTBEAT_SECONDS, MAX_WAIT_SECONDS, JobState, changes, read_state
+from aiprod.jobs.watch import (
+    HEARTBEAT_SECONDS,
+    MAX_WAIT_SECONDS,
+    POLL_SECONDS,
+    JobState,
+    changes,
+    read_state,
+)
 from aiprod.service.deps import read_session
 from aiprod.service.state import AppState
 
@@ -110,7 +117,11 @@ async def _disconnected(receive: Receive) -> None:
 
 
 async def job_events(
-    *, read: Callable[[], JobState | None], render: Callable[[], dict[str, Any]]
+    *,
+    read: Callable[[], JobState | None],
+    render: Callable[[], dict[str, Any]],
+    heartbeat: float = HEARTBEAT_SECONDS,
+    interval: float = POLL_SECONDS,
 ) -> AsyncIterator[str]:
     """The server-sent events of one job (see the module docstring)."""
 
@@ -120,10 +131,10 @@ async def job_events(
     idle_since = time.monotonic()
     previous: JobState | None = None
     try:
-        async for state in changes(read_async):
+        async for state in changes(read_async, interval=interval):
             now = time.monotonic()
             if state is None:
-                if now - idle_since >= HEARTBEAT_SECONDS:
+                if now - idle_since >= heartbeat:
                     idle_since = now
                     yield ": heartbeat\n\n"
                 continue
