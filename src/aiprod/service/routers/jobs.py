@@ -76,7 +76,7 @@ def generate(
         str | None,
         Header(
             alias="Idempotency-Key",
-            # checked by transitions.create_job (422 naming the header); stated here too
+            # checked by jobs.submit.submit_job (422 naming the header); stated here too
             json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
         ),
     ] = None,
