@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from aiprod.db.migrate import downgrade, upgrade
 from tests.service.harness import fresh_pg_database
 
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_0003_up_down_up(backend: str, tmp_path: Path) -> None:
     if backend == "sqlite":
