@@ -119,7 +119,8 @@ def registry(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_openai_request_to_generate_body(registry) -> None:  # type: ignore[no-untyped-def]
     body = to_generate_body(
-        VideoRequest({"prompt": "a fox", "size": "64x32", "seconds": "2", "seed": "4"}), registry
+        VideoRequest({"prompt": "a fox", "size": "64x32", "seconds": "2", "seed": "4"}, form=True),
+        registry,
     )
     # 2 s at the model's 8 fps = 16 frames -> the nearest 8k+1 frame count
     assert (body.width, body.height, body.num_frames, body.seed) == (64, 32, 17, 4)
@@ -134,6 +135,11 @@ def test_openai_request_to_generate_body(registry) -> None:  # type: ignore[no-u
         ({"prompt": "x", "seconds": "0"}, "seconds"),
         ({"prompt": "x", "seconds": "60"}, "seconds"),
         ({"prompt": "x", "seconds": "soon"}, "seconds"),
+        ({"prompt": "x", "seconds": "nan"}, "seconds"),
+        ({"prompt": "x", "seconds": "inf"}, "seconds"),
+        ({"prompt": "x", "seed": "4"}, "seed"),  # JSON: a number, not a string
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "x", "input_reference": {"url": "data:,"}}, "input_reference"),
         ({"prompt": "x", "seed": "1.5"}, "seed"),
         ({"prompt": "x", "model": "sora-2"}, "model"),
         ({"prompt": "x", "input_reference": {"file_id": "f"}}, "input_reference"),

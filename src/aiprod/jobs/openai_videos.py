@@ -9,6 +9,7 @@ by ``file_id`` or remote URL (aiprod stores no files apart from jobs, and fetche
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +41,18 @@ STATUS = {
 class VideoRequest:
     """A ``POST /v1/videos`` request as parsed from JSON or a multipart form."""
 
-    fields: dict[str, Any]  # name -> str | int | float (form fields are strings)
+    fields: dict[str, Any]  # name -> JSON value, or a string from a form
     image: bytes | None = None  # an uploaded input_reference file
+    form: bool = False  # numbers come as strings (a form); in JSON they must be numbers
 
 
-def _number(name: str, value: Any, kind: type[int] | type[float]) -> int | float:
-    if isinstance(value, bool):
+def _number(
+    name: str, value: Any, kind: type[int] | type[float], *, text: bool = True
+) -> int | float:
+    """``value`` as a number; a string only where ``text`` (form fields are strings)."""
+    if isinstance(value, bool) or (isinstance(value, str) and not text):
+        raise InvalidRequest(f"{name} must be a JSON number, not {value!r}", field=name)
+    if not isinstance(value, int | float | str):
         raise InvalidRequest(f"{name} must be a number", field=name)
     try:
         number = kind(value)
@@ -66,18 +73,23 @@ def to_generate_body(req: VideoRequest, registry: Registry) -> GenerateBody:
                 + ", ".join(OPENAI_FIELDS + EXTRA_FIELDS),
                 field=name,
             )
+    for name in ("prompt", "model", "size", "negative_prompt"):
+        if f.get(name) is not None and not isinstance(f[name], str):
+            raise InvalidRequest(f"{name} must be a string", field=name)
     prompt = f.get("prompt")
-    if not isinstance(prompt, str):
+    if prompt is None:
         raise InvalidRequest("prompt is required: a text prompt", field="prompt")
     entry = registry.get(f.get("model") or None)
     body: dict[str, Any] = {"prompt": prompt, "model": entry.id}
     if f.get("negative_prompt") is not None:
-        body["negative_prompt"] = str(f["negative_prompt"])
+        body["negative_prompt"] = f["negative_prompt"]
     for name in ("seed", "num_inference_steps", "fps"):
         if f.get(name) is not None:
-            body[name] = _number(name, f[name], int)
+            body[name] = _number(name, f[name], int, text=req.form)
     if f.get("guidance_scale") is not None:
-        body["guidance_scale"] = _number("guidance_scale", f["guidance_scale"], float)
+        body["guidance_scale"] = _number(
+            "guidance_scale", f["guidance_scale"], float, text=req.form
+        )
     if f.get("size") is not None:
         m = _SIZE.match(str(f["size"]))
         if m is None:
@@ -105,7 +117,9 @@ def to_generate_body(req: VideoRequest, registry: Registry) -> GenerateBody:
 def _frames(model: str, seconds: Any, fps: Any, registry: Registry) -> int:
     """``seconds`` -> a frame count the model makes (``frames_multiple * k + 1``)."""
     lim = registry.get(model).limits
-    secs = _number("seconds", seconds, float)
+    secs = float(_number("seconds", seconds, float))
+    if not math.isfinite(secs):
+        raise InvalidRequest(f"seconds must be a finite number, not {seconds!r}", field="seconds")
     if not isinstance(fps, int) or fps <= 0:
         raise InvalidRequest("fps must be a positive integer", field="fps")
     k = max(0, round((secs * fps - 1) / lim.frames_multiple))
@@ -123,6 +137,12 @@ def _frames(model: str, seconds: Any, fps: Any, registry: Registry) -> int:
 def _reference_image(ref: Any) -> bytes:
     """An ``input_reference`` given as ``{"image_url": "data:..."}`` or a data URL string."""
     url = ref.get("image_url") if isinstance(ref, dict) else ref
+    if isinstance(ref, dict) and set(ref) - {"image_url", "file_id"}:
+        unknown = ", ".join(sorted(set(ref) - {"image_url", "file_id"}))
+        raise InvalidRequest(
+            f"input_reference takes image_url (a data: URL), not {unknown}",
+            field="input_reference",
+        )
     if isinstance(ref, dict) and "file_id" in ref:
         raise InvalidRequest(
             "input_reference.file_id is not supported: aiprod has no Files API; upload the "

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from aiprod.db.models import Job, JobStatus
 
 POLL_SECONDS = 0.5  # how often a watcher reads the row
-MAX_WAIT_SECONDS = 60  # the cap of `Prefer: wait=N` (and what a bare `Prefer: wait` waits)
+MAX_WAIT_SECONDS = 60  # default cap of `Prefer: wait=N` (AIPROD_MAX_WAIT_SECONDS)
 HEARTBEAT_SECONDS = 15.0  # an idle event stream sends a comment this often
 
 

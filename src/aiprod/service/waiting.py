@@ -4,7 +4,7 @@ until the job ends or N seconds pass; ``text/event-stream`` streams its progress
 Contract (the Python client relies on these names):
 
 - request header ``Prefer: wait=N`` (or a bare ``Prefer: wait``: the cap,
-  ``MAX_WAIT_SECONDS``); N above the cap is cut to it; a malformed value is ignored, as
+  ``AIPROD_MAX_WAIT_SECONDS``, 60 by default); N above the cap is cut to it; a malformed value is ignored, as
   RFC 7240 asks. The response carries ``Preference-Applied: wait=N`` (N as applied) and the
   job object as it is when the job ended or the time ran out.
 - events: ``event: status`` (first, and on every status change; the last one is terminal),
@@ -46,14 +46,15 @@ from aiprod.service.state import AppState
 log = logging.getLogger("aiprod.service")
 
 PREFER_DESCRIPTION = (
-    f"`wait=N` (or `wait`, = {MAX_WAIT_SECONDS}): answer when the job has ended or after N "
-    f"seconds (at most {MAX_WAIT_SECONDS}), instead of at once. The response then carries "
-    "`Preference-Applied: wait=N`."
+    "`wait=N` (or `wait`: the cap): answer when the job has ended or after N seconds (at most "
+    f"AIPROD_MAX_WAIT_SECONDS, {MAX_WAIT_SECONDS} by default), instead of at once. The "
+    "response then carries `Preference-Applied: wait=N`."
 )
 
 
-def prefer_wait(header: str | None) -> int | None:
-    """Seconds to hold the answer from a ``Prefer`` header, capped; None: do not wait."""
+def prefer_wait(header: str | None, cap: int = MAX_WAIT_SECONDS) -> int | None:
+    """Seconds to hold the answer from a ``Prefer`` header, at most ``cap``; None: do not
+    wait."""
     if not header:
         return None
     for pref in header.split(","):
@@ -63,10 +64,10 @@ def prefer_wait(header: str | None) -> int | None:
             continue
         value = value.strip().strip('"')
         if not value:
-            return MAX_WAIT_SECONDS
+            return cap
         if not value.isdigit():
             return None  # malformed: ignored (RFC 7240 section 2)
-        seconds = min(int(value), MAX_WAIT_SECONDS)
+        seconds = min(int(value), cap)
         return seconds or None
     return None
 

@@ -99,7 +99,7 @@ def generate(
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if not sub.created:
         headers["Idempotent-Replayed"] = "true"
-    wait = prefer_wait(prefer)
+    wait = prefer_wait(prefer, state.settings.max_wait_seconds)
     if wait:  # answered after this session committed: the job is visible to workers by then
         return HeldJobResponse(
             wait=wait,
@@ -195,7 +195,7 @@ def get_job(
     base = base_url(request, state.settings.public_url)
     with read_session(state) as session:  # ends here, not after the response (see read_session)
         job = JobRepository(session).get_owned(job_id, key.id)
-        wait = prefer_wait(prefer)
+        wait = prefer_wait(prefer, state.settings.max_wait_seconds)
         if wait and not JobStatus(job.status).is_terminal:
             return HeldJobResponse(
                 wait=wait,

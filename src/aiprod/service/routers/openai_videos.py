@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from aiprod.core.errors import InvalidRequest, NotFound
+from aiprod.core.registry import MAX_PROMPT_CHARS
 from aiprod.db.models import Job
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import transitions
 from aiprod.jobs.openai_videos import VideoRequest, refine_field, to_generate_body, video_object
-from aiprod.jobs.submit import Submitter, submit_job
+from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, Submitter, submit_job
 from aiprod.jobs.views import require_output
 from aiprod.service.deps import (
     ApiKeyDep,
@@ -103,6 +104,19 @@ router = APIRouter(
     dependencies=[Depends(known_query_params)],
 )
 
+_PROMPT = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"}
+_FIELDS: dict[str, Any] = {
+    "prompt": _PROMPT,
+    "model": {"type": "string", "description": "An id from GET /api/v1/models."},
+    "size": {"type": "string", "pattern": r"^[0-9]{1,5}x[0-9]{1,5}$", "example": "160x160"},
+    "seconds": {"anyOf": [{"type": "string"}, {"type": "number"}], "example": "1"},
+    # aiprod's own, as `extra_body` of the SDK
+    "negative_prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+    "seed": {"type": "integer"},
+    "num_inference_steps": {"type": "integer"},
+    "guidance_scale": {"type": "number"},
+    "fps": {"type": "integer"},
+}
 _CREATE_BODY = {
     "required": True,
     "content": {
@@ -110,14 +124,16 @@ _CREATE_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["prompt"],
+                "additionalProperties": False,
                 "properties": {
-                    "prompt": {"type": "string"},
-                    "model": {"type": "string"},
-                    "size": {"type": "string", "example": "32x32"},
-                    "seconds": {"type": "string", "example": "1"},
+                    **_FIELDS,
                     "input_reference": {
                         "type": "object",
-                        "properties": {"image_url": {"type": "string", "format": "uri"}},
+                        "required": ["image_url"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "image_url": {"type": "string", "description": "a data: URL"}
+                        },
                     },
                 },
             }
@@ -126,11 +142,9 @@ _CREATE_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["prompt"],
+                "additionalProperties": False,
                 "properties": {
-                    "prompt": {"type": "string"},
-                    "model": {"type": "string"},
-                    "size": {"type": "string"},
-                    "seconds": {"type": "string"},
+                    **_FIELDS,
                     "input_reference": {"type": "string", "format": "binary"},
                 },
             }
@@ -154,7 +168,7 @@ async def _parse(request: Request) -> VideoRequest:
                 fields.setdefault("input_reference", {})[name[16:-1]] = value
             else:
                 fields[name] = value
-        return VideoRequest(fields=fields, image=image)
+        return VideoRequest(fields=fields, image=image, form=True)
     if ctype in ("application/json", ""):
         try:
             data = json.loads(await request.body() or b"null")
@@ -181,6 +195,7 @@ def _visible(state: AppState, video_id: str, key_id: str) -> Job:
     "/videos",
     summary="Create a video (OpenAI-compatible)",
     response_model=Video,
+    responses=_errors(409),  # an Idempotency-Key reused with another body
     openapi_extra={"requestBody": _CREATE_BODY},
     dependencies=[Depends(storage_writable), Depends(write_slot, scope="function")],
 )
@@ -189,7 +204,13 @@ async def create_video(
     key: ApiKeyDep,
     session: SessionDep,
     state: StateDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+        ),
+    ] = None,
 ) -> JSONResponse:
     """`prompt`, `model`, `size` ("WxH"), `seconds`, `input_reference` (an image file or a
     data: URL), as JSON or a multipart form; also aiprod's `seed`, `negative_prompt`,
@@ -264,7 +285,11 @@ def video_content(
     key: ApiKeyDep,
     state: StateDep,
     variant: Annotated[
-        str, Query(description="Only `video`: aiprod makes no thumbnail or spritesheet.")
+        str,
+        Query(
+            description="Only `video`: aiprod makes no thumbnail or spritesheet.",
+            json_schema_extra={"enum": ["video"]},
+        ),
     ] = "video",
 ) -> StreamingResponse:
     if variant != "video":
@@ -302,12 +327,8 @@ def delete_video(
     return JSONResponse({"id": job.id, "object": "video.deleted", "deleted": True})
 
 
-@router.post(
-    "/videos/{video_id}/remix",
-    summary="Not supported: remix",
-    response_model=Video,
-    responses=_errors(404),
-)
+# Only to say why (OpenAI's SDK has `videos.remix`): not in the schema, which lists what works.
+@router.post("/videos/{video_id}/remix", include_in_schema=False)
 def remix_video(video_id: str, key: ApiKeyDep) -> JSONResponse:
     """aiprod does not remix: create a new video with the same seed and a new prompt."""
     raise InvalidRequest(
