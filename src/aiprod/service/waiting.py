@@ -4,9 +4,9 @@ until the job ends or N seconds pass; ``text/event-stream`` streams its progress
 Contract (the Python client relies on these names):
 
 - request header ``Prefer: wait=N`` (or a bare ``Prefer: wait``: the cap,
-  ``AIPROD_MAX_WAIT_SECONDS``, 60 by default); N above the cap is cut to it; a malformed value is ignored, as
-  RFC 7240 asks. The response carries ``Preference-Applied: wait=N`` (N as applied) and the
-  job object as it is when the job ended or the time ran out.
+  ``AIPROD_MAX_WAIT_SECONDS``, 60 by default); N above the cap is cut to it; a malformed
+  value is ignored, as RFC 7240 asks. The response carries ``Preference-Applied: wait=N`` (N
+  as applied) and the job object as it is when the job ended or the time ran out.
 - events: ``event: status`` (first, and on every status change; the last one is terminal),
   ``event: progress`` (progress changed); ``data:`` is the job object as JSON; a comment line
   ``: heartbeat`` while nothing changed for ``HEARTBEAT_SECONDS``. The stream ends after the
