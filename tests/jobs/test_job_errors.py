@@ -14,8 +14,8 @@ from aiprod.core.settings import Settings
 from aiprod.db.migrate import upgrade
 from aiprod.db.models import Job
 from aiprod.db.session import session_scope
-from aiprod.jobs import transitions
 from aiprod.jobs.schema import GenerateBody
+from aiprod.jobs.submit import Submitter, submit_job
 from aiprod.service.keys import create_key
 from aiprod.worker.runner import Worker
 from tests.service.harness import write_models_toml
@@ -78,15 +78,14 @@ def test_worker_writes_no_server_path_into_the_job(
     try:
         with session_scope(worker.sessions) as s:
             key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
-            job, _ = transitions.create_job(
+            job = submit_job(
                 s,
-                api_key_id=key.id,
-                priority=0,
+                submitter=Submitter(key.id),
                 body=GenerateBody(prompt="a fox"),
                 registry=worker.registry,
                 storage=worker.storage,
                 settings=settings,
-            )
+            ).job
         worker.pipelines[worker.registry.default] = _Crashing(exc)
         with caplog.at_level(logging.WARNING):
             assert worker.step()
@@ -135,15 +134,14 @@ def test_backend_errors_are_classified(
     try:
         with session_scope(worker.sessions) as s:
             key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
-            job, _ = transitions.create_job(
+            job = submit_job(
                 s,
-                api_key_id=key.id,
-                priority=0,
+                submitter=Submitter(key.id, 0),
                 body=GenerateBody(prompt="a fox"),
                 registry=worker.registry,
                 storage=worker.storage,
                 settings=settings,
-            )
+            ).job
         worker.pipelines[worker.registry.default] = _Crashing(exc)
         assert worker.step()
         with session_scope(worker.sessions) as s:

@@ -16,6 +16,7 @@ from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs import TERMINAL_STATUSES, transitions
 from aiprod.jobs.schema import GenerateBody
 from aiprod.jobs.storage import LocalStorage
+from aiprod.jobs.submit import Submitter, submit_job
 from tests.service.harness import write_models_toml
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "aiprod"
@@ -88,17 +89,16 @@ def setup(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _create(s, settings, registry, storage, **body):  # type: ignore[no-untyped-def]
     key = ApiKeyRepository(s).create(key_hash=new_id(), prefix="p", name="k").id
-    job, created = transitions.create_job(
+    sub = submit_job(
         s,
-        api_key_id=key,
-        priority=0,
+        submitter=Submitter(key),
         body=GenerateBody(prompt="a red fox", **body),
         registry=registry,
         storage=storage,
         settings=settings,
     )
-    assert created and job.status == JobStatus.QUEUED
-    return job.id
+    assert sub.created and sub.job.status == JobStatus.QUEUED
+    return sub.job.id
 
 
 def test_a_job_through_retry_to_success(setup) -> None:  # type: ignore[no-untyped-def]

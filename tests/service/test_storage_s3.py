@@ -256,5 +256,16 @@ def test_job_end_to_end_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
         assert _keys(s3_endpoint, bucket) == [f"outputs/inputs/{jid}.img"]
         with stack.client(key) as c:
             assert c.get(f"/api/v1/jobs/{jid}").json()["status"] == "expired"
+            gone = c.get(f"/api/v1/jobs/{jid}/download")
+            assert gone.status_code == 410 and gone.json()["error"]["code"] == "expired"
+            # DELETE removes the object from the bucket; the row stays
+            other = c.post("/api/v1/generate", json={"prompt": "x"}, headers={"Prefer": "wait"})
+            oid = other.json()["id"]
+            assert other.json()["status"] == "succeeded", stack.logs()
+            assert f"outputs/{oid}.mp4" in _keys(s3_endpoint, bucket)
+            deleted = c.delete(f"/api/v1/jobs/{oid}").json()
+            assert deleted["deleted_at"] is not None and deleted["status"] == "succeeded"
+            assert _keys(s3_endpoint, bucket) == [f"outputs/inputs/{jid}.img"]
+            assert c.get(f"/api/v1/jobs/{oid}/download").status_code == 410
     finally:
         stack.stop()

@@ -57,6 +57,13 @@ class Conflict(AiprodError):
     code = "conflict"
 
 
+class Gone(AiprodError):
+    """The resource existed and was removed on purpose (a deleted or expired output)."""
+
+    status_code = 410
+    code = "gone"
+
+
 class Unauthorized(AiprodError):
     status_code = 401
     code = "unauthorized"

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Service and queue (see docs/api.md). Short intervals are for tests; defaults suit production.
     public_url: str | None = None  # base URL used in webhook payloads, e.g. https://video.example
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The cap of `Prefer: wait=N` (and what a bare `Prefer: wait` waits), in seconds
+    max_wait_seconds: int = Field(default=60, ge=1, le=3600)
     lease_seconds: float = Field(default=30.0, gt=0)  # a running job's lease, renewed by heartbeat
     heartbeat_interval: float = Field(default=5.0, gt=0)
     worker_poll_interval: float = Field(default=1.0, gt=0)  # idle worker's claim interval

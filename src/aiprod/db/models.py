@@ -146,6 +146,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # The webhook events the client asked for (None: the terminal ones; jobs/schema.py)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -161,6 +163,8 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     # What the client should know about the request (e.g. prompt words the model ignores).
     warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # DELETE /jobs/{id}: the output is gone, the row stays for billing (status unchanged)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class CostLog(Base):

@@ -26,13 +26,17 @@ def estimate_seconds(session: Session, entry: ModelEntry, params: JobParams) -> 
     return 1.0 + HEURISTIC_SECONDS_PER_UNIT * work, "heuristic"
 
 
-def estimate(session: Session, v: Validated) -> dict[str, Any]:
-    """The body of /estimate-cost."""
+def estimate(session: Session, v: Validated, *, seed_given: bool) -> dict[str, Any]:
+    """The body of /estimate-cost; ``params.seed`` only if the client gave one (otherwise it
+    would be a random number the job would not use)."""
     seconds, basis = estimate_seconds(session, v.entry, v.params)
+    params = v.params.as_dict()
+    if not seed_given:
+        del params["seed"]
     return {
         "model": v.entry.id,
         "model_version": v.entry.version,
-        "params": v.params.as_dict(),
+        "params": params,
         "estimated_gpu_seconds": round(seconds, 4),
         "price_per_gpu_second": v.entry.price_per_gpu_second,
         "estimated_cost_usd": round(seconds * v.entry.price_per_gpu_second, 6),

@@ -27,6 +27,10 @@ from aiprod.jobs.destinations import DestinationRefused, Network, check_webhook_
 
 MAX_METADATA_BYTES = 8 * 1024
 
+# Webhook events a client can ask for (``webhook_events``): sent as ``job.<event>``.
+WEBHOOK_EVENTS = ("started", "succeeded", "failed", "canceled")
+DEFAULT_WEBHOOK_EVENTS = ("succeeded", "failed", "canceled")  # the terminal ones
+
 
 class GenerateBody(BaseModel):
     """The body of POST /generate and /estimate-cost (limits are checked against the model)."""
@@ -62,6 +66,15 @@ class GenerateBody(BaseModel):
         default=None, description="Conditioning image (PNG/JPEG/WebP), base64 or a data: URL."
     )
     webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_events: list[str] | None = Field(
+        default=None,
+        description="Which events POST to webhook_url, each sent as `job.<event>`: any of "
+        + ", ".join(WEBHOOK_EVENTS)
+        + " (default: the terminal ones, "
+        + ", ".join(DEFAULT_WEBHOOK_EVENTS)
+        + ").",
+        json_schema_extra={"items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
+    )
     metadata: dict[str, Any] | None = None
 
     @field_validator("*", mode="after")
@@ -184,6 +197,7 @@ def validate_generate(
             check_webhook_url(body.webhook_url, webhook_allow)
         except DestinationRefused as exc:
             raise InvalidRequest(str(exc), field="webhook_url") from None
+    check_webhook_events(body.webhook_events, webhook_url=body.webhook_url)
     if body.metadata is not None:
         size = len(json.dumps(body.metadata, default=str))
         if size > MAX_METADATA_BYTES:
@@ -193,6 +207,28 @@ def validate_generate(
             )
     warnings = prompt_warnings(entry, params.prompt, params.negative_prompt)
     return Validated(entry=entry, params=params, image=image, warnings=warnings)
+
+
+def check_webhook_events(events: list[str] | None, *, webhook_url: str | None) -> None:
+    """422 naming the unknown event and the allowed ones (or a filter without a webhook_url)."""
+    if events is None:
+        return
+    allowed = ", ".join(WEBHOOK_EVENTS)
+    for name in events:
+        if name not in WEBHOOK_EVENTS:
+            raise InvalidRequest(
+                f"webhook_events: unknown event '{name}'; the events are {allowed}",
+                field="webhook_events",
+            )
+    if not events:
+        raise InvalidRequest(
+            f"webhook_events is empty: name at least one of {allowed}, or leave it out",
+            field="webhook_events",
+        )
+    if webhook_url is None:
+        raise InvalidRequest(
+            "webhook_events needs a webhook_url to send them to", field="webhook_events"
+        )
 
 
 def request_hash(body: GenerateBody) -> str:

@@ -2,7 +2,7 @@
 
 ::
 
-    (new) --create--> queued --claim--> running --succeed--> succeeded --expire--> expired
+    (new) --submit--> queued --claim--> running --succeed--> succeeded --expire--> expired
              queued --cancel--> canceled       running --cancel--> canceled
              running --retry / reap / worker stops--> queued
              running --fail / reap (out of attempts)--> failed
@@ -20,106 +20,22 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aiprod.core.errors import Conflict, InvalidRequest
 from aiprod.core.logging import log_job_transition
-from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
 from aiprod.db import queue
-from aiprod.db.models import Job, JobStatus, new_id, utcnow
+from aiprod.db.models import Job, JobStatus, utcnow
 from aiprod.db.repositories import CostRepository, JobRepository, WebhookRepository
-from aiprod.jobs.estimate import estimate_seconds
-from aiprod.jobs.model_state import availability, refuse_unavailable
-from aiprod.jobs.schema import GenerateBody, request_hash, validate_generate
-from aiprod.jobs.storage import Storage, input_key
+from aiprod.jobs.schema import DEFAULT_WEBHOOK_EVENTS
+from aiprod.jobs.storage import Storage
 from aiprod.jobs.views import iso, job_to_dict
 
 # The worker, the reaper and retention call the functions that log here: their lines keep
 # the worker's logger name.
 log = logging.getLogger("aiprod.worker")
 
-MAX_IDEMPOTENCY_KEY = 255
-
-
-# --- API: create and cancel -----------------------------------------------------------------
-
-
-def create_job(
-    session: Session,
-    *,
-    api_key_id: str,
-    priority: int,
-    body: GenerateBody,
-    registry: Registry,
-    storage: Storage,
-    settings: Settings,
-    idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
-    """Validate and insert a queued job. Returns (job, created); created=False on an
-    idempotent replay of an earlier identical request. Workers see it once the caller commits."""
-    repo = JobRepository(session)
-    req_hash = request_hash(body)
-    if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise InvalidRequest(
-                f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters",
-                field="Idempotency-Key",
-            )
-        existing = repo.by_idempotency_key(api_key_id, idempotency_key)
-        if existing is not None:
-            return _replay(existing, req_hash), False
-    v = validate_generate(body, registry, webhook_allow=settings.webhook_allowed_networks)
-    # A model known unavailable (broken files, a failed load): 503 now, not 202 then a failure.
-    refuse_unavailable(v.entry.id, availability(session, registry, settings).get(v.entry.id))
-    seconds, _ = estimate_seconds(session, v.entry, v.params)
-    job = Job(
-        id=new_id(),
-        api_key_id=api_key_id,
-        prompt=v.params.prompt,
-        model=v.entry.id,
-        model_version=v.entry.version,
-        params=v.params.as_dict(),
-        status=JobStatus.QUEUED,
-        priority=priority,
-        attempts=0,
-        max_attempts=settings.max_attempts,
-        available_at=utcnow(),
-        progress=0.0,
-        cancel_requested=False,
-        idempotency_key=idempotency_key,
-        request_hash=req_hash,
-        webhook_url=body.webhook_url,
-        created_at=utcnow(),
-        estimated_seconds=seconds,
-        estimated_cost_usd=round(seconds * v.entry.price_per_gpu_second, 6),
-        metadata_=body.metadata,
-        warnings=v.warnings or None,
-    )
-    try:
-        if v.image is not None:
-            job.input_image_path = input_key(job.id)
-            storage.write_bytes(job.input_image_path, v.image)
-        repo.add(job)
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
-        existing = repo.by_idempotency_key(api_key_id, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, req_hash), False
-    log_job_transition(job.id, old=None, new=JobStatus.QUEUED, model=job.model, key_id=api_key_id)
-    return job, True
-
-
-def _replay(existing: Job, req_hash: str) -> Job:
-    if existing.request_hash != req_hash:
-        raise Conflict(
-            "this Idempotency-Key was already used with a different request body: "
-            "use a new key for a new request",
-            code="idempotency_conflict",
-        )
-    return existing
+# --- API: cancel (creating a job: jobs/submit.py) ------------------------------------------
 
 
 def cancel_job(session: Session, job: Job, *, settings: Settings) -> Job:
@@ -144,7 +60,12 @@ def cancel_job(session: Session, job: Job, *, settings: Settings) -> Job:
 
 
 def claim(
-    session: Session, *, worker_id: str, lease_seconds: float, models: list[str] | None = None
+    session: Session,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    models: list[str] | None = None,
+    settings: Settings | None = None,
 ) -> Job | None:
     """queued -> running: the next job in fair order, leased to ``worker_id``; or None."""
     job = queue.claim(session, worker_id=worker_id, lease_seconds=lease_seconds, models=models)
@@ -152,6 +73,8 @@ def claim(
         log_job_transition(
             job.id, old=JobStatus.QUEUED, new=JobStatus.RUNNING, model=job.model, worker=worker_id
         )
+        if job.attempts == 1:  # the first start only: a retry is not a new `started`
+            _webhook(session, job, "started", settings)
     return job
 
 
@@ -344,6 +267,36 @@ def expire(job: Job) -> None:
     log_job_transition(job.id, old=JobStatus.SUCCEEDED, new=JobStatus.EXPIRED, model=job.model)
 
 
+def delete_output(session: Session, job: Job, *, storage: Storage, settings: Settings) -> Job:
+    """DELETE /jobs/{id}: remove the output (and the conditioning image), keep the row for
+    billing with ``deleted_at`` set; the status stays. A queued job is canceled first; a
+    running one is asked to cancel (if its last step finishes anyway, the worker deletes the
+    output it wrote: ``finish_deleted``). Deleting again changes nothing."""
+    job = JobRepository(session).lock(job.id) or job
+    if not JobStatus(job.status).is_terminal:
+        job = cancel_job(session, job, settings=settings)
+    if job.deleted_at is None:
+        job.deleted_at = utcnow()
+    _drop_files(job, storage)
+    session.flush()
+    return job
+
+
+def finish_deleted(session: Session, job: Job, *, storage: Storage) -> None:
+    """A job deleted while it ran and then succeeded: remove the output it just wrote."""
+    if job.deleted_at is not None:
+        _drop_files(job, storage)
+        session.flush()
+
+
+def _drop_files(job: Job, storage: Storage) -> None:
+    # input_image_path stays: the job object's params.image says whether one was given
+    for key in (job.output_path, job.input_image_path):
+        if key:
+            storage.delete(key)
+    job.output_path = None
+
+
 # --- Terminal side effects ------------------------------------------------------------------
 
 
@@ -361,11 +314,20 @@ def on_terminal(session: Session, job: Job, *, settings: Settings) -> None:
             succeeded=job.status == JobStatus.SUCCEEDED,
             failed=job.status == JobStatus.FAILED,
         )
-    if job.webhook_url:
-        event_type = f"job.{job.status}"
-        payload = {
-            "type": event_type,
-            "timestamp": iso(utcnow()),
-            "data": job_to_dict(job, base_url=settings.public_url),
-        }
-        WebhookRepository(session).enqueue(job=job, event_type=event_type, payload=payload)
+    _webhook(session, job, str(job.status), settings)
+
+
+def _webhook(session: Session, job: Job, event: str, settings: Settings | None) -> None:
+    """Add ``job.<event>`` to the outbox if the job has a webhook_url and asked for it.
+    Download URLs are absolute only with AIPROD_PUBLIC_URL (no request here: see API.md)."""
+    events = job.webhook_events or DEFAULT_WEBHOOK_EVENTS
+    if not job.webhook_url or event not in events:
+        return
+    event_type = f"job.{event}"
+    public_url = settings.public_url if settings is not None else None
+    payload = {
+        "type": event_type,
+        "timestamp": iso(utcnow()),
+        "data": job_to_dict(job, base_url=public_url, settings=settings),
+    }
+    WebhookRepository(session).enqueue(job=job, event_type=event_type, payload=payload)

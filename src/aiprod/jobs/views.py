@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from aiprod.core.errors import Conflict, Gone
 from aiprod.core.settings import Settings
 from aiprod.db import queue
 from aiprod.db.models import Job, JobStatus
@@ -17,7 +18,8 @@ from aiprod.db.repositories import WorkerRepository
 
 
 def download_url(job: Job, base_url: str | None) -> str | None:
-    if job.status != JobStatus.SUCCEEDED:
+    """Absolute with ``base_url`` (AIPROD_PUBLIC_URL, else the request's), else a path."""
+    if job.status != JobStatus.SUCCEEDED or job.deleted_at is not None:
         return None
     path = f"/api/v1/jobs/{job.id}/download"
     return f"{base_url.rstrip('/')}{path}" if base_url else path
@@ -27,14 +29,39 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt is not None else None
 
 
+def expires_at(job: Job, retention_days: float | None) -> datetime | None:
+    """When retention deletes the output: completed_at + AIPROD_RETENTION_DAYS for a job with an
+    output (succeeded, or expired: then in the past); None without retention, before the job
+    succeeded, for failed and canceled jobs (no output) and once the output was deleted."""
+    has_output = job.status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED)
+    if retention_days is None or not has_output or job.completed_at is None:
+        return None
+    if job.deleted_at is not None:
+        return None
+    return job.completed_at + timedelta(days=retention_days)
+
+
+def running_eta(job: Job, now: datetime | None = None) -> float | None:
+    """Seconds left for a running job: from measured progress once there is some
+    (elapsed * (1 - p) / p), else the estimate times what is left."""
+    p = float(job.progress or 0.0)
+    if p > 0 and job.started_at is not None:
+        elapsed = max(0.0, ((now or datetime.now(UTC)) - job.started_at).total_seconds())
+        return elapsed * (1.0 - p) / p
+    if job.estimated_seconds is None:
+        return None
+    return job.estimated_seconds * (1.0 - p)
+
+
 def job_to_dict(
     job: Job,
     *,
     base_url: str | None,
     queue_position: int | None = None,
     eta_seconds: float | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """The job object of the API and of webhook payloads."""
+    """The job object of the API and of webhook payloads (``settings``: for expires_at)."""
     params = dict(job.params or {})
     params["image"] = job.input_image_path is not None
     return {
@@ -62,9 +89,34 @@ def job_to_dict(
         "cost_usd": job.cost_usd,
         "gpu_seconds": None if job.gpu_seconds is None else round(job.gpu_seconds, 4),
         "download_url": download_url(job, base_url),
+        "expires_at": iso(expires_at(job, settings.retention_days if settings else None)),
+        "deleted_at": iso(job.deleted_at),
         "metadata": job.metadata_,
         "warnings": list(job.warnings or []),
     }
+
+
+def require_output(job: Job) -> str:
+    """The storage key of a job's MP4, or why there is none: 410 once deleted or expired,
+    409 before the job succeeded."""
+    if job.deleted_at is not None:
+        raise Gone(
+            f"the video of job {job.id} was deleted at {iso(job.deleted_at)} "
+            "by a DELETE request; the job stays listed for billing",
+            code="deleted",
+        )
+    if job.status == JobStatus.EXPIRED:
+        raise Gone(
+            f"the video of job {job.id} expired: retention removed it "
+            "(AIPROD_RETENTION_DAYS); generate it again with the same params and seed",
+            code="expired",
+        )
+    if job.status != JobStatus.SUCCEEDED or not job.output_path:
+        raise Conflict(
+            f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
+            code="not_ready",
+        )
+    return job.output_path
 
 
 class QueueView:
@@ -117,6 +169,8 @@ def render_job(
         workers = max(1, alive)
         if per_job is not None:
             eta = (position // workers + 1) * per_job
-    elif job.status == JobStatus.RUNNING and per_job is not None:
-        eta = per_job * (1.0 - float(job.progress or 0.0))
-    return job_to_dict(job, base_url=base_url, queue_position=position, eta_seconds=eta)
+    elif job.status == JobStatus.RUNNING:
+        eta = running_eta(job)
+    return job_to_dict(
+        job, base_url=base_url, queue_position=position, eta_seconds=eta, settings=settings
+    )

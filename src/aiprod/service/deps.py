@@ -14,9 +14,11 @@ from weakref import WeakKeyDictionary
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
-from aiprod.core.errors import Forbidden, RateLimited, Unauthorized
+from aiprod.core.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from aiprod.db.repositories import ApiKeyRepository
 from aiprod.db.session import session_scope
 from aiprod.service.security import KEY_PREFIX, hash_key
@@ -200,3 +202,31 @@ async def require_admin(key: ApiKeyDep) -> AuthedKey:
 
 
 AdminDep = Annotated[AuthedKey, Depends(require_admin)]
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # id(route) -> its query parameters (routes live on)
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query_params(request: Request, key: ApiKeyDep) -> None:
+    """422 naming an unknown query parameter and the route's own (a router dependency): a
+    misspelled or foreign parameter (``?after=`` on a cursor route) is not silently ignored.
+    After the key, so a caller without one still gets 401."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    names = _QUERY_NAMES.get(id(route))
+    if names is None:
+        names = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
+    for name in request.query_params:
+        if name not in names:
+            takes = ", ".join(sorted(names)) if names else "no query parameters"
+            raise InvalidRequest(
+                f"unknown query parameter '{name}': this route takes {takes}", field=name
+            )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +34,35 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+# OpenAI-compatible routes answer errors in OpenAI's shape, and a bad field with 400 (OpenAI's
+# status for it, which its SDK raises as BadRequestError).
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    status = 400 if status == 422 else status
+    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    body = {"message": message, "type": kind, "param": field, "code": code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _render(request: Request) -> Callable[..., JSONResponse]:
+    """The error shape of the route: OpenAI's under /v1/, aiprod's everywhere else."""
+    return openai_error_response if request.url.path.startswith(OPENAI_PREFIX) else error_response
+
+
 def _field(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
@@ -50,13 +79,13 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(getattr(exc, "retry_after", None) or RETRY_AFTER_SECONDS)
         if exc.status_code >= 500:
             log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
+        return _render(request)(exc.status_code, exc.code, exc.message, exc.field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
-            return error_response(
+            return _render(request)(
                 400, "invalid_json", "the request body is not valid JSON", field="body"
             )
         field = _field(first.get("loc", ()))
@@ -69,12 +98,12 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = "the request body must be a JSON object"
         else:
             msg = f"{field}: {first.get('msg', 'invalid value')}"
-        return error_response(422, "invalid_request", msg, field=field)
+        return _render(request)(422, "invalid_request", msg, field=field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-        return error_response(
+        return _render(request)(
             exc.status_code,
             codes.get(exc.status_code, "http_error"),
             str(exc.detail),
@@ -90,7 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.log(
             level, "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
         )
-        return error_response(
+        return _render(request)(
             503,
             "unavailable",
             "the database is temporarily unavailable; retry in a few seconds",
@@ -100,4 +129,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error (this is a bug)")
+        return _render(request)(500, "internal_error", "internal server error (this is a bug)")

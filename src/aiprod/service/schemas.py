@@ -45,6 +45,7 @@ _ERROR_TEXT = {
     403: "The route needs an admin key",
     404: "Not found (or owned by another key)",
     409: "Conflict with the job's state or an earlier request",
+    410: "The output was deleted (DELETE) or expired (retention); the job row stays",
     413: "Request body too large",
     416: "Range not satisfiable",
     422: "A field is missing or outside the model's limits (`field` names it)",
@@ -94,7 +95,17 @@ class JobOut(_Out):
     estimated_cost_usd: float | None
     cost_usd: float | None
     gpu_seconds: float | None
-    download_url: str | None = Field(description="Set when the job succeeded.")
+    download_url: str | None = Field(
+        description="Set when the job succeeded (and was not deleted). Absolute: from "
+        "AIPROD_PUBLIC_URL, else from the request's base URL."
+    )
+    expires_at: datetime | None = Field(
+        description="When retention deletes the output (completed_at + AIPROD_RETENTION_DAYS); "
+        "null without retention, before success, and for failed/canceled/deleted jobs."
+    )
+    deleted_at: datetime | None = Field(
+        description="When DELETE /jobs/{id} removed the output (the row stays for billing)."
+    )
     metadata: dict[str, Any] | None
     warnings: list[str] = Field(
         default_factory=list,
@@ -114,10 +125,17 @@ class JobPage(Page[JobOut]):
     """One page of the caller's jobs (GET /jobs)."""
 
 
+class EstimateParamsOut(ParamsOut):
+    """The resolved parameters; ``seed`` only when the request gave one (a job without one
+    draws its own at submit)."""
+
+    seed: int | None = None  # type: ignore[assignment]
+
+
 class EstimateOut(_Out):
     model: str
     model_version: str
-    params: ParamsOut
+    params: EstimateParamsOut
     estimated_gpu_seconds: float
     price_per_gpu_second: float
     estimated_cost_usd: float

@@ -299,6 +299,7 @@ class Worker:
                 worker_id=self.id,
                 lease_seconds=self.settings.lease_seconds,
                 models=self.model_ids,
+                settings=self.settings,
             )
             if job is None:
                 return False
@@ -390,6 +391,7 @@ class Worker:
             if done is None:
                 log.warning("job %s: lease lost before finishing; result discarded", job.id)
                 return
+            transitions.finish_deleted(s, done, storage=self.storage)
             TimingRepository(s).record(
                 model=entry.id,
                 model_version=entry.version,

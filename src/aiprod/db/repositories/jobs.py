@@ -94,6 +94,29 @@ class JobRepository:
         rows = rows[:limit]
         return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
 
+    def list_after(
+        self, api_key_id: str, *, after: Job | None, limit: int, ascending: bool
+    ) -> tuple[list[Job], bool]:
+        """The key's jobs not deleted, by creation time, after ``after`` (OpenAI's id
+        cursor); returns (jobs, whether more follow)."""
+        q = select(Job).where(Job.api_key_id == api_key_id, Job.deleted_at.is_(None))
+        if after is not None:
+            at, aid = after.created_at, after.id
+            if ascending:
+                q = q.where(or_(Job.created_at > at, and_(Job.created_at == at, Job.id > aid)))
+            else:
+                q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < aid)))
+        order = (
+            (Job.created_at.asc(), Job.id.asc())
+            if ascending
+            else (
+                Job.created_at.desc(),
+                Job.id.desc(),
+            )
+        )
+        rows = list(self.s.execute(q.order_by(*order).limit(limit + 1)).scalars())
+        return rows[:limit], len(rows) > limit
+
     def lock(self, job_id: str) -> Job | None:
         """The job's current row, locked until commit (refreshes an already-loaded object)."""
         q = (

@@ -1,4 +1,4 @@
-"""Client routes: generate, jobs, download, cancel, models, estimate-cost."""
+"""Client routes: generate, jobs, download, cancel, delete, events, models, estimate-cost."""
 
 from __future__ import annotations
 
@@ -9,34 +9,52 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
+from aiprod.core.errors import AiprodError, InvalidRequest, NotFound
 from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.estimate import estimate
 from aiprod.jobs.model_state import availability
 from aiprod.jobs.schema import GenerateBody, validate_generate
-from aiprod.jobs.transitions import MAX_IDEMPOTENCY_KEY
-from aiprod.jobs.views import render_job
+from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, Submitter, submit_job
+from aiprod.jobs.views import render_job, require_output
 from aiprod.service.deps import (
     ApiKeyDep,
     SessionDep,
     StateDep,
+    known_query_params,
     read_session,
     storage_writable,
     write_slot,
 )
 from aiprod.service.schemas import EstimateOut, JobOut, JobPage, ModelsOut, errors
+from aiprod.service.waiting import (
+    PREFER_DESCRIPTION,
+    HeldJobResponse,
+    job_events,
+    job_reader,
+    job_renderer,
+    prefer_wait,
+)
 
 # Every route answers 401 without a valid key, 422 for a bad header or query value (the
 # error shape, like every error), 429 past the rate limit and 503 while the
 # database is unreachable. The bodies are built by aiprod.jobs.views (shared with webhooks) and
 # returned as they are: the response models document them (checked by the tests).
-router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=errors(401, 422, 429, 503))
+# Every route refuses an unknown query parameter (422 naming it and the route's own).
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["jobs"],
+    responses=errors(401, 422, 429, 503),
+    dependencies=[Depends(known_query_params)],
+)
+
+PreferHeader = Annotated[str | None, Header(alias="Prefer", description=PREFER_DESCRIPTION)]
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def base_url(request: Request, public_url: str | None) -> str:
+    """Where download URLs point: AIPROD_PUBLIC_URL, else the request's own base URL."""
+    return (public_url or str(request.base_url)).rstrip("/")
 
 
 @router.post(
@@ -58,35 +76,46 @@ def generate(
         str | None,
         Header(
             alias="Idempotency-Key",
-            # checked by transitions.create_job (422 naming the header); stated here too
+            # checked by jobs.submit.submit_job (422 naming the header); stated here too
             json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
         ),
     ] = None,
-) -> JSONResponse:
+    prefer: PreferHeader = None,
+) -> Response:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
     `Idempotency-Key` returns the same job instead of creating another. 503 with
-    `Retry-After` while the output storage is not writable (full disk, permissions)."""
+    `Retry-After` while the output storage is not writable (full disk, permissions).
+    With `Prefer: wait=N` the answer (still 202) comes when the job has ended or after N s."""
     # The queue position comes from the shared snapshot, read (when due) before this request's
     # write transaction: on SQLite that transaction holds the one write lock, and the four
     # counting queries it ran there were most of a submit's time under load.
     with read_session(state) as rs:
         state.queue_view.get(rs, state.settings)
-    job, created = transitions.create_job(
+    sub = submit_job(
         session,
-        api_key_id=key.id,
-        priority=key.priority,
+        submitter=Submitter(key.id, key.priority),
         body=body,
         registry=state.registry,
         storage=state.storage,
         settings=state.settings,
         idempotency_key=idempotency_key,
     )
-    out = render_job(
-        session, job, base_url=_base(request), settings=state.settings, queue_view=state.queue_view
-    )
+    job, base = sub.job, base_url(request, state.settings.public_url)
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
-    if not created:
+    if not sub.created:
         headers["Idempotent-Replayed"] = "true"
+    wait = prefer_wait(prefer, state.settings.max_wait_seconds)
+    if wait:  # answered after this session committed: the job is visible to workers by then
+        return HeldJobResponse(
+            wait=wait,
+            read=job_reader(state, job.id),
+            render=job_renderer(state, job.id, base),
+            status_code=202,
+            headers=headers,
+        )
+    out = render_job(
+        session, job, base_url=base, settings=state.settings, queue_view=state.queue_view
+    )
     return JSONResponse(out, status_code=202, headers=headers)
 
 
@@ -146,7 +175,7 @@ def list_jobs(
             )
     after = _parse_time(created_after, "created_after")
     before = _parse_time(created_before, "created_before")
-    base = _base(request)
+    base = base_url(request, state.settings.public_url)
     with read_session(state) as session:  # ends here, not after the response (see read_session)
         page = JobRepository(session).list_owned(
             key.id,
@@ -166,17 +195,67 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", summary="A job object", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, request: Request, key: ApiKeyDep, state: StateDep) -> JSONResponse:
+def get_job(
+    job_id: str, request: Request, key: ApiKeyDep, state: StateDep, prefer: PreferHeader = None
+) -> Response:
+    """With `Prefer: wait=N`: answered when the job has ended or after N seconds."""
+    base = base_url(request, state.settings.public_url)
     with read_session(state) as session:  # ends here, not after the response (see read_session)
         job = JobRepository(session).get_owned(job_id, key.id)
+        wait = prefer_wait(prefer, state.settings.max_wait_seconds)
+        if wait and not JobStatus(job.status).is_terminal:
+            return HeldJobResponse(
+                wait=wait,
+                read=job_reader(state, job.id),
+                render=job_renderer(state, job.id, base),
+            )
         out = render_job(
-            session,
-            job,
-            base_url=_base(request),
-            settings=state.settings,
-            queue_view=state.queue_view,
+            session, job, base_url=base, settings=state.settings, queue_view=state.queue_view
         )
-    return JSONResponse(out)
+    headers = {"Preference-Applied": f"wait={wait}"} if wait else None
+    return JSONResponse(out, headers=headers)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Server-sent events of a job: progress and status",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(404)},
+)
+def job_events_route(
+    job_id: str, request: Request, key: ApiKeyDep, state: StateDep
+) -> StreamingResponse:
+    """`event: status` first and on every status change, `event: progress` when progress
+    moves; `data:` is the job object. A `: heartbeat` comment every 15 s while idle. Ends
+    after the terminal status. One request for the rate limit, however long it lasts."""
+    with read_session(state) as session:
+        job = JobRepository(session).get_owned(job_id, key.id)
+    base = base_url(request, state.settings.public_url)
+    stream = job_events(read=job_reader(state, job.id), render=job_renderer(state, job.id, base))
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Delete a job's output (the row stays for billing)",
+    response_model=JobOut,
+    responses=errors(404),
+    dependencies=[Depends(write_slot, scope="function")],
+)
+def delete_job(
+    job_id: str, request: Request, key: ApiKeyDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    """Removes the MP4 (local or S3) and the conditioning image. The job keeps its status and
+    costs, gets `deleted_at`, and its download answers 410. A queued job is canceled first; a
+    running one is asked to cancel (as POST /cancel). Deleting again changes nothing."""
+    job = JobRepository(session).get_owned(job_id, key.id)
+    job = transitions.delete_output(session, job, storage=state.storage, settings=state.settings)
+    base = base_url(request, state.settings.public_url)
+    return JSONResponse(render_job(session, job, base_url=base, settings=state.settings))
 
 
 @router.post(
@@ -193,7 +272,8 @@ def cancel(
     (`cancel_requested` is true until it does). Canceling a finished job changes nothing."""
     job = JobRepository(session).get_owned(job_id, key.id)
     job = transitions.cancel_job(session, job, settings=state.settings)
-    return JSONResponse(render_job(session, job, base_url=_base(request), settings=state.settings))
+    base = base_url(request, state.settings.public_url)
+    return JSONResponse(render_job(session, job, base_url=base, settings=state.settings))
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -207,7 +287,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
         200: {"content": {"video/mp4": {}}},
         206: {"description": "Partial content"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **errors(404, 409, 416),
+        **errors(404, 409, 410, 416),
     },
 )
 def download(
@@ -217,15 +297,11 @@ def download(
     range_: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    """The MP4 of a succeeded job (409 otherwise). Supports `Range` (206) and `ETag`."""
+    """The MP4 of a succeeded job (409 before; 410 once deleted or expired). Supports `Range`
+    (206) and `ETag`."""
     with read_session(state) as session:  # a read: no SQLite write lock, ended before streaming
         job = JobRepository(session).get_owned(job_id, key.id)
-    if job.status != JobStatus.SUCCEEDED or not job.output_path:
-        raise Conflict(
-            f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
-            code="not_ready",
-        )
-    storage, out_key = state.storage, job.output_path
+    storage, out_key = state.storage, require_output(job)
     size = storage.size(out_key)  # local file or S3 object; streamed either way
     if size is None:
         raise NotFound(f"the output of job {job.id} is no longer in storage")
@@ -309,7 +385,8 @@ def models(key: ApiKeyDep, state: StateDep) -> JSONResponse:
 def estimate_cost(
     body: GenerateBody, key: ApiKeyDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
-    """Same body as /generate. `basis` is `measured` once a worker has timed this model."""
+    """Same body as /generate. `basis` is `measured` once a worker has timed this model.
+    `params.seed` is there only if the request gave one."""
     allow = state.settings.webhook_allowed_networks
     v = validate_generate(body, state.registry, webhook_allow=allow)
-    return JSONResponse(estimate(session, v))
+    return JSONResponse(estimate(session, v, seed_given=body.seed is not None))
