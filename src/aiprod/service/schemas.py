@@ -39,12 +39,13 @@ class ErrorOut(_Out):
     error: ErrorBody
 
 
-_ERROR_TEXT = {
+ERROR_TEXT = {
     400: "The body is not valid JSON",
     401: "Missing, invalid or revoked API key",
     403: "The route needs an admin key",
     404: "Not found (or owned by another key)",
     409: "Conflict with the job's state or an earlier request",
+    410: "Gone: the job's output was deleted or has expired",
     413: "Request body too large",
     416: "Range not satisfiable",
     422: "A field is missing or outside the model's limits (`field` names it)",
@@ -55,7 +56,7 @@ _ERROR_TEXT = {
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the error shape for each status it can return."""
-    return {s: {"model": ErrorOut, "description": _ERROR_TEXT[s]} for s in statuses}
+    return {s: {"model": ErrorOut, "description": ERROR_TEXT[s]} for s in statuses}
 
 
 # --- jobs -----------------------------------------------------------------------------------
