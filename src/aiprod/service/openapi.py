@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     scheme = spec["components"].get("securitySchemes", {}).get(SECURITY_SCHEME)
     if scheme is not None:
         scheme.setdefault("bearerFormat", "aiprod_sk_...")
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+    for route in _api_routes(app):
+        if not route.include_in_schema:
             continue
         for method in route.methods or ():
             op = spec["paths"].get(route.path_format, {}).get(method.lower())
@@ -158,6 +159,19 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         spec["components"]["schemas"].pop(name, None)
     app.openapi_schema = spec
     return spec
+
+
+def _api_routes(app: FastAPI) -> Iterator[Any]:
+    """Every API route with its effective path (FastAPI >= 0.160 includes routers lazily: their
+    routes appear in ``app.routes`` only through ``iter_route_contexts``)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: included routes are plain APIRoutes
+        yield from (r for r in app.routes if isinstance(r, APIRoute))
+        return
+    for ctx in iter_route_contexts(app.routes):
+        if isinstance(ctx.original_route, APIRoute):
+            yield ctx
 
 
 def _document_errors(route: APIRoute, op: dict[str, Any]) -> None:
