@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("docs-ui")
-    s = Stack(tmp, f"sqlite:///{tmp / 'aiprod.db'}", workers=0, AIPROD_READY_REQUIRES_WORKER="false")
+    url = f"sqlite:///{tmp / 'aiprod.db'}"
+    s = Stack(tmp, url, workers=0, AIPROD_READY_REQUIRES_WORKER="false")
     try:
         yield s
     finally:

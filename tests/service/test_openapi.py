@@ -4,8 +4,8 @@ the one error shape), and the real responses match those models field for field.
 from __future__ import annotations
 
 import base64
-import re
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 

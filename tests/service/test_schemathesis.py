@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from aiprod.core.settings import Settings
 from aiprod.db.migrate import upgrade
-from aiprod.jobs.schema import NOT_ONLY_WHITESPACE
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
+from aiprod.jobs.schema import NOT_ONLY_WHITESPACE
 from aiprod.service.app import create_app
 from aiprod.service.keys import create_key
 from tests.service.harness import fresh_pg_database, write_models_toml
@@ -230,9 +230,8 @@ def test_the_openapi_states_the_constraints_the_server_enforces(
     c = TestClient(app)  # no lifespan: the module's other tests share this app
     spec = c.get("/openapi.json").json()
     body = spec["components"]["schemas"]["GenerateBody"]["properties"]
-    assert (
-        body["prompt"] | {"minLength": 1, "maxLength": 2000, "pattern": NOT_ONLY_WHITESPACE} == (body["prompt"])
-    )
+    stated = {"minLength": 1, "maxLength": 2000, "pattern": NOT_ONLY_WHITESPACE}
+    assert body["prompt"] | stated == body["prompt"]
     assert body["negative_prompt"]["maxLength"] == 2000
     gen = spec["paths"]["/api/v1/generate"]["post"]["parameters"]
     idem = next(p for p in gen if p["name"] == "Idempotency-Key")["schema"]

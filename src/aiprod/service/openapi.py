@@ -136,12 +136,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    schemas.setdefault("ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"))
-    for name, sub in ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}").get(
-        "$defs", {}
-    ).items():
+    error_schema = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in error_schema.pop("$defs", {}).items():
         schemas.setdefault(name, sub)
-    schemas["ErrorOut"].pop("$defs", None)
+    schemas.setdefault("ErrorOut", error_schema)
     scheme = spec["components"].get("securitySchemes", {}).get(SECURITY_SCHEME)
     if scheme is not None:
         scheme.setdefault("bearerFormat", "aiprod_sk_...")
