@@ -10,9 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-serve}
+# serve: no bytecode written at install (--no-compile; ~300 MB for modules the server never
+# imports); Python compiles what it imports on first use.
 case "$profile" in
-    serve) lock=requirements/serve.lock extras=engine ;;
-    dev) lock=requirements/dev.lock extras=all,dev ;;
+    serve) lock=requirements/serve.lock extras=engine compile=--no-compile ;;
+    dev) lock=requirements/dev.lock extras=all,dev compile=--compile ;;
     *) echo "usage: scripts/setup.sh [serve|dev]" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
@@ -28,6 +30,6 @@ if [ "$have" = "$profile $digest" ] || { [ "$profile" = serve ] && [ "$have" = "
     exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c "$lock" torch
-.venv/bin/python -m pip install --quiet -c "$lock" -e ".[$extras]"
+.venv/bin/python -m pip install --quiet "$compile" -c "$lock" torch
+.venv/bin/python -m pip install --quiet "$compile" -c "$lock" -e ".[$extras]"
 echo "$profile $digest" > "$stamp"
