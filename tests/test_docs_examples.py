@@ -164,7 +164,7 @@ def _run_shell(block: Block, cwd: Path, env: dict[str, str], state: Path) -> str
     keep = "|".join(sorted(_UNSAVED))
     script = (
         f"set -a\n[ -f {state} ] && . {state}\nset -euo pipefail\n"
-        f"trap 'export -p | grep -vE \"^declare -[a-zA-Z]*r|^declare -x ({keep})=\" "
+        f'trap \'export -p | grep -vE "^declare -[a-zA-Z]*r|^declare -x ({keep})=" '
         f"> {state}' EXIT\n" + block.code
     )
     res = subprocess.run(
@@ -177,7 +177,8 @@ def _run_shell(block: Block, cwd: Path, env: dict[str, str], state: Path) -> str
     )
     if res.returncode == 0:
         return None
-    return f"exit {res.returncode}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+    out, err = res.stdout[-3000:], res.stderr[-3000:]
+    return f"exit {res.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
 def _run_python(block: Block, namespace: dict[str, Any]) -> str | None:
@@ -195,9 +196,7 @@ def test_every_block_runs_against_a_live_server(
     doc: str, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cwd = _workdir(tmp_path)
-    env = _env(
-        stack, key=stack.create_key(f"docs-{Path(doc).stem}"), admin_key=stack.admin_key
-    )
+    env = _env(stack, key=stack.create_key(f"docs-{Path(doc).stem}"), admin_key=stack.admin_key)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(cwd)
