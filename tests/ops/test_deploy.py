@@ -242,7 +242,7 @@ def test_compose_config_is_valid_and_complete(tmp_path):
 def test_dockerfile_api_stage_never_installs_torch():
     text = (ROOT / "Dockerfile").read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", code, re.S | re.M))
+    stages = dict(re.findall(r"^FROM \S+ AS ([\w-]+)\n(.*?)(?=^FROM |\Z)", code, re.S | re.M))
     assert set(stages) == {"wheel", "api", "worker", "worker-cpu"}
     assert "torch" not in stages["api"] and "engine" not in stages["api"]
     assert "torch" in stages["worker"] and "[engine," in stages["worker"]
