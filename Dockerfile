@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1.7
 #
-# aiprod images, one Dockerfile, three stages:
-#   wheel   builds the aiprod wheel once (no dependencies)
-#   api     python slim + the API's dependencies only: never installs torch
-#   worker  NVIDIA CUDA runtime + torch + the engine extra, for GPU worker machines
+# aiprod images, one Dockerfile, four stages:
+#   wheel       builds the aiprod wheel once (no dependencies)
+#   api         python slim + the `server` extra only: never installs torch
+#   worker      NVIDIA CUDA runtime + torch + the engine extra, for GPU worker machines
+#   worker-cpu  python slim + torch's CPU build + the engine extra (the built-in model on CPU)
 #
-#   docker build --target api    -t aiprod-api .
-#   docker build --target worker -t aiprod-worker .
+#   docker build --target api        -t aiprod-api .
+#   docker build --target worker     -t aiprod-worker .
+#   docker build --target worker-cpu -t aiprod-worker-cpu .
+#
+# Every stage installs with requirements/serve.lock as constraints: the versions `make serve`
+# installs, torch's included (chosen in requirements/torch.in, nowhere else).
 #
 # Both images run deploy/docker-entrypoint.sh: it applies database migrations (api role),
 # then execs `aiprod serve --no-worker` (api) or `aiprod worker` (worker).
@@ -36,8 +41,10 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 aiprod \
     && mkdir -p /data && chown aiprod:aiprod /data
 COPY --from=wheel /wheels /wheels
-# The base dependencies (+ boto3 for S3 storage), no [engine] extra: the API never imports torch.
-RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[s3]" && rm -rf /wheels
+COPY requirements/serve.lock /tmp/serve.lock
+# The server extra (+ boto3 for S3 storage), no [engine] extra: the API never imports torch.
+RUN whl="$(ls /wheels/*.whl)" && pip install -c /tmp/serve.lock "${whl}[server,s3]" \
+    && rm -rf /wheels /tmp/serve.lock
 COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER aiprod
 WORKDIR /data
@@ -50,7 +57,6 @@ CMD ["api"]
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS worker
-ARG TORCH_VERSION=2.13.0
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -69,9 +75,39 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH
 # torch first and on its own (the Linux wheels bundle the CUDA libraries), so nothing else
 # resolves a different build (the engine extra brings nvidia-ml-py for the GPU stats).
-RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}"
+COPY requirements/serve.lock /tmp/serve.lock
+RUN pip install --upgrade pip && pip install -c /tmp/serve.lock torch
 COPY --from=wheel /wheels /wheels
-RUN whl="$(ls /wheels/*.whl)" && pip install "${whl}[engine,s3]" && rm -rf /wheels
+RUN whl="$(ls /wheels/*.whl)" && pip install -c /tmp/serve.lock "${whl}[engine,s3]" \
+    && rm -rf /wheels /tmp/serve.lock
+COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+USER aiprod
+WORKDIR /data
+VOLUME ["/data", "/models"]
+ENTRYPOINT ["tini", "--", "docker-entrypoint.sh"]
+CMD ["worker"]
+
+# ---------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS worker-cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    AIPROD_DATA_DIR=/data \
+    AIPROD_ROLE=worker
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 aiprod \
+    && mkdir -p /data /models && chown aiprod:aiprod /data /models
+# torch's CPU build (no CUDA libraries: about 1 GB smaller), at the lock's version
+COPY requirements/serve.lock /tmp/serve.lock
+RUN pip install -c /tmp/serve.lock torch \
+        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+COPY --from=wheel /wheels /wheels
+RUN whl="$(ls /wheels/*.whl)" && pip install -c /tmp/serve.lock "${whl}[engine,s3]" \
+    && rm -rf /wheels /tmp/serve.lock
 COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER aiprod
 WORKDIR /data

@@ -1,7 +1,7 @@
 .PHONY: setup serve test test-fast lint
 
 setup:
-	bash scripts/setup.sh
+	bash scripts/setup.sh dev
 
 serve:
 	bash scripts/serve.sh

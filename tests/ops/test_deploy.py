@@ -202,6 +202,29 @@ def test_compose_config_is_valid_and_complete(tmp_path):
     assert services["worker"]["build"]["target"] == "worker"
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "worker-cpu" not in services  # only with --profile cpu
+    cpu = subprocess.run(
+        [
+            *cmd,
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "cpu",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        env={**env, "AIPROD_GPU_WORKERS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cpu.returncode == 0, cpu.stderr
+    cpu_services = json.loads(cpu.stdout)["services"]
+    assert cpu_services["worker-cpu"]["build"]["target"] == "worker-cpu"
+    assert "deploy" not in cpu_services["worker-cpu"]  # no GPU reservation
+    assert cpu_services["worker"]["deploy"]["replicas"] == 0
     pg_mounts = {v["target"]: v for v in services["postgres"]["volumes"]}
     assert pg_mounts["/var/lib/postgresql/data"]["type"] == "volume"
     api_env = services["api"]["environment"]
@@ -219,10 +242,16 @@ def test_compose_config_is_valid_and_complete(tmp_path):
 def test_dockerfile_api_stage_never_installs_torch():
     text = (ROOT / "Dockerfile").read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", code, re.S | re.M))
-    assert set(stages) == {"wheel", "api", "worker"}
+    stages = dict(re.findall(r"^FROM \S+ AS ([\w-]+)\n(.*?)(?=^FROM |\Z)", code, re.S | re.M))
+    assert set(stages) == {"wheel", "api", "worker", "worker-cpu"}
     assert "torch" not in stages["api"] and "engine" not in stages["api"]
     assert "torch" in stages["worker"] and "[engine," in stages["worker"]
+    cpu = stages["worker-cpu"]
+    assert "download.pytorch.org/whl/cpu" in cpu and "[engine," in cpu and "nvidia" not in cpu
+    # torch's version is chosen in requirements/torch.in alone; every stage takes it from the lock
+    for name in ("api", "worker", "worker-cpu"):
+        assert "-c /tmp/serve.lock" in stages[name], name
+    assert not re.search(r"torch==\d", code)
     assert "docker-entrypoint.sh" in stages["api"] and "docker-entrypoint.sh" in stages["worker"]
     for name in ("Dockerfile", ".dockerignore", "deploy/docker-entrypoint.sh"):
         assert (ROOT / name).is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,3 +150,44 @@ def test_a_conditioning_image_below_the_engine_minimum_is_refused_at_submit(app_
     )
     assert r.status_code == 422 and r.json()["error"]["field"] == "image"
     assert "at least 32x32" in r.json()["error"]["message"]
+
+
+def test_every_route_has_a_named_operation_the_bearer_scheme_and_its_errors(app_keys) -> None:  # type: ignore[no-untyped-def]
+    """Done centrally (service/openapi.py), so a route added later gets the same."""
+    c, _, _ = app_keys
+    spec = c.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    ops = {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
+    ids = [op["operationId"] for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert ops["POST", "/api/v1/generate"]["operationId"] == "createJob"
+    assert ops["GET", "/api/v1/jobs/{job_id}"]["operationId"] == "getJob"
+    assert ops["GET", "/api/v1/jobs"]["operationId"] == "listJobs"
+    for (method, path), op in ops.items():
+        assert "_" not in op["operationId"], (method, path)  # not FastAPI's generated ids
+        if not path.startswith("/api/"):
+            continue
+        assert op["security"] == [{"bearerAuth": []}], (method, path)
+        need = {"401", "422", "429", "503"}
+        need |= {"403"} if "/admin/" in path else set()
+        need |= {"404"} if "{" in path else set()
+        need |= {"400", "413"} if "requestBody" in op else set()
+        assert need <= set(op["responses"]), (method, path, sorted(op["responses"]))
+        for status in need:
+            assert _ref(_json_schema(op, status)) == "ErrorOut", (method, path, status)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "security" not in ops["GET", path]
+    body = ops["POST", "/api/v1/generate"]["requestBody"]["content"]["application/json"]
+    assert body["examples"]["text"]["value"]["prompt"]
+    assert "HTTPValidationError" not in str(spec)
+
+
+def test_docs_and_redoc_load_their_assets_from_the_server(app_keys) -> None:  # type: ignore[no-untyped-def]
+    c, _, _ = app_keys
+    for page in ("/docs", "/redoc"):
+        html = c.get(page).text
+        assert "cdn." not in html and "https://" not in html, page
+        for src in re.findall(r'(?:src|href)="(/[^"]+)"', html):
+            r = c.get(src)
+            assert r.status_code == 200 and len(r.content) > 100, src

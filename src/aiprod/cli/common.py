@@ -39,3 +39,34 @@ def open_db(settings: Settings) -> Any:
 
     upgrade(settings.resolved_database_url)
     return make_sessionmaker(make_engine(settings.resolved_database_url))
+
+
+def describe_db(url: str) -> str:
+    """The database a URL names, for people: the SQLite file's absolute path, or the URL
+    without its password."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        from pathlib import Path
+
+        return str(Path(parsed.database).resolve())
+    return parsed.render_as_string(hide_password=True)
+
+
+def db_exists(url: str) -> bool:
+    """Whether the database already holds aiprod's tables (for SQLite: whether its file
+    exists), checked before ``open_db`` would create them."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        from pathlib import Path
+
+        return bool(parsed.database) and Path(parsed.database).is_file()
+    engine = create_engine(url)
+    try:
+        return inspect(engine).has_table("api_keys")
+    finally:
+        engine.dispose()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from aiprod.cli.common import load_settings, open_db, out, table_console
+from aiprod.cli.common import db_exists, describe_db, load_settings, open_db, out, table_console
 from aiprod.cli.errors import cli_errors, err
 
 app = typer.Typer(
@@ -40,6 +40,8 @@ def keys_create(
     from aiprod.service.keys import create_key
 
     settings = load_settings()
+    url = settings.resolved_database_url
+    existed = db_exists(url)
     sessions = open_db(settings)
     secret = settings.resolved_secret_key()
     with session_scope(sessions) as s:
@@ -52,6 +54,20 @@ def keys_create(
             rate_limit_per_minute=rate_limit,
             priority=priority,
         )
+    where = describe_db(url)
+    if not existed:
+        # The trap: run from another folder, the default ./aiprod-data is a new one, and the
+        # running server (with its own database and secret) rejects the key.
+        err.print(
+            f"warning: there was no aiprod database at {where}; created a new one. A server "
+            "started from another folder or with another AIPROD_DATA_DIR / "
+            "AIPROD_DATABASE_URL will reject this key: run this command in the folder where "
+            "`aiprod serve` runs, or set those variables as the server has them.",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,  # a path cut across lines could not be copied
+        )
+    err.print(f"database: {where}", markup=False, soft_wrap=True)
     err.print(f"created {row.scope} key '{row.name}' (id {row.id}); it is shown only now.")
     err.print(f"webhook signing secret: {webhook_secret(row.id, secret)}")
     typer.echo(key)  # alone on stdout's last line, for scripts: KEY=$(aiprod keys create ...)

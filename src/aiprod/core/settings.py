@@ -6,8 +6,8 @@ is a field here (``AIPROD_DATA_DIR`` is ``data_dir``, and so on). What stays out
 - ``CUDA_VISIBLE_DEVICES`` and ``PROMETHEUS_MULTIPROC_DIR`` (read in ``service/metrics.py``):
   they belong to CUDA and prometheus_client, which read them themselves; aiprod reads them
   as those libraries see them, not as settings of its own.
-- ``AIPROD_API_KEY`` (read in ``aiprod/client.py``): the Python client is a light module for
-  integrators that imports nothing else from aiprod (nor pydantic-settings).
+- ``AIPROD_URL`` and ``AIPROD_API_KEY`` (read in ``aiprod/client/``): the Python client is a
+  light package for integrators that imports nothing else from aiprod (nor pydantic-settings).
 - The AWS chain (``AWS_ACCESS_KEY_ID``, ...) is boto3's, read by boto3.
 """
 

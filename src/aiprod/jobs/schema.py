@@ -32,6 +32,14 @@ WEBHOOK_EVENTS = ("started", "succeeded", "failed", "canceled")
 DEFAULT_WEBHOOK_EVENTS = ("succeeded", "failed", "canceled")  # the terminal ones
 
 
+# One character that Python's str.strip() keeps (the server's check): JSON Schema's `\S` is
+# ECMAScript's, which takes \x1c-\x1f and \x85 for text, so a prompt of one of those passed the
+# OpenAPI's pattern and got a 422 (found by schemathesis).
+NOT_ONLY_WHITESPACE = (
+    r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+
+
 class GenerateBody(BaseModel):
     """The body of POST /generate and /estimate-cost (limits are checked against the model)."""
 
@@ -46,7 +54,11 @@ class GenerateBody(BaseModel):
     # characters, at least one of them not whitespace (the JSON Schema pattern is a search).
     prompt: str = Field(
         description="What the video shows (1..2000 characters, not only whitespace).",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"},
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_PROMPT_CHARS,
+            "pattern": NOT_ONLY_WHITESPACE,
+        },
     )
     negative_prompt: str | None = Field(
         default=None, json_schema_extra={"maxLength": MAX_PROMPT_CHARS}

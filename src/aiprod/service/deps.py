@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
@@ -133,7 +134,20 @@ def _touch(state: AppState, key_id: str) -> None:
         ApiKeyRepository(session).touch(key_id)
 
 
-async def get_api_key(request: Request, state: StateDep) -> AuthedKey:
+# Declares the Bearer scheme in the OpenAPI (Swagger UI's Authorize button) for every route that
+# checks a key; the header itself is parsed below, with aiprod's own 401 messages.
+BEARER = HTTPBearer(
+    scheme_name="bearerAuth",
+    description=f"An API key, `{KEY_PREFIX}...` (`aiprod keys create --name NAME`).",
+    auto_error=False,
+)
+
+
+async def get_api_key(
+    request: Request,
+    state: StateDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> AuthedKey:
     """Bearer key -> its row (401 if missing/unknown/revoked); counts it against the rate limit
     and records last-used.
 

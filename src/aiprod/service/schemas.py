@@ -39,7 +39,7 @@ class ErrorOut(_Out):
     error: ErrorBody
 
 
-_ERROR_TEXT = {
+ERROR_TEXT = {
     400: "The body is not valid JSON",
     401: "Missing, invalid or revoked API key",
     403: "The route needs an admin key",
@@ -56,7 +56,7 @@ _ERROR_TEXT = {
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the error shape for each status it can return."""
-    return {s: {"model": ErrorOut, "description": _ERROR_TEXT[s]} for s in statuses}
+    return {s: {"model": ErrorOut, "description": ERROR_TEXT[s]} for s in statuses}
 
 
 # --- jobs -----------------------------------------------------------------------------------
