@@ -16,6 +16,7 @@ from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
 from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from aiprod.jobs.storage import open_storage
+from aiprod.service.dashboard import install_dashboard
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
 from aiprod.service.observability import install_observability
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(admin.router)
+    install_dashboard(app)  # the operator's web console at /dashboard
     install_observability(app, state)  # /metrics, detailed /readyz, request logs (ops)
     return app
 

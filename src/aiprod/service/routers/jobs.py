@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
-from aiprod.core.errors import AiprodError, Conflict, InvalidRequest, NotFound
+from aiprod.core.errors import InvalidRequest
 from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
@@ -27,6 +26,7 @@ from aiprod.service.deps import (
     write_slot,
 )
 from aiprod.service.schemas import EstimateOut, JobOut, JobPage, ModelsOut, errors
+from aiprod.service.streaming import stream_output
 
 # Every route answers 401 without a valid key, 422 for a bad header or query value (the
 # error shape, like every error), 429 past the rate limit and 503 while the
@@ -189,9 +189,6 @@ def cancel(
     return JSONResponse(render_job(session, job, base_url=_base(request), settings=state.settings))
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
 @router.get(
     "/jobs/{job_id}/download",
     summary="Download the MP4",
@@ -213,58 +210,7 @@ def download(
     """The MP4 of a succeeded job (409 otherwise). Supports `Range` (206) and `ETag`."""
     with read_session(state) as session:  # a read: no SQLite write lock, ended before streaming
         job = JobRepository(session).get_owned(job_id, key.id)
-    if job.status != JobStatus.SUCCEEDED or not job.output_path:
-        raise Conflict(
-            f"job {job.id} is {job.status}; the video can be downloaded once it has succeeded",
-            code="not_ready",
-        )
-    storage, out_key = state.storage, job.output_path
-    size = storage.size(out_key)  # local file or S3 object; streamed either way
-    if size is None:
-        raise NotFound(f"the output of job {job.id} is no longer in storage")
-    etag = f'"{job.output_sha256 or job.id}"'
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{job.id}.mp4"',
-        "Cache-Control": "private, max-age=3600",
-    }
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    if range_:
-        m = _RANGE.match(range_.strip())
-        if m is None or (not m.group(1) and not m.group(2)):
-            raise AiprodError(
-                "Range must look like 'bytes=START-END' (one range)",
-                status_code=416,
-                code="bad_range",
-            )
-        if m.group(1):
-            start = int(m.group(1))
-            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-        else:  # suffix range: the last N bytes
-            start = max(0, size - int(m.group(2)))
-            end = size - 1
-        if start >= size or end < start:
-            headers["Content-Range"] = f"bytes */{size}"
-            return JSONResponse(
-                {"error": {"code": "bad_range", "message": f"range outside the {size}-byte file"}},
-                status_code=416,
-                headers=headers,
-            )
-        length = end - start + 1
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(length)
-        return StreamingResponse(
-            storage.iter_range(out_key, start, length),
-            status_code=206,
-            media_type="video/mp4",
-            headers=headers,
-        )
-    headers["Content-Length"] = str(size)
-    return StreamingResponse(
-        storage.iter_range(out_key, 0, size), media_type="video/mp4", headers=headers
-    )
+    return stream_output(job, state.storage, range_header=range_, if_none_match=if_none_match)
 
 
 @router.get("/models", summary="Models this server can run", response_model=ModelsOut)
