@@ -116,6 +116,9 @@ class ApiKey(Base):
     # When a worker last claimed one of this key's jobs: the queue's round-robin turn.
     last_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Mixed into the derived webhook signing secret; a new random value rotates the secret.
+    webhook_secret_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Job(Base):
@@ -159,6 +162,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(36), nullable=True)  # an admin retry
 
 
 class CostLog(Base):

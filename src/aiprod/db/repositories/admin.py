@@ -1,0 +1,164 @@
+"""The operator's queries: every job across keys, deliveries, usage per key, rows for the
+money and health aggregates (summed in ``aiprod.jobs.admin``, the same on both backends)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from aiprod.db.models import TERMINAL_STATUSES, ApiKey, Job, JobStatus, WebhookDelivery
+from aiprod.db.repositories.jobs import Page, _decode_cursor, _encode_cursor
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    items: list[WebhookDelivery]
+    next_cursor: str | None
+
+
+def _like(text: str) -> str:
+    """``%text%`` with LIKE's wildcards in ``text`` taken literally (escape character ``\\``)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class AdminRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        key_id: str | None = None,
+        model: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Jobs of every key, newest first (``created_at``, then id), ``limit`` per page."""
+        q = select(Job)
+        if statuses:
+            q = q.where(Job.status.in_(list(statuses)))
+        if key_id:
+            q = q.where(Job.api_key_id == key_id)
+        if model:
+            q = q.where(Job.model == model)
+        if created_after is not None:
+            q = q.where(Job.created_at >= created_after)
+        if created_before is not None:
+            q = q.where(Job.created_at < created_before)
+        if text:
+            q = q.where(Job.prompt.ilike(_like(text), escape="\\"))
+        if cursor:
+            c_at, c_id = _decode_cursor(cursor)
+            q = q.where(or_(Job.created_at < c_at, and_(Job.created_at == c_at, Job.id < c_id)))
+        q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        rows = list(self.s.execute(q).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
+
+    def list_deliveries(
+        self,
+        *,
+        status: str | None = None,
+        key_id: str | None = None,
+        job_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """Webhook deliveries, newest first, ``limit`` per page (cursor as for jobs)."""
+        d = WebhookDelivery
+        q = select(d)
+        if status:
+            q = q.where(d.status == status)
+        if key_id:
+            q = q.where(d.api_key_id == key_id)
+        if job_id:
+            q = q.where(d.job_id == job_id)
+        if cursor:
+            c_at, c_id = _decode_cursor(cursor)
+            q = q.where(or_(d.created_at < c_at, and_(d.created_at == c_at, d.id < c_id)))
+        q = q.order_by(d.created_at.desc(), d.id.desc()).limit(limit + 1)
+        rows = list(self.s.execute(q).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = _encode_cursor(rows[-1]) if more and rows else None  # type: ignore[arg-type]
+        return DeliveryPage(rows, nxt)
+
+    def key_by_name(self, name: str, *, exclude_id: str | None = None) -> ApiKey | None:
+        """An active key with this name (case and surrounding spaces ignored), if any."""
+        q = select(ApiKey).where(
+            func.lower(ApiKey.name) == name.strip().lower(), ApiKey.active.is_(True)
+        )
+        if exclude_id is not None:
+            q = q.where(ApiKey.id != exclude_id)
+        return self.s.execute(q.limit(1)).scalar_one_or_none()
+
+    def usage_per_key(self, *, month_start: datetime) -> dict[str, dict[str, Any]]:
+        """Per key: jobs ever, jobs created this month, and billed cost / GPU-seconds of the
+        jobs completed this month (the budget's spend)."""
+        in_month = Job.completed_at >= month_start
+        q = select(
+            Job.api_key_id,
+            func.count().label("jobs_total"),
+            func.sum(case((Job.created_at >= month_start, 1), else_=0)).label("jobs_month"),
+            func.coalesce(func.sum(case((in_month, Job.cost_usd), else_=0.0)), 0.0).label(
+                "spend_month"
+            ),
+            func.coalesce(func.sum(case((in_month, Job.gpu_seconds), else_=0.0)), 0.0).label(
+                "gpu_seconds_month"
+            ),
+        ).group_by(Job.api_key_id)
+        return {r.api_key_id: dict(r._mapping) for r in self.s.execute(q)}
+
+    def spend_since(self, key_id: str, since: datetime) -> float:
+        """Billed cost of the key's jobs completed since ``since``."""
+        q = select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(
+            Job.api_key_id == key_id, Job.completed_at >= since
+        )
+        return float(self.s.execute(q).scalar_one() or 0.0)
+
+    def completed_between(
+        self, since: datetime, until: datetime, *, key_id: str | None = None
+    ) -> list[Any]:
+        """(id, api_key_id, model, status, prompt, created_at, started_at, completed_at,
+        gpu_seconds, cost_usd) of terminal jobs completed in [since, until), oldest first."""
+        q = select(
+            Job.id,
+            Job.api_key_id,
+            Job.model,
+            Job.status,
+            Job.prompt,
+            Job.created_at,
+            Job.started_at,
+            Job.completed_at,
+            Job.gpu_seconds,
+            Job.cost_usd,
+        ).where(
+            Job.completed_at >= since,
+            Job.completed_at < until,
+            Job.status.in_(list(TERMINAL_STATUSES)),
+        )
+        if key_id:
+            q = q.where(Job.api_key_id == key_id)
+        return list(self.s.execute(q.order_by(Job.completed_at, Job.id)))
+
+    def status_counts(self) -> dict[str, int]:
+        q = select(Job.status, func.count()).where(
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+        )
+        return {s: int(n) for s, n in self.s.execute(q.group_by(Job.status))}
+
+    def job_models(self, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        q = select(Job.id, Job.model).where(Job.id.in_(list(job_ids)))
+        return {i: m for i, m in self.s.execute(q)}
