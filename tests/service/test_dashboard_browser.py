@@ -94,6 +94,8 @@ def test_operator_console_end_to_end(page: Any, stack: Stack, tmp_path: Path) ->
         expect(page.locator("#job")).to_have_attribute("data-status", "running", timeout=120_000)
         expect(page.locator("#job-status")).to_have_text("succeeded", timeout=180_000)
         assert page.evaluate("window.__sameDocument") is True  # no reload happened
+        expect(page.locator("#cancel")).to_be_hidden()  # nothing left to cancel or retry
+        expect(page.locator("#retry")).to_be_hidden()
         duration = page.evaluate(
             """() => new Promise((resolve, reject) => {
                 const v = document.querySelector('#video-slot video');

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from aiprod.db.models import TERMINAL_STATUSES, ApiKey, Job, JobStatus, WebhookDelivery
+from aiprod.db.models import ApiKey, Job, JobStatus, WebhookDelivery
 from aiprod.db.repositories.jobs import Page, _decode_cursor, _encode_cursor
 
 
@@ -143,9 +143,11 @@ class AdminRepository:
             Job.gpu_seconds,
             Job.cost_usd,
         ).where(
+            # Only terminal transitions set completed_at, so the range alone selects terminal
+            # jobs; a ``status IN (...)`` here made SQLite pick ix_jobs_queue over
+            # ix_jobs_completed and scan every job (126 ms at 10,000 jobs; 0.3 ms without).
             Job.completed_at >= since,
             Job.completed_at < until,
-            Job.status.in_(list(TERMINAL_STATUSES)),
         )
         if key_id:
             q = q.where(Job.api_key_id == key_id)

@@ -104,7 +104,7 @@ function hbarChart(el, rows, opts) {
     const barW = ((Number(r.value) || 0) / max) * (f.width - labelW - 90);
     f.svg.append(svgEl("text", { x: 0, y: y + 15 }, r.label));
     f.svg.append(svgEl("rect", { x: labelW, y: y + 4, width: Math.max(1, barW), height: rowH - 8, class: o.cls || "s3" }));
-    f.svg.append(svgEl("text", { x: labelW + barW + 6, y: y + 15 }, `${fmt(Number(r.value) || 0)}${o.unit || ""}${r.note ? " " + r.note : ""}`));
+    f.svg.append(svgEl("text", { x: labelW + barW + 6, y: y + 15 }, `${o.prefix || ""}${fmt(Number(r.value) || 0)}${o.unit || ""}${r.note ? " " + r.note : ""}`));
   });
   if (!rows.length) f.svg.append(svgEl("text", { x: 0, y: 16 }, o.empty || "no data"));
 }

@@ -159,7 +159,7 @@ function jobPage() {
       v.src = slot.dataset.src;
       slot.replaceChildren(v);
     }
-    if (j.deliveries) {
+    if (j.deliveries && j.deliveries.length) {
       const body = document.getElementById("deliveries");
       body.replaceChildren(...j.deliveries.map((w) => {
         const tr = document.createElement("tr");
@@ -192,7 +192,7 @@ function costs() {
     C.legend(document.getElementById("legend-months"), monthly);
     C.hbarChart(document.getElementById("chart-keys"),
       d.keys.map((k) => ({ label: k.name, value: k.revenue_usd, note: `(${k.jobs} jobs)` })),
-      { unit: " $", cls: "s0", empty: "no billed jobs this month" });
+      { prefix: "$", cls: "s0", empty: "no billed jobs this month" });
   }
   draw();
   window.addEventListener("resize", draw);
