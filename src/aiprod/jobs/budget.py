@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from aiprod.core.errors import AiprodError, NotFound
 from aiprod.db.repositories import AdminRepository, ApiKeyRepository
 from aiprod.jobs.admin import month_start, next_month_start
+from aiprod.jobs.estimate import estimate
+from aiprod.jobs.schema import Validated
+from aiprod.jobs.views import iso
 
 
 class BudgetExceeded(AiprodError):
@@ -82,3 +86,21 @@ def check_budget(
             status_code=402,
         )
     return state
+
+
+def budget_fields(state: BudgetState) -> dict[str, Any]:
+    """The budget part of /estimate-cost's answer."""
+    return {
+        "would_exceed_budget": state.would_exceed,
+        "budget_exceeded": state.exceeded,
+        "monthly_budget_usd": state.budget_usd,
+        "month_spend_usd": state.spent_usd,
+        "budget_resets_at": iso(state.resets_at),
+    }
+
+
+def estimate_for_key(session: Session, v: Validated, key_id: str) -> dict[str, Any]:
+    """The body of /estimate-cost: the estimate, and whether it would pass the key's budget."""
+    out = estimate(session, v)
+    out.update(budget_fields(budget_state(session, key_id, out["estimated_cost_usd"])))
+    return out

@@ -21,7 +21,7 @@ from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
 from aiprod.service.observability import install_observability
 from aiprod.service.ratelimit import RateLimiter
-from aiprod.service.routers import admin, health, jobs
+from aiprod.service.routers import admin, admin_jobs, admin_keys, health, jobs
 from aiprod.service.state import AppState
 
 DESCRIPTION = """Text/image-to-video generation jobs.
@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(admin.router)
+    app.include_router(admin_jobs.router)
+    app.include_router(admin_keys.router)
     install_dashboard(app)  # the operator's web console at /dashboard
     install_observability(app, state)  # /metrics, detailed /readyz, request logs (ops)
     return app

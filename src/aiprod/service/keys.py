@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from aiprod.core.errors import InvalidRequest
 from aiprod.db.models import ApiKey
 from aiprod.db.repositories import ApiKeyRepository
+from aiprod.jobs.admin import check_name_free
 from aiprod.service.security import display_prefix, generate_key, hash_key
 
 
@@ -28,6 +29,7 @@ def create_key(
         raise InvalidRequest("--budget must be >= 0 (US dollars per month)", field="budget")
     if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
         raise InvalidRequest("--rate-limit must be >= 1 request per minute", field="rate_limit")
+    check_name_free(session, name)  # 409 naming the active key that has it
     key = generate_key()
     row = ApiKeyRepository(session).create(
         key_hash=hash_key(key, secret),

@@ -12,7 +12,7 @@ from aiprod.core.errors import InvalidRequest
 from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
-from aiprod.jobs.estimate import estimate
+from aiprod.jobs.budget import check_budget, estimate_for_key
 from aiprod.jobs.model_state import unavailable_models
 from aiprod.jobs.schema import GenerateBody, validate_generate
 from aiprod.jobs.transitions import MAX_IDEMPOTENCY_KEY
@@ -44,7 +44,7 @@ def _base(request: Request) -> str:
     status_code=202,
     summary="Create a generation job",
     response_model=JobOut,
-    responses=errors(400, 409, 413, 422),
+    responses=errors(400, 402, 409, 413, 422),
     # Storage first: a submit refused with 503 (storage not writable) takes no write slot.
     dependencies=[Depends(storage_writable), Depends(write_slot, scope="function")],
 )
@@ -65,7 +65,9 @@ def generate(
 ) -> JSONResponse:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
     `Idempotency-Key` returns the same job instead of creating another. 503 with
-    `Retry-After` while the output storage is not writable (full disk, permissions)."""
+    `Retry-After` while the output storage is not writable (full disk, permissions). 402
+    `budget_exceeded` once the key's monthly budget is used up."""
+    check_budget(session, key.id)
     job, created = transitions.create_job(
         session,
         api_key_id=key.id,
@@ -255,4 +257,4 @@ def estimate_cost(
     """Same body as /generate. `basis` is `measured` once a worker has timed this model."""
     allow = state.settings.webhook_allowed_networks
     v = validate_generate(body, state.registry, webhook_allow=allow)
-    return JSONResponse(estimate(session, v))
+    return JSONResponse(estimate_for_key(session, v, key.id))

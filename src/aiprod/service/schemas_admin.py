@@ -1,0 +1,114 @@
+"""Request and response models of the operator's routes (``/api/v1/admin/jobs|keys|webhooks|
+workers``); the bodies are built by ``aiprod.jobs.admin_views`` and checked against these by
+the tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aiprod.service.schemas import JobErrorOut, JobOut, Page, _Out
+
+
+class AdminJobOut(JobOut):
+    """The job object plus its owner, its last error, webhook URL and retry link."""
+
+    api_key_id: str
+    key_name: str | None
+    last_error: JobErrorOut | None = Field(
+        description="The last attempt's error, also while the job waits for a retry."
+    )
+    webhook_url: str | None
+    retry_of: str | None = Field(description="The failed/canceled job this one retries.")
+    output_bytes: int | None
+
+
+class DeliveryOut(_Out):
+    id: str = Field(description="Also the `webhook-id` header the receiver sees.")
+    job_id: str
+    api_key_id: str
+    url: str
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class AdminJobDetailOut(AdminJobOut):
+    webhook_deliveries: list[DeliveryOut]
+
+
+class AdminJobPage(Page[AdminJobOut]):
+    """One page of every key's jobs (GET /admin/jobs)."""
+
+
+class DeliveryPage(Page[DeliveryOut]):
+    """One page of webhook deliveries (GET /admin/webhooks)."""
+
+
+class KeyOut(_Out):
+    id: str
+    name: str
+    scope: Literal["client", "admin"]
+    prefix: str
+    active: bool
+    monthly_budget_usd: float | None
+    rate_limit_per_minute: int | None = Field(description="null: the server's default.")
+    priority: int
+    created_at: datetime
+    updated_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    jobs_total: int
+    jobs_this_month: int
+    spend_this_month_usd: float = Field(description="Billed cost of jobs completed this month.")
+    gpu_seconds_this_month: float
+    over_budget: bool
+    budget_resets_at: datetime
+
+
+class KeysOut(_Out):
+    data: list[KeyOut]
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="The API key itself: shown only in this response.")
+    webhook_secret: str = Field(description="The key's webhook signing secret.")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = Field(default=False, strict=True)
+    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
+    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)
+
+
+class KeyPatch(BaseModel):
+    """Only the fields sent change. `null` removes a budget or a per-key rate limit."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"monthly_budget_usd": 200.0}]}
+    )
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
+    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
+    priority: int | None = Field(default=None, ge=-1000, le=1000, strict=True)
+    active: bool | None = Field(default=None, strict=True, description="false revokes the key.")
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class RotatedSecretOut(_Out):
+    key_id: str
+    webhook_secret: str = Field(description="The new signing secret: shown only now.")
