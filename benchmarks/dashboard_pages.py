@@ -214,7 +214,11 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("job JSON (polled)", f"/dashboard/api/jobs/{ids['job_id']}"),
         ("keys", "/dashboard/keys"),
         ("costs", "/dashboard/costs"),
-        ("statement CSV (month)", f"/dashboard/costs/statement.csv?month={month}"),
+        (
+            "statement CSV (key, month)",
+            f"/dashboard/costs/statement.csv?month={month}&key={ids['key_id']}",
+        ),
+        ("operator summary CSV", f"/dashboard/costs/summary.csv?month={month}"),
     ]
 
 

@@ -169,29 +169,36 @@ def test_video_streams_with_range_to_an_admin_session(console: Any) -> None:
     assert c.get(f"/dashboard/jobs/{queued}/video").status_code == 409
 
 
-def test_statement_csv_lists_the_months_jobs_per_key_with_totals(console: Any) -> None:
+def test_statements_per_key_and_the_operator_summary(console: Any) -> None:
     app, c = console
     _, admin = add_key(app, "ops", admin=True)
     alice, _ = add_key(app, "alice")
     bob, _ = add_key(app, "bob")
     jobs = [add_job(app, alice, seconds=2.0), add_job(app, alice, seconds=3.0)]
-    jobs.append(add_job(app, bob, seconds=5.0))
+    bobs = add_job(app, bob, seconds=5.0)
     login(c, admin)
-    costs = c.get("/dashboard/costs")
-    href = costs.text.split('id="statement" href="', 1)[1].split('"', 1)[0]
+    costs = c.get("/dashboard/costs").text
+    row = costs.split('data-key-name="alice"', 1)[1].split("</tr>", 1)[0]
+    href = row.split('class="statement-csv" href="', 1)[1].split('"', 1)[0]
     r = c.get(href.replace("&amp;", "&"))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    assert {row["job_id"] for row in rows if row["job_id"] != "TOTAL"} == set(jobs)
-    totals = {row["key_name"]: row for row in rows if row["job_id"] == "TOTAL"}
-    assert float(totals["alice"]["gpu_seconds"]) == pytest.approx(5.0)
-    assert float(totals["alice"]["cost_usd"]) == pytest.approx(0.05)
-    assert float(totals["bob"]["cost_usd"]) == pytest.approx(0.05)
-    month = [v for k, v in totals.items() if k.startswith("all keys")][0]
-    assert float(month["cost_usd"]) == pytest.approx(0.10)
-    bad = c.get("/dashboard/costs/statement.csv", params={"month": "2026-13"})
+    assert [x["job_id"] for x in rows[:-1]] == jobs and bobs not in r.text
+    assert rows[-1]["job_id"] == "TOTAL"
+    assert float(rows[-1]["gpu_seconds"]) == pytest.approx(5.0)
+    assert float(rows[-1]["price_usd"]) == pytest.approx(0.05)
+    html = c.get(href.replace("&amp;", "&").replace("statement.csv", "statement.html"))
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert all(j in html.text for j in jobs) and bobs not in html.text
+    summary = c.get(costs.split('id="summary" href="', 1)[1].split('"', 1)[0])
+    per_key = {x["key_name"]: x for x in csv.DictReader(io.StringIO(summary.text))}
+    assert float(per_key["alice"]["revenue_usd"]) == pytest.approx(0.05)
+    assert float(per_key["bob"]["revenue_usd"]) == pytest.approx(0.05)
+    bad = c.get("/dashboard/costs/statement.csv", params={"month": "2026-13", "key": alice})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "month"
+    unknown = c.get("/dashboard/costs/statement.csv", params={"key": "nope"})
+    assert unknown.status_code == 404
 
 
 def test_keys_create_shows_the_secret_once_edit_and_revoke(console: Any) -> None:

@@ -120,17 +120,22 @@ def test_operator_console_end_to_end(page: Any, stack: Stack, tmp_path: Path) ->
         shot(page, "keys")
         assert bob.get("/api/v1/jobs").status_code == 401
 
-        # The month's statement: both keys' jobs and the totals.
+        # The month's statement of alice (CSV) and the operator's summary of both keys.
         page.goto(f"{stack.url}/dashboard/costs")
         page.wait_for_selector("#chart-keys svg")
         shot(page, "costs")
         with page.expect_download() as dl:
-            page.click("#statement")
+            page.click('tr[data-key-name="alice"] a.statement-csv')
         saved = tmp_path / "statement.csv"
         dl.value.save_as(saved)
         rows = list(csv.DictReader(io.StringIO(saved.read_text())))
-        assert {a, b, slow} <= {r["job_id"] for r in rows}
-        assert {"alice", "bob"} <= {r["key_name"] for r in rows if r["job_id"] == "TOTAL"}
+        assert {a, slow} <= {r["job_id"] for r in rows} and b not in saved.read_text()
+        assert rows[-1]["job_id"] == "TOTAL" and float(rows[-1]["price_usd"]) > 0
+        with page.expect_download() as dl:
+            page.click("#summary")
+        dl.value.save_as(saved)
+        keys = {r["key_name"] for r in csv.DictReader(io.StringIO(saved.read_text()))}
+        assert {"alice", "bob"} <= keys
 
 
 def test_a_post_without_the_csrf_token_is_refused(page: Any, stack: Stack) -> None:

@@ -204,5 +204,4 @@ def costs_page(request: Request, admin: ConsoleAdmin, state: StateDep) -> Respon
         month=month,
         data=report,
         totals=report["totals"],
-        statement_url=f"/dashboard/costs/statement.csv?month={month}",
     )
