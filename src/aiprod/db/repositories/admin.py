@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from aiprod.db.models import ApiKey, Job, JobStatus, WebhookDelivery
@@ -104,20 +104,45 @@ class AdminRepository:
 
     def usage_per_key(self, *, month_start: datetime) -> dict[str, dict[str, Any]]:
         """Per key: jobs ever, jobs created this month, and billed cost / GPU-seconds of the
-        jobs completed this month (the budget's spend)."""
-        in_month = Job.completed_at >= month_start
-        q = select(
-            Job.api_key_id,
-            func.count().label("jobs_total"),
-            func.sum(case((Job.created_at >= month_start, 1), else_=0)).label("jobs_month"),
-            func.coalesce(func.sum(case((in_month, Job.cost_usd), else_=0.0)), 0.0).label(
-                "spend_month"
-            ),
-            func.coalesce(func.sum(case((in_month, Job.gpu_seconds), else_=0.0)), 0.0).label(
-                "gpu_seconds_month"
-            ),
-        ).group_by(Job.api_key_id)
-        return {r.api_key_id: dict(r._mapping) for r in self.s.execute(q)}
+        jobs completed this month (the budget's spend).
+
+        Three queries that each read an index (ix_jobs_owner_created, ix_jobs_completed)
+        instead of one aggregate over every job row (110 ms at 10,000 jobs on SQLite,
+        benchmarks/dashboard_pages.py: the console's keys page)."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def row(key_id: str) -> dict[str, Any]:
+            return out.setdefault(
+                key_id,
+                {
+                    "api_key_id": key_id,
+                    "jobs_total": 0,
+                    "jobs_month": 0,
+                    "spend_month": 0.0,
+                    "gpu_seconds_month": 0.0,
+                },
+            )
+
+        total = select(Job.api_key_id, func.count()).group_by(Job.api_key_id)
+        for key_id, n in self.s.execute(total):
+            row(key_id)["jobs_total"] = int(n)
+        month = (
+            select(Job.api_key_id, func.count())
+            .where(Job.created_at >= month_start)
+            .group_by(Job.api_key_id)
+        )
+        for key_id, n in self.s.execute(month):
+            row(key_id)["jobs_month"] = int(n)
+        # Summed here: with a GROUP BY, SQLite (no ANALYZE statistics) walks
+        # ix_jobs_owner_created over every job instead of the month's ix_jobs_completed range.
+        spend = select(Job.api_key_id, Job.cost_usd, Job.gpu_seconds).where(
+            Job.completed_at >= month_start
+        )
+        for key_id, cost, gpu in self.s.execute(spend):
+            r = row(key_id)
+            r["spend_month"] += float(cost or 0.0)
+            r["gpu_seconds_month"] += float(gpu or 0.0)
+        return out
 
     def spend_since(self, key_id: str, since: datetime) -> float:
         """Billed cost of the key's jobs completed since ``since``."""
