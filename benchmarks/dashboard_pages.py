@@ -273,6 +273,7 @@ def main() -> None:
         ids = fill(app, jobs=args.jobs, keys=args.keys)
         fill_s = time.perf_counter() - t0
         backend = "postgresql" if url.startswith("postgresql") else "sqlite"
+        load_before = round(os.getloadavg()[0], 2)
         results = []
         with TestClient(app) as c:
             token = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/dashboard/login").text)
@@ -302,6 +303,7 @@ def main() -> None:
         f"\nconsole pages, {backend}, {args.jobs} jobs over {args.keys} keys "
         f"(filled in {fill_s:.1f} s), {args.requests} requests each, in process\n"
     )
+    print(f"(1-minute load average {load_before} before, {os.getloadavg()[0]:.2f} after)\n")
     print(f"{'page':<26} {'median ms':>10} {'p95 ms':>10}")
     for r in results:
         print(f"{r['page']:<26} {r['median_ms']:>10.1f} {r['p95_ms']:>10.1f}")
@@ -319,6 +321,8 @@ def main() -> None:
                     "platform": platform.platform(),
                     "python": platform.python_version(),
                     "cpus": os.cpu_count(),
+                    # other processes' load while it ran (the figures scale with it)
+                    "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
                 },
                 "measured_at": datetime.now(UTC).isoformat(),
                 "results": results,
