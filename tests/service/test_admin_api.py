@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from aiprod.client import BudgetExceeded, Client
 from aiprod.core.settings import Settings
 from aiprod.db.repositories import WorkerRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
@@ -294,6 +296,19 @@ def test_budget_enforced_on_submit_and_shown_by_estimate(api: Api) -> None:
     )
     assert est["budget_exceeded"] and est["would_exceed_budget"] and est["month_spend_usd"] == 0.06
     assert api.submit("globex", "unaffected")  # another client is not affected
+
+    # the Python client: a typed 402, and the admin helpers
+    def relay(req: httpx.Request) -> httpx.Response:  # to the app, in process (TestClient)
+        r = api.c.request(req.method, str(req.url), headers=req.headers, content=req.content)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    transport = httpx.MockTransport(relay)
+    with Client("http://testserver", api_key=api.keys["acme"], transport=transport) as client:
+        with pytest.raises(BudgetExceeded, match="resets on"):
+            client.generate("a fox")
+    with Client("http://testserver", api_key=api.keys["ops"], transport=transport) as admin:
+        assert admin.update_key(acme["id"], monthly_budget_usd=0.5)["monthly_budget_usd"] == 0.5
+        assert admin.admin_jobs(key_id=acme["id"], status="succeeded")["data"]
     api.c.patch(path, headers=ops, json={"monthly_budget_usd": 1.0})  # the operator raises it
     assert api.submit("acme", "again")
     assert api.c.get(path, headers=ops).json()["over_budget"] is False
