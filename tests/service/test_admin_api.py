@@ -132,6 +132,11 @@ def test_client_keys_get_403_and_no_key_401(api: Api) -> None:
         if "/x" in path:
             body = {"priority": 1} if method == "PATCH" else None
             _err(api.c.request(method, path, headers=api.h("ops"), json=body), 404, "not_found")
+    ops = api.h("ops")  # a NUL matches nothing (and never reaches PostgreSQL as a 500)
+    _err(api.c.get("/api/v1/admin/jobs/a%00b", headers=ops), 404, "not_found")
+    assert api.c.get("/api/v1/admin/jobs?q=%00&key_id=%00", headers=ops).json()["data"] == []
+    for bad in ({"name": "bell\u0007"}, {"name": "x", "rate_limit_per_minute": 10**12}):
+        _err(api.c.post("/api/v1/admin/keys", headers=ops, json=bad), 422, "invalid_request")
 
 
 def test_admin_sees_and_acts_on_every_keys_jobs(api: Api) -> None:

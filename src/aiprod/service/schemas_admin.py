@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiprod.jobs.admin import MAX_BUDGET_USD, MAX_PRIORITY, MAX_RATE_LIMIT, NAME_PATTERN
 from aiprod.service.schemas import JobErrorOut, JobOut, Page, _Out
 
 
@@ -82,14 +83,28 @@ class KeyCreatedOut(KeyOut):
     webhook_secret: str = Field(description="The key's webhook signing secret.")
 
 
+# What aiprod.jobs.admin checks, stated in the OpenAPI: a name with a visible character,
+# printable (no control characters), a budget and a rate limit within sane bounds.
+def _name(default: Any = ...) -> Any:
+    return Field(default, min_length=1, max_length=200, pattern=NAME_PATTERN)
+
+
+def _budget() -> Any:
+    return Field(None, ge=0, le=MAX_BUDGET_USD, strict=True, allow_inf_nan=False)
+
+
+def _rate() -> Any:
+    return Field(None, ge=1, le=MAX_RATE_LIMIT, strict=True)
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = _name()
     admin: bool = Field(default=False, strict=True)
-    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
-    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)
+    monthly_budget_usd: float | None = _budget()
+    rate_limit_per_minute: int | None = _rate()
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
 
 
 class KeyPatch(BaseModel):
@@ -99,10 +114,10 @@ class KeyPatch(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"monthly_budget_usd": 200.0}]}
     )
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
-    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
-    priority: int | None = Field(default=None, ge=-1000, le=1000, strict=True)
+    name: str | None = _name(None)
+    rate_limit_per_minute: int | None = _rate()
+    monthly_budget_usd: float | None = _budget()
+    priority: int | None = Field(default=None, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
     active: bool | None = Field(default=None, strict=True, description="false revokes the key.")
 
     def changes(self) -> dict[str, Any]:
