@@ -237,7 +237,10 @@ def test_keys_list_create_update_and_rotate(api: Api) -> None:
     _err(api.c.patch(path, headers=ops, json={"name": "globex"}), 409, "duplicate_name")
     for bad in ({"priority": "high"}, {"scope": "admin"}, {"rate_limit_per_minute": 0}):
         _err(api.c.patch(path, headers=ops, json=bad), 422)
-    _err(api.c.patch(path, headers=ops, json={"name": None}), 422, "invalid_request")
+    same = _ok(KeyOut, api.c.patch(path, headers=ops, json={"name": None, "priority": 4.0}))
+    assert (same["name"], same["priority"]) == ("acme", 4)  # null: unchanged; 4.0 is an integer
+    _err(api.c.patch(path, headers=ops, json={"priority": "4"}), 422, "invalid_request")
+    _err(api.c.patch(path, headers=ops, json={"name": "x\u0000y"}), 422, "invalid_request")
 
     rotated = _ok(RotatedSecretOut, api.c.post(f"{path}/rotate-webhook-secret", headers=ops))
     again = api.c.post(f"{path}/rotate-webhook-secret", headers=ops).json()

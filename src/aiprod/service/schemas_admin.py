@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.jobs.admin import MAX_BUDGET_USD, MAX_PRIORITY, MAX_RATE_LIMIT, NAME_PATTERN
 from aiprod.service.schemas import JobErrorOut, JobOut, Page, _Out
@@ -94,21 +94,36 @@ def _budget() -> Any:
 
 
 def _rate() -> Any:
-    return Field(None, ge=1, le=MAX_RATE_LIMIT, strict=True)
+    return Field(None, ge=1, le=MAX_RATE_LIMIT)
 
 
-class KeyCreate(BaseModel):
+def _priority(default: int | None) -> Any:
+    return Field(default, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+
+
+class _KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("rate_limit_per_minute", "priority", mode="before", check_fields=False)
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        # A JSON integer, 5.0 included (as JSON Schema has it); not "5" or true.
+        if isinstance(value, str | bool):
+            raise ValueError("must be an integer")
+        return value
+
+
+class KeyCreate(_KeyBody):
     name: str = _name()
     admin: bool = Field(default=False, strict=True)
     monthly_budget_usd: float | None = _budget()
     rate_limit_per_minute: int | None = _rate()
-    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
+    priority: int = _priority(0)
 
 
-class KeyPatch(BaseModel):
-    """Only the fields sent change. `null` removes a budget or a per-key rate limit."""
+class KeyPatch(_KeyBody):
+    """Only the fields sent change. `null` removes a budget or a per-key rate limit, and
+    leaves the name, priority or active flag as they are."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"monthly_budget_usd": 200.0}]}
@@ -117,11 +132,15 @@ class KeyPatch(BaseModel):
     name: str | None = _name(None)
     rate_limit_per_minute: int | None = _rate()
     monthly_budget_usd: float | None = _budget()
-    priority: int | None = Field(default=None, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
+    priority: int | None = _priority(None)
     active: bool | None = Field(default=None, strict=True, description="false revokes the key.")
 
     def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
+        sent = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in sent.items() if v is not None or k in _NULLABLE}
+
+
+_NULLABLE = {"rate_limit_per_minute", "monthly_budget_usd"}
 
 
 class RotatedSecretOut(_Out):
