@@ -7,7 +7,7 @@ day, a webhook delivery per 10 jobs); each query then runs in its own read trans
 request would.
 
     .venv/bin/python benchmarks/admin_queries.py
-    .venv/bin/python benchmarks/admin_queries.py --jobs 10000 --json benchmarks/results/admin_queries.json
+    .venv/bin/python benchmarks/admin_queries.py --json benchmarks/results/admin_queries.json
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def populate(url: str, n: int, seed: int = 0) -> None:
             id=str(uuid.uuid4()), api_key_id=rng.choice(keys)["id"],
             prompt=f"clip {i}: a {rng.choice(['red', 'blue', 'green'])} fox in the snow",
             model="builtin", model_version="v1", params={"seed": i}, status=status,
-            priority=0, attempts=1, max_attempts=3, available_at=created, progress=1.0 if done else 0.0,
-            cancel_requested=False, created_at=created,
+            priority=0, attempts=1, max_attempts=3, available_at=created,
+            progress=1.0 if done else 0.0, cancel_requested=False, created_at=created,
             started_at=created + timedelta(seconds=1) if status != "queued" else None,
             completed_at=completed, gpu_seconds=gpu if done else None,
             cost_usd=round(gpu * 0.01, 6) if done else None,
