@@ -30,6 +30,7 @@ import httpx
 __all__ = [
     "ApiError",
     "AuthenticationError",
+    "BudgetExceeded",
     "Client",
     "ConflictError",
     "Job",
@@ -110,9 +111,14 @@ class ServiceUnavailable(ApiError):
     """503: the server cannot take the request now (e.g. not ready)."""
 
 
+class BudgetExceeded(ApiError):
+    """402: the key's monthly budget is used up (the message says when it resets)."""
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: AuthenticationError,
+    402: BudgetExceeded,
     403: PermissionDenied,
     404: NotFoundError,
     409: ConflictError,
@@ -404,6 +410,20 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         """Worker processes and what they are doing (admin key)."""
         return self._json("GET", "/api/v1/admin/workers").get("data", [])
+
+    def admin_jobs(self, **filters: Any) -> dict[str, Any]:
+        """One page of every key's jobs (admin key): status, key_id, model, created_after,
+        created_before, q (prompt text), limit, cursor."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._json("GET", "/api/v1/admin/jobs", params=params)
+
+    def admin_retry(self, job_id: str) -> dict[str, Any]:
+        """Submit a failed or canceled job again as a new job (admin key); the new job."""
+        return self._json("POST", f"/api/v1/admin/jobs/{job_id}/retry", retry_safe=False)
+
+    def update_key(self, key_id: str, **changes: Any) -> dict[str, Any]:
+        """Change name, rate_limit_per_minute, monthly_budget_usd, priority or active."""
+        return self._json("PATCH", f"/api/v1/admin/keys/{key_id}", json=changes, retry_safe=True)
 
     def clear_cache(self) -> dict[str, Any]:
         return self._json("POST", "/api/v1/admin/clear-cache", retry_safe=True)

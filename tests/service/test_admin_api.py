@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from aiprod.client import BudgetExceeded, Client
 from aiprod.core.settings import Settings
 from aiprod.db.repositories import WorkerRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
@@ -130,6 +132,11 @@ def test_client_keys_get_403_and_no_key_401(api: Api) -> None:
         if "/x" in path:
             body = {"priority": 1} if method == "PATCH" else None
             _err(api.c.request(method, path, headers=api.h("ops"), json=body), 404, "not_found")
+    ops = api.h("ops")  # a NUL matches nothing (and never reaches PostgreSQL as a 500)
+    _err(api.c.get("/api/v1/admin/jobs/a%00b", headers=ops), 404, "not_found")
+    assert api.c.get("/api/v1/admin/jobs?q=%00&key_id=%00", headers=ops).json()["data"] == []
+    for bad in ({"name": "bell\u0007"}, {"name": "x", "rate_limit_per_minute": 10**12}):
+        _err(api.c.post("/api/v1/admin/keys", headers=ops, json=bad), 422, "invalid_request")
 
 
 def test_admin_sees_and_acts_on_every_keys_jobs(api: Api) -> None:
@@ -230,7 +237,10 @@ def test_keys_list_create_update_and_rotate(api: Api) -> None:
     _err(api.c.patch(path, headers=ops, json={"name": "globex"}), 409, "duplicate_name")
     for bad in ({"priority": "high"}, {"scope": "admin"}, {"rate_limit_per_minute": 0}):
         _err(api.c.patch(path, headers=ops, json=bad), 422)
-    _err(api.c.patch(path, headers=ops, json={"name": None}), 422, "invalid_request")
+    same = _ok(KeyOut, api.c.patch(path, headers=ops, json={"name": None, "priority": 4.0}))
+    assert (same["name"], same["priority"]) == ("acme", 4)  # null: unchanged; 4.0 is an integer
+    _err(api.c.patch(path, headers=ops, json={"priority": "4"}), 422, "invalid_request")
+    _err(api.c.patch(path, headers=ops, json={"name": "x\u0000y"}), 422, "invalid_request")
 
     rotated = _ok(RotatedSecretOut, api.c.post(f"{path}/rotate-webhook-secret", headers=ops))
     again = api.c.post(f"{path}/rotate-webhook-secret", headers=ops).json()
@@ -294,6 +304,19 @@ def test_budget_enforced_on_submit_and_shown_by_estimate(api: Api) -> None:
     )
     assert est["budget_exceeded"] and est["would_exceed_budget"] and est["month_spend_usd"] == 0.06
     assert api.submit("globex", "unaffected")  # another client is not affected
+
+    # the Python client: a typed 402, and the admin helpers
+    def relay(req: httpx.Request) -> httpx.Response:  # to the app, in process (TestClient)
+        r = api.c.request(req.method, str(req.url), headers=req.headers, content=req.content)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    transport = httpx.MockTransport(relay)
+    with Client("http://testserver", api_key=api.keys["acme"], transport=transport) as client:
+        with pytest.raises(BudgetExceeded, match="resets on"):
+            client.generate("a fox")
+    with Client("http://testserver", api_key=api.keys["ops"], transport=transport) as admin:
+        assert admin.update_key(acme["id"], monthly_budget_usd=0.5)["monthly_budget_usd"] == 0.5
+        assert admin.admin_jobs(key_id=acme["id"], status="succeeded")["data"]
     api.c.patch(path, headers=ops, json={"monthly_budget_usd": 1.0})  # the operator raises it
     assert api.submit("acme", "again")
     assert api.c.get(path, headers=ops).json()["over_budget"] is False

@@ -62,13 +62,19 @@ _PER_MODEL_FIELDS = {
     "webhook_url",
     "metadata",
 }
-# A schema-valid 422 is expected only for these: the per-model fields above, and GET /jobs's
+# A schema-valid 422 is expected only for these: the per-model fields above, and the lists'
 # `cursor`, an opaque token that only a previous page's `next_cursor` makes valid (like an
 # unknown job id is a 404).
 _SERVER_CHECKED = {
     "/api/v1/generate": _PER_MODEL_FIELDS,
     "/api/v1/estimate-cost": _PER_MODEL_FIELDS,
     "/api/v1/jobs": {"cursor"},
+    "/api/v1/admin/jobs": {"cursor"},
+    "/api/v1/admin/webhooks": {"cursor"},
+    # a key name: its whitespace rules (Unicode's and the JSON Schema regex's differ at the
+    # edges, e.g. U+0085) are the server's
+    "/api/v1/admin/keys": {"name"},
+    "/api/v1/admin/keys/{key_id}": {"name"},
 }
 _ACCEPTED = {401, 403, 404, 409, 429}
 # No rate limit: every case reaches its route (at 100 a minute most would get a 429)

@@ -58,6 +58,7 @@ def jobs_list(
     limit: Annotated[int, typer.Option("--limit", help="Rows per page (1..200).")] = 50,
     cursor: Annotated[str | None, typer.Option("--cursor", help="From the previous page.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the ids, one a line.")] = False,
 ) -> None:
     """List every key's jobs, newest first.
 
@@ -80,7 +81,10 @@ def jobs_list(
         )
         page = admin.list_jobs(s, filters=filters, limit=limit, cursor=cursor)
         names = admin.key_names(s)
-        if as_json:
+        if quiet:
+            for j in page.items:
+                typer.echo(j.id)
+        elif as_json:
             for j in page.items:
                 typer.echo(json.dumps(_job_json(j, names)))
         else:

@@ -61,8 +61,13 @@ def keys_create(
 
 @app.command("list")
 @cli_errors
-def keys_list() -> None:
-    """List API keys (never their secret part).
+def keys_list(
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only keys with this name (any case).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the ids, one a line.")] = False,
+) -> None:
+    """List API keys (never their secret part), with this month's spend.
 
     Example: aiprod keys list
     """
@@ -84,20 +89,25 @@ def keys_list() -> None:
     )
     table.columns.insert(0, Column("id", no_wrap=True, min_width=36))
     with session_scope(sessions) as s:
-        for k in list_keys(s):
-            table.add_row(
-                k.id,
-                escape(k.name),
-                k.scope,
-                "yes" if k.active else "revoked",
-                k.prefix + "...",
-                "-" if k.monthly_budget_usd is None else f"{k.monthly_budget_usd:g}",
-                f"{k.spend_this_month_usd:.2f}" + (" (over)" if k.over_budget else ""),
-                "default" if k.rate_limit_per_minute is None else str(k.rate_limit_per_minute),
-                str(k.priority),
-                k.created_at.strftime("%Y-%m-%d %H:%M"),
-                k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never",
-            )
+        rows = [k for k in list_keys(s) if name is None or k.name.lower() == name.strip().lower()]
+    if quiet:
+        for k in rows:
+            typer.echo(k.id)
+        return
+    for k in rows:
+        table.add_row(
+            k.id,
+            escape(k.name),
+            k.scope,
+            "yes" if k.active else "revoked",
+            k.prefix + "...",
+            "-" if k.monthly_budget_usd is None else f"{k.monthly_budget_usd:g}",
+            f"{k.spend_this_month_usd:.2f}" + (" (over)" if k.over_budget else ""),
+            "default" if k.rate_limit_per_minute is None else str(k.rate_limit_per_minute),
+            str(k.priority),
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never",
+        )
     table_console().print(table)
 
 

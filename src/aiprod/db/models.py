@@ -127,7 +127,9 @@ class Job(Base):
         UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_api_key_idempotency"),
         Index("ix_jobs_queue", "status", "priority", "created_at"),
         Index("ix_jobs_owner_created", "api_key_id", "created_at"),
-        Index("ix_jobs_completed", "completed_at"),  # reports by day/hour/month, statements
+        # the operator's views: every key's jobs newest first, and what ended in a period
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_completed_at", "completed_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

@@ -17,6 +17,7 @@ Rules an admin action follows:
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ from aiprod.jobs.webhooks import webhook_secret
 
 MAX_PAGE = 200
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+def _unmatchable(*values: str | None) -> bool:
+    """A NUL character matches no stored id or text (and PostgreSQL refuses it in a query)."""
+    return any(v is not None and "\x00" in v for v in values)
 
 
 def month_start(now: datetime | None = None) -> datetime:
@@ -90,6 +96,8 @@ def list_jobs(
             )
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be 1..{MAX_PAGE}", field="limit")
+    if _unmatchable(f.key_id, f.model, f.text):
+        return Page([], None)
     return AdminRepository(session).list_jobs(
         statuses=f.statuses,
         key_id=f.key_id,
@@ -104,7 +112,7 @@ def list_jobs(
 
 def get_job(session: Session, job_id: str) -> Job:
     """Any key's job by id; 404 if there is none."""
-    job = JobRepository(session).get(job_id)
+    job = None if _unmatchable(job_id) else JobRepository(session).get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
@@ -128,7 +136,8 @@ def cancel_job(session: Session, job_id: str, *, settings: Settings) -> Job:
 
 def delete_job_output(session: Session, job_id: str, *, storage: Storage) -> Job:
     """Remove a succeeded job's stored output (the job becomes ``expired``; the row stays)."""
-    job = JobRepository(session).lock(job_id) or get_job(session, job_id)
+    job = get_job(session, job_id)
+    job = JobRepository(session).lock(job.id) or job
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         raise Conflict(
             f"job {job.id} is {job.status}: cancel it first, then delete its output",
@@ -217,7 +226,7 @@ def list_keys(session: Session, *, now: datetime | None = None) -> list[KeyUsage
 
 def get_key(session: Session, key_id: str, *, now: datetime | None = None) -> KeyUsage:
     """One key with its usage; 404 if there is none."""
-    row = ApiKeyRepository(session).get(key_id)
+    row = None if _unmatchable(key_id) else ApiKeyRepository(session).get(key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found: see GET /api/v1/admin/keys")
     usage = AdminRepository(session).usage_per_key(month_start=month_start(now))
@@ -236,6 +245,35 @@ def check_name_free(session: Session, name: str, *, exclude_id: str | None = Non
         )
 
 
+MAX_RATE_LIMIT = 1_000_000  # requests per minute
+MAX_BUDGET_USD = 1e9
+# A key name: 1..200 characters, one of them visible, no control characters.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
+
+
+def check_key_name(name: object) -> str:
+    """The name, stripped; 422 unless it is 1..200 printable characters."""
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name.strip()) <= 200
+        or re.match(NAME_PATTERN, name) is None
+        or _invalid_text(name)
+    ):
+        raise InvalidRequest(
+            "name must be 1..200 characters of printable text (no control characters)",
+            field="name",
+        )
+    return name.strip()
+
+
+def _invalid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return True
+    return False
+
+
 KEY_FIELDS = frozenset(
     {"name", "rate_limit_per_minute", "monthly_budget_usd", "priority", "active"}
 )
@@ -250,19 +288,23 @@ def _check_changes(changes: Mapping[str, Any]) -> None:
             field=sorted(unknown)[0],
         )
     if "name" in changes:
-        name = changes["name"]
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
-            raise InvalidRequest("name must be 1..200 characters", field="name")
+        check_key_name(changes["name"])
     rate = changes.get("rate_limit_per_minute")
-    if rate is not None and (not isinstance(rate, int) or rate < 1):
+    if rate is not None and (
+        not isinstance(rate, int) or isinstance(rate, bool) or not 1 <= rate <= MAX_RATE_LIMIT
+    ):
         raise InvalidRequest(
-            "rate_limit_per_minute must be >= 1 (or null for the server's default)",
+            f"rate_limit_per_minute must be 1..{MAX_RATE_LIMIT} (or null for the server's default)",
             field="rate_limit_per_minute",
         )
     budget = changes.get("monthly_budget_usd")
-    if budget is not None and (not isinstance(budget, int | float) or budget < 0):
+    if budget is not None and (
+        not isinstance(budget, int | float)
+        or isinstance(budget, bool)
+        or not 0 <= budget <= MAX_BUDGET_USD
+    ):
         raise InvalidRequest(
-            "monthly_budget_usd must be >= 0 US dollars (or null for no budget)",
+            "monthly_budget_usd must be 0..1e9 US dollars (or null for no budget)",
             field="monthly_budget_usd",
         )
     if "priority" in changes:
@@ -281,11 +323,11 @@ def update_key(session: Session, key_id: str, changes: Mapping[str, Any]) -> Key
     ``active=False`` revokes the key, ``active=True`` reactivates it. API processes see the
     change within ``AIPROD_API_KEY_CACHE_SECONDS``."""
     _check_changes(changes)
-    row = ApiKeyRepository(session).get(key_id)
+    row = None if _unmatchable(key_id) else ApiKeyRepository(session).get(key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found: see GET /api/v1/admin/keys")
     if "name" in changes:
-        name = str(changes["name"]).strip()
+        name = check_key_name(changes["name"])
         if changes.get("active", row.active):
             check_name_free(session, name, exclude_id=row.id)
         row.name = name
@@ -311,7 +353,7 @@ def update_key(session: Session, key_id: str, changes: Mapping[str, Any]) -> Key
 def rotate_webhook_secret(session: Session, key_id: str, *, server_secret: str) -> str:
     """Give the key a new webhook signing secret and return it (``whsec_...``). Deliveries
     sent from now on are signed with it; the old one stops verifying."""
-    row = ApiKeyRepository(session).get(key_id)
+    row = None if _unmatchable(key_id) else ApiKeyRepository(session).get(key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found: see GET /api/v1/admin/keys")
     row.webhook_secret_salt = secrets.token_hex(16)
@@ -322,7 +364,7 @@ def rotate_webhook_secret(session: Session, key_id: str, *, server_secret: str) 
 
 def key_webhook_secret(session: Session, key_id: str, *, server_secret: str) -> str:
     """The key's current webhook signing secret."""
-    row = ApiKeyRepository(session).get(key_id)
+    row = None if _unmatchable(key_id) else ApiKeyRepository(session).get(key_id)
     if row is None:
         raise NotFound(f"API key {key_id} not found: see GET /api/v1/admin/keys")
     return webhook_secret(row.id, server_secret, row.webhook_secret_salt)
@@ -347,6 +389,8 @@ def list_deliveries(
         )
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be 1..{MAX_PAGE}", field="limit")
+    if _unmatchable(key_id, job_id):
+        return DeliveryPage([], None)
     return AdminRepository(session).list_deliveries(
         status=status, key_id=key_id, job_id=job_id, limit=limit, cursor=cursor
     )
@@ -355,7 +399,9 @@ def list_deliveries(
 def replay_delivery(session: Session, delivery_id: str) -> WebhookDelivery:
     """Send a delivery again: back to ``pending``, due now, with a fresh attempt count (same
     ``webhook-id`` and body, so receivers can de-duplicate). 409 while it is being sent."""
-    d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    d = None
+    if not _unmatchable(delivery_id):
+        d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if d is None:
         raise NotFound(f"webhook delivery {delivery_id} not found: see GET /api/v1/admin/webhooks")
     if d.status == "pending" and d.locked_by is not None:

@@ -105,14 +105,11 @@ def money_per_key(
     _check_range(since, until)
     start, end = day_bounds(since, until)
     names = {k.id: k.name for k in ApiKeyRepository(session).list()}
-    acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0.0])
-    for r in AdminRepository(session).completed_between(start, end, key_id=key_id):
-        a = acc[(_period(r.completed_at.date(), period), r.api_key_id)]
-        a[0] += 1
-        a[1] += r.status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED)
-        a[2] += r.status == JobStatus.FAILED
-        a[3] += float(r.gpu_seconds or 0.0)
-        a[4] += float(r.cost_usd or 0.0)
+    chars = {"day": 10, "month": 7, "all": None}[period]
+    acc = {
+        (r.period, r.api_key_id): [r.jobs, r.succeeded, r.failed, r.gpu_seconds, r.revenue_usd]
+        for r in AdminRepository(session).money_rows(start, end, chars=chars, key_id=key_id)
+    }
     rate = gpu_cost_per_hour / 3600.0
     rows = [
         MoneyRow(
@@ -120,12 +117,12 @@ def money_per_key(
             key_id=k,
             key_name=names.get(k),
             jobs=int(a[0]),
-            succeeded=int(a[1]),
-            failed=int(a[2]),
-            gpu_seconds=round(a[3], 4),
-            revenue_usd=round(a[4], 6),
-            cost_usd=round(a[3] * rate, 6),
-            margin_usd=round(a[4] - a[3] * rate, 6),
+            succeeded=int(a[1] or 0),
+            failed=int(a[2] or 0),
+            gpu_seconds=round(float(a[3] or 0.0), 4),
+            revenue_usd=round(float(a[4] or 0.0), 6),
+            cost_usd=round(float(a[3] or 0.0) * rate, 6),
+            margin_usd=round(float(a[4] or 0.0) - float(a[3] or 0.0) * rate, 6),
         )
         for (p, k), a in acc.items()
     ]
@@ -200,18 +197,16 @@ def overview(session: Session, *, hours: int = 24, now: datetime | None = None) 
     buckets: dict[datetime, list[int]] = {
         first + timedelta(hours=i): [0, 0, 0] for i in range(hours)
     }
+    end = now + timedelta(seconds=1)
+    for r in repo.hourly_counts(first, end):
+        start = datetime.strptime(r.hour, "%Y-%m-%d %H").replace(tzinfo=UTC)
+        if start in buckets:
+            buckets[start] = [int(r.completed), int(r.succeeded or 0), int(r.failed or 0)]
     times: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for r in repo.completed_between(first, now + timedelta(seconds=1)):
-        b = buckets.get(r.completed_at.replace(minute=0, second=0, microsecond=0))
-        if b is None:
-            continue
-        b[0] += 1
-        b[1] += r.status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED)
-        b[2] += r.status == JobStatus.FAILED
-        if r.status in (JobStatus.SUCCEEDED, JobStatus.EXPIRED) and r.started_at is not None:
-            run, total = times[r.model]
-            run.append((r.completed_at - r.started_at).total_seconds())
-            total.append((r.completed_at - r.created_at).total_seconds())
+    for r in repo.run_times(first, end):
+        run, total = times[r.model]
+        run.append((r.completed_at - r.started_at).total_seconds())
+        total.append((r.completed_at - r.created_at).total_seconds())
     return Overview(
         now=now,
         queued=counts.get(JobStatus.QUEUED, 0),

@@ -7,8 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aiprod.jobs.admin import MAX_BUDGET_USD, MAX_PRIORITY, MAX_RATE_LIMIT, NAME_PATTERN
 from aiprod.service.schemas import JobErrorOut, JobOut, Page, _Out
 
 
@@ -82,31 +83,64 @@ class KeyCreatedOut(KeyOut):
     webhook_secret: str = Field(description="The key's webhook signing secret.")
 
 
-class KeyCreate(BaseModel):
+# What aiprod.jobs.admin checks, stated in the OpenAPI: a name with a visible character,
+# printable (no control characters), a budget and a rate limit within sane bounds.
+def _name(default: Any = ...) -> Any:
+    return Field(default, min_length=1, max_length=200, pattern=NAME_PATTERN)
+
+
+def _budget() -> Any:
+    return Field(None, ge=0, le=MAX_BUDGET_USD, strict=True, allow_inf_nan=False)
+
+
+def _rate() -> Any:
+    return Field(None, ge=1, le=MAX_RATE_LIMIT)
+
+
+def _priority(default: int | None) -> Any:
+    return Field(default, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+
+
+class _KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    @field_validator("rate_limit_per_minute", "priority", mode="before", check_fields=False)
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        # A JSON integer, 5.0 included (as JSON Schema has it); not "5" or true.
+        if isinstance(value, str | bool):
+            raise ValueError("must be an integer")
+        return value
+
+
+class KeyCreate(_KeyBody):
+    name: str = _name()
     admin: bool = Field(default=False, strict=True)
-    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
-    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)
+    monthly_budget_usd: float | None = _budget()
+    rate_limit_per_minute: int | None = _rate()
+    priority: int = _priority(0)
 
 
-class KeyPatch(BaseModel):
-    """Only the fields sent change. `null` removes a budget or a per-key rate limit."""
+class KeyPatch(_KeyBody):
+    """Only the fields sent change. `null` removes a budget or a per-key rate limit, and
+    leaves the name, priority or active flag as they are."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"monthly_budget_usd": 200.0}]}
     )
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1, strict=True)
-    monthly_budget_usd: float | None = Field(default=None, ge=0, strict=True)
-    priority: int | None = Field(default=None, ge=-1000, le=1000, strict=True)
+    name: str | None = _name(None)
+    rate_limit_per_minute: int | None = _rate()
+    monthly_budget_usd: float | None = _budget()
+    priority: int | None = _priority(None)
     active: bool | None = Field(default=None, strict=True, description="false revokes the key.")
 
     def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
+        sent = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in sent.items() if v is not None or k in _NULLABLE}
+
+
+_NULLABLE = {"rate_limit_per_minute", "monthly_budget_usd"}
 
 
 class RotatedSecretOut(_Out):

@@ -38,7 +38,7 @@ def list_keys(admin: AdminDep, state: StateDep) -> JSONResponse:
     status_code=201,
     summary="Create an API key (shown once)",
     response_model=KeyCreatedOut,
-    responses=errors(409),
+    responses=errors(400, 409),
     dependencies=[Depends(write_slot, scope="function")],
 )
 def create(body: KeyCreate, admin: AdminDep, session: SessionDep, state: StateDep) -> JSONResponse:
@@ -71,13 +71,14 @@ def get_key(key_id: str, admin: AdminDep, state: StateDep) -> JSONResponse:
     "/keys/{key_id}",
     summary="Change a key's name, rate limit, monthly budget, priority or active flag",
     response_model=KeyOut,
-    responses=errors(404, 409),
+    responses=errors(400, 404, 409),
     dependencies=[Depends(write_slot, scope="function")],
 )
 def update_key(
     key_id: str, body: KeyPatch, admin: AdminDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
-    """Only the fields sent change; `null` removes the budget or the per-key rate limit.
+    """Only the fields sent change; `null` removes the budget or the per-key rate limit (and
+    changes nothing for the other fields).
     `active: false` revokes the key. Other API processes apply it within
     `AIPROD_API_KEY_CACHE_SECONDS` (this one at once). A name an active key already has: 409
     `duplicate_name`."""

@@ -1,4 +1,4 @@
-"""admin console: a key's webhook-secret rotation salt and update time; a job's retry_of
+"""admin console: key webhook-secret salt, updated_at; jobs.retry_of; jobs time indexes
 
 Revision ID: 0004_admin
 Revises: 0002
@@ -26,9 +26,14 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         # The failed or canceled job an admin retried as this new job (the old row stays).
         batch.add_column(sa.Column("retry_of", sa.String(length=36), nullable=True))
+    # every key's jobs newest first (admin lists), and the jobs that ended in a period (money)
+    op.create_index("ix_jobs_created_at", "jobs", ["created_at"])
+    op.create_index("ix_jobs_completed_at", "jobs", ["completed_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_completed_at", table_name="jobs")
+    op.drop_index("ix_jobs_created_at", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("retry_of")
     with op.batch_alter_table("api_keys") as batch:
