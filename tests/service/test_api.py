@@ -72,7 +72,7 @@ class _nullctx:
 
 @pytest.fixture(scope="module")
 def client_key(stack: Stack) -> str:
-    return stack.create_key("acme", "--budget", "0")
+    return stack.create_key("acme")
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +357,18 @@ def test_admin_stats_budget_and_clear_cache(stack: Stack, client_key: str) -> No
         stats = a.get("/api/v1/admin/stats").json()
         acme = next(k for k in stats["keys"] if k["name"] == "acme")
         assert acme["succeeded"] >= 1 and acme["gpu_seconds"] > 0 and acme["cost_usd"] > 0
+        assert acme["monthly_budget_usd"] is None and acme["over_budget"] is False
+        # a budget below this month's spend: flagged, and submits are refused until raised
+        budget = a.patch(f"/api/v1/admin/keys/{acme['key_id']}", json={"monthly_budget_usd": 0})
+        assert budget.status_code == 200, budget.text
+        acme = next(
+            k for k in a.get("/api/v1/admin/stats").json()["keys"] if k["key_id"] == acme["key_id"]
+        )
         assert acme["monthly_budget_usd"] == 0 and acme["over_budget"] is True
+        with stack.client(client_key) as c:
+            r = c.post("/api/v1/generate", json={"prompt": "over budget"})
+            assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded"
+        a.patch(f"/api/v1/admin/keys/{acme['key_id']}", json={"monthly_budget_usd": None})
         assert stats["days"] and stats["days"][-1]["videos_generated"] >= 1
         assert stats["days"][-1]["revenue_usd"] > 0
         r = a.post("/api/v1/admin/clear-cache").json()

@@ -63,13 +63,19 @@ _PER_MODEL_FIELDS = {
     "webhook_url",
     "metadata",
 }
-# A schema-valid 422 is expected only for these: the per-model fields above, and GET /jobs's
+# A schema-valid 422 is expected only for these: the per-model fields above, and the lists'
 # `cursor`, an opaque token that only a previous page's `next_cursor` makes valid (like an
 # unknown job id is a 404).
 _SERVER_CHECKED = {
     "/api/v1/generate": _PER_MODEL_FIELDS,
     "/api/v1/estimate-cost": _PER_MODEL_FIELDS,
     "/api/v1/jobs": {"cursor"},
+    "/api/v1/admin/jobs": {"cursor"},
+    "/api/v1/admin/webhooks": {"cursor"},
+    # a key name: its whitespace rules (Unicode's and the JSON Schema regex's differ at the
+    # edges, e.g. U+0085) are the server's
+    "/api/v1/admin/keys": {"name"},
+    "/api/v1/admin/keys/{key_id}": {"name"},
 }
 # The OpenAI-compatible routes answer a bad field with OpenAI's 400 (`param` names it): the
 # per-model fields, a size or length the model cannot make, and `after`, an id only a listed

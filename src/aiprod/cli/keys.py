@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
 from aiprod.cli.common import db_exists, describe_db, load_settings, open_db, out, table_console
 from aiprod.cli.errors import cli_errors, err
 
 app = typer.Typer(
-    help="Create, list and revoke API keys.\n\nExample: aiprod keys create --name acme",
+    help="Create, list, update and revoke API keys.\n\nExample: aiprod keys create --name acme",
     no_args_is_help=True,
 )
 
@@ -24,7 +25,8 @@ def keys_create(
         bool, typer.Option("--admin", help="Admin scope (stats, clear-cache).")
     ] = False,
     budget: Annotated[
-        float | None, typer.Option("--budget", help="Monthly budget in USD (flagged in stats).")
+        float | None,
+        typer.Option("--budget", help="Monthly budget in USD (past it, submits get 402)."),
     ] = None,
     rate_limit: Annotated[
         int | None, typer.Option("--rate-limit", help="Requests per minute (default: server's).")
@@ -75,29 +77,53 @@ def keys_create(
 
 @app.command("list")
 @cli_errors
-def keys_list() -> None:
-    """List API keys (never their secret part).
+def keys_list(
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only keys with this name (any case).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the ids, one a line.")] = False,
+) -> None:
+    """List API keys (never their secret part), with this month's spend.
 
     Example: aiprod keys list
     """
-    from aiprod.db.repositories import ApiKeyRepository
     from aiprod.db.session import session_scope
+    from aiprod.jobs.admin import list_keys
 
     sessions = open_db(load_settings())
-    table = Table("name", "scope", "active", "prefix", "budget $/mo", "created", "last used")
+    table = Table(
+        "name",
+        "scope",
+        "active",
+        "prefix",
+        "budget $/mo",
+        "spent $ (month)",
+        "rate/min",
+        "priority",
+        "created",
+        "last used",
+    )
     table.columns.insert(0, Column("id", no_wrap=True, min_width=36))
     with session_scope(sessions) as s:
-        for k in ApiKeyRepository(s).list():
-            table.add_row(
-                k.id,
-                k.name,
-                k.scope,
-                "yes" if k.active else "revoked",
-                k.prefix + "...",
-                "-" if k.monthly_budget_usd is None else f"{k.monthly_budget_usd:g}",
-                k.created_at.strftime("%Y-%m-%d %H:%M"),
-                k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never",
-            )
+        rows = [k for k in list_keys(s) if name is None or k.name.lower() == name.strip().lower()]
+    if quiet:
+        for k in rows:
+            typer.echo(k.id)
+        return
+    for k in rows:
+        table.add_row(
+            k.id,
+            escape(k.name),
+            k.scope,
+            "yes" if k.active else "revoked",
+            k.prefix + "...",
+            "-" if k.monthly_budget_usd is None else f"{k.monthly_budget_usd:g}",
+            f"{k.spend_this_month_usd:.2f}" + (" (over)" if k.over_budget else ""),
+            "default" if k.rate_limit_per_minute is None else str(k.rate_limit_per_minute),
+            str(k.priority),
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never",
+        )
     table_console().print(table)
 
 
@@ -132,10 +158,92 @@ def keys_webhook_secret(
     """
     from aiprod.db.repositories import ApiKeyRepository
     from aiprod.db.session import session_scope
-    from aiprod.jobs.webhooks import webhook_secret
+    from aiprod.jobs.admin import key_webhook_secret
 
     settings = load_settings()
     sessions = open_db(settings)
     with session_scope(sessions) as s:
         row = ApiKeyRepository(s).find(key_id)
-        typer.echo(webhook_secret(row.id, settings.resolved_secret_key()))
+        typer.echo(key_webhook_secret(s, row.id, server_secret=settings.resolved_secret_key()))
+
+
+@app.command("rotate-webhook-secret")
+@cli_errors
+def keys_rotate_webhook_secret(
+    key_id: Annotated[str, typer.Argument(help="Key id (or a unique prefix of it).")],
+) -> None:
+    """Give a key a new webhook signing secret and print it; the old one stops verifying.
+
+    Example: aiprod keys rotate-webhook-secret 3f2a9c
+    """
+    from aiprod.db.repositories import ApiKeyRepository
+    from aiprod.db.session import session_scope
+    from aiprod.jobs.admin import rotate_webhook_secret
+
+    settings = load_settings()
+    with session_scope(open_db(settings)) as s:
+        row = ApiKeyRepository(s).find(key_id)
+        new = rotate_webhook_secret(s, row.id, server_secret=settings.resolved_secret_key())
+    err.print(f"new webhook signing secret for '{row.name}'; give it to the client's receiver:")
+    typer.echo(new)
+
+
+@app.command("update")
+@cli_errors
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="Key id (or a unique prefix of it, >= 6 chars).")],
+    name: Annotated[str | None, typer.Option("--name", help="New client name.")] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option("--rate-limit", help="Requests per minute.")
+    ] = None,
+    default_rate_limit: Annotated[
+        bool, typer.Option("--default-rate-limit", help="Use the server's rate limit.")
+    ] = False,
+    budget: Annotated[float | None, typer.Option("--budget", help="Monthly budget in USD.")] = None,
+    no_budget: Annotated[bool, typer.Option("--no-budget", help="Remove the budget.")] = False,
+    priority: Annotated[
+        int | None, typer.Option("--priority", help="Queue priority (higher first).")
+    ] = None,
+    active: Annotated[
+        bool | None,
+        typer.Option("--activate/--deactivate", help="Reactivate or revoke the key."),
+    ] = None,
+) -> None:
+    """Change a key's name, rate limit, monthly budget, priority or active flag.
+
+    Example: aiprod keys update 3f2a9c --budget 200 --rate-limit 300
+    """
+    from aiprod.core.errors import InvalidRequest
+    from aiprod.db.repositories import ApiKeyRepository
+    from aiprod.db.session import session_scope
+    from aiprod.jobs.admin import update_key
+
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = name
+    if rate_limit is not None and default_rate_limit:
+        raise InvalidRequest("give --rate-limit N or --default-rate-limit, not both")
+    if rate_limit is not None or default_rate_limit:
+        changes["rate_limit_per_minute"] = rate_limit
+    if budget is not None and no_budget:
+        raise InvalidRequest("give --budget USD or --no-budget, not both")
+    if budget is not None or no_budget:
+        changes["monthly_budget_usd"] = budget
+    if priority is not None:
+        changes["priority"] = priority
+    if active is not None:
+        changes["active"] = active
+    if not changes:
+        raise InvalidRequest(
+            "nothing to change: give --name, --rate-limit, --budget, --priority or "
+            "--activate/--deactivate (see --help)"
+        )
+    with session_scope(open_db(load_settings())) as s:
+        k = update_key(s, ApiKeyRepository(s).find(key_id).id, changes)
+        budget_text = "none" if k.monthly_budget_usd is None else f"${k.monthly_budget_usd:g}"
+        rate = k.rate_limit_per_minute or "server default"
+        out.print(
+            f"key '{escape(k.name)}' ({k.id}): active={k.active} budget={budget_text}/month "
+            f"rate limit={rate}/min priority={k.priority}",
+            highlight=False,
+        )

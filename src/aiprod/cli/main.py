@@ -1,10 +1,11 @@
 """The ``aiprod`` command line (typer): this module only assembles the app.
 
-Each command group lives in its own module: ``serve`` (serve, worker), ``keys``, ``models``,
-``generate``, and ``db`` here; ``data``, ``train`` and ``eval`` are imported only when used.
-Commands that talk to the service (``serve``, ``keys``, ``db``, ``models``) never import
-torch; ``worker`` and ``generate`` load the engine lazily. Every command reports its errors
-through ``aiprod.cli.errors.cli_errors`` (one line on stderr; exit statuses listed there).
+Each command group lives in its own module: ``serve`` (serve, worker), ``keys``, ``jobs``,
+``billing``, ``models``, ``generate``, and ``db`` here; ``data``, ``train`` and ``eval`` are
+imported only when used. Commands that talk to the service (``serve``, ``keys``, ``jobs``,
+``billing``, ``db``, ``models``) never import torch; ``worker`` and ``generate`` load the
+engine lazily. Every command reports its errors through ``aiprod.cli.errors.cli_errors`` (one
+line on stderr; exit statuses listed there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from aiprod.cli import generate, keys, models, serve
+from aiprod.cli import billing, generate, jobs, keys, models, serve
 from aiprod.cli.common import load_settings, out
 from aiprod.cli.db import register_db_commands
 from aiprod.cli.errors import cli_errors
@@ -80,6 +81,8 @@ def _root(
 
 
 app.add_typer(keys.app, name="keys")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(billing.app, name="billing")
 app.add_typer(db_app, name="db")
 app.add_typer(models.app, name="models")
 app.command("worker")(serve.worker)

@@ -245,6 +245,27 @@ class AsyncClient:
         data: list[dict[str, Any]] = (await self._json("GET", "/api/v1/admin/workers"))["data"]
         return data
 
+    async def admin_jobs(self, **filters: Any) -> dict[str, Any]:
+        """One page of every key's jobs (admin key): status, key_id, model, created_after,
+        created_before, q (prompt text), limit, cursor."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        out: dict[str, Any] = await self._json("GET", "/api/v1/admin/jobs", params=params)
+        return out
+
+    async def admin_retry(self, job_id: str) -> dict[str, Any]:
+        """Submit a failed or canceled job again as a new job (admin key); the new job."""
+        out: dict[str, Any] = await self._json(
+            "POST", f"/api/v1/admin/jobs/{job_id}/retry", retry_safe=False
+        )
+        return out
+
+    async def update_key(self, key_id: str, **changes: Any) -> dict[str, Any]:
+        """Change name, rate_limit_per_minute, monthly_budget_usd, priority or active (admin)."""
+        out: dict[str, Any] = await self._json(
+            "PATCH", f"/api/v1/admin/keys/{key_id}", json=changes, retry_safe=True
+        )
+        return out
+
     async def clear_cache(self) -> dict[str, Any]:
         out: dict[str, Any] = await self._json("POST", "/api/v1/admin/clear-cache", retry_safe=True)
         return out

@@ -101,9 +101,14 @@ class ServiceUnavailable(ApiError):
     """503: the server cannot take the request now (e.g. not ready)."""
 
 
+class BudgetExceeded(ApiError):
+    """402: the key's monthly budget is used up (the message says when it resets)."""
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: AuthenticationError,
+    402: BudgetExceeded,
     403: PermissionDenied,
     404: NotFoundError,
     409: ConflictError,

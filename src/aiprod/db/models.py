@@ -116,6 +116,9 @@ class ApiKey(Base):
     # When a worker last claimed one of this key's jobs: the queue's round-robin turn.
     last_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Mixed into the derived webhook signing secret; a new random value rotates the secret.
+    webhook_secret_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Job(Base):
@@ -124,6 +127,9 @@ class Job(Base):
         UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_api_key_idempotency"),
         Index("ix_jobs_queue", "status", "priority", "created_at"),
         Index("ix_jobs_owner_created", "api_key_id", "created_at"),
+        # the operator's views: every key's jobs newest first, and what ended in a period
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_completed_at", "completed_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -165,6 +171,7 @@ class Job(Base):
     warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     # DELETE /jobs/{id}: the output is gone, the row stays for billing (status unchanged)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(36), nullable=True)  # an admin retry
 
 
 class CostLog(Base):

@@ -20,7 +20,7 @@ from aiprod.db.models import Job, JobStatus, new_id, utcnow
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs.estimate import estimate_seconds
 from aiprod.jobs.model_state import availability, refuse_unavailable
-from aiprod.jobs.schema import GenerateBody, request_hash, validate_generate
+from aiprod.jobs.schema import GenerateBody, JobParams, request_hash, validate_generate
 from aiprod.jobs.storage import Storage, input_key
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -117,3 +117,61 @@ def _replay(existing: Job, req_hash: str) -> Job:
             code="idempotency_conflict",
         )
     return existing
+
+
+def retry_as_new(
+    session: Session,
+    old: Job,
+    *,
+    priority: int,
+    registry: Registry,
+    storage: Storage,
+    settings: Settings,
+) -> Job:
+    """(new) --retry--> queued: a failed or canceled job submitted again as a new job (same
+    key, prompt, parameters, seed, image, webhook, metadata; ``retry_of`` = the old id), on the
+    model's current version. The old row is left as it is (its cost and webhook stand)."""
+    if old.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise Conflict(
+            f"job {old.id} is {old.status}; only failed or canceled jobs can be retried",
+            code="not_retryable",
+        )
+    entry = registry.get(old.model)
+    params = JobParams.from_stored(old.params)
+    seconds, _ = estimate_seconds(session, entry, params)
+    job = Job(
+        id=new_id(),
+        api_key_id=old.api_key_id,
+        prompt=old.prompt,
+        model=entry.id,
+        model_version=entry.version,
+        params=params.as_dict(),
+        status=JobStatus.QUEUED,
+        priority=priority,
+        attempts=0,
+        max_attempts=settings.max_attempts,
+        available_at=utcnow(),
+        progress=0.0,
+        cancel_requested=False,
+        webhook_url=old.webhook_url,
+        webhook_events=old.webhook_events,
+        created_at=utcnow(),
+        estimated_seconds=seconds,
+        estimated_cost_usd=round(seconds * entry.price_per_gpu_second, 6),
+        metadata_=old.metadata_,
+        retry_of=old.id,
+        warnings=old.warnings,
+    )
+    if old.input_image_path is not None:
+        job.input_image_path = input_key(job.id)
+        storage.write_bytes(job.input_image_path, storage.read_bytes(old.input_image_path))
+    JobRepository(session).add(job)
+    log_job_transition(
+        job.id,
+        old=None,
+        new=JobStatus.QUEUED,
+        model=job.model,
+        key_id=job.api_key_id,
+        reason=f"retry of {old.id}",
+    )
+    return job

@@ -6,6 +6,7 @@
              queued --cancel--> canceled       running --cancel--> canceled
              running --retry / reap / worker stops--> queued
              running --fail / reap (out of attempts)--> failed
+    failed or canceled --admin retry (submit.retry_as_new)--> a new job, queued
 
 The API, the worker, the reaper and retention call these functions and nothing else writes
 ``jobs.status``. Each one decides the new status, writes it (through ``db/queue.py``'s lease-

@@ -41,24 +41,28 @@ from standardwebhooks.webhooks import Webhook
 
 from aiprod.core.settings import Settings
 from aiprod.db.models import WebhookDelivery, utcnow
-from aiprod.db.repositories import WebhookRepository
+from aiprod.db.repositories import ApiKeyRepository, WebhookRepository
 from aiprod.db.session import session_scope
 from aiprod.jobs.destinations import Resolver, parse_destination, system_resolver, vet
 
 log = logging.getLogger("aiprod.webhooks")
 
 
-def webhook_secret(api_key_id: str, secret: str) -> str:
+def webhook_secret(api_key_id: str, secret: str, salt: str | None = None) -> str:
     """The Standard Webhooks signing secret (``whsec_...``) for one API key's deliveries.
 
-    Derived from the server secret, so it need not be stored and can be shown again
-    (``aiprod keys webhook-secret``)."""
-    raw = hmac.new(secret.encode(), f"webhook:{api_key_id}".encode(), hashlib.sha256).digest()
+    Derived from the server secret and the key's ``webhook_secret_salt`` (None until the
+    first rotation), so it need not be stored and can be shown again
+    (``aiprod keys webhook-secret``); a rotation stores a new salt."""
+    label = f"webhook:{api_key_id}" if salt is None else f"webhook:{api_key_id}:{salt}"
+    raw = hmac.new(secret.encode(), label.encode(), hashlib.sha256).digest()
     return "whsec_" + base64.b64encode(raw).decode()
 
 
-def signed_headers(delivery: WebhookDelivery, secret: str, now: datetime) -> dict[str, str]:
-    wh = Webhook(webhook_secret(delivery.api_key_id, secret))
+def signed_headers(
+    delivery: WebhookDelivery, secret: str, now: datetime, *, salt: str | None = None
+) -> dict[str, str]:
+    wh = Webhook(webhook_secret(delivery.api_key_id, secret, salt))
     return {
         "content-type": "application/json",
         "user-agent": "aiprod-webhooks/1",
@@ -253,11 +257,13 @@ class WebhookDispatcher:
                 d = WebhookRepository(s).get(delivery_id)
                 if d is None or d.status != "pending" or d.locked_by != self.owner:
                     return
+                key_row = ApiKeyRepository(s).get(d.api_key_id)
+                salt = key_row.webhook_secret_salt if key_row is not None else None
                 s.expunge(d)
             code: int | None = None
             error: str | None = None
             try:
-                code, reachable = self._post(d)
+                code, reachable = self._post(d, salt)
                 if not 200 <= code < 300:
                     error = f"receiver answered HTTP {code}"
             except httpx.TransportError as exc:
@@ -274,11 +280,11 @@ class WebhookDispatcher:
                 self._busy -= 1
             self._wake.set()
 
-    def _post(self, d: WebhookDelivery) -> tuple[int, bool]:
+    def _post(self, d: WebhookDelivery, salt: str | None = None) -> tuple[int, bool]:
         """POST to the vetted address; (status code, whether the receiver counts as alive)."""
         dest = parse_destination(d.url)
         ip = vet(dest, self.resolver, self.allow)
-        headers = signed_headers(d, self.secret, datetime.now(UTC))
+        headers = signed_headers(d, self.secret, datetime.now(UTC), salt=salt)
         headers["host"] = dest.host_header
         tls = {"sni_hostname": dest.host} if dest.scheme == "https" and dest.ip is None else {}
         request = self.client.build_request(

@@ -16,12 +16,13 @@ from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
 from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from aiprod.jobs.storage import open_storage
+from aiprod.service.dashboard import install_dashboard
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
 from aiprod.service.observability import install_observability
 from aiprod.service.openapi import install_docs, operation_id
 from aiprod.service.ratelimit import RateLimiter
-from aiprod.service.routers import admin, health, jobs, openai_videos
+from aiprod.service.routers import admin, admin_jobs, admin_keys, health, jobs, openai_videos
 from aiprod.service.state import AppState
 
 DESCRIPTION = """Text/image-to-video generation jobs.
@@ -81,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(admin.router)
     app.include_router(openai_videos.router)
+    app.include_router(admin_jobs.router)
+    app.include_router(admin_keys.router)
+    install_dashboard(app)  # the operator's web console at /dashboard
     install_observability(app, state)  # /metrics, detailed /readyz, request logs (ops)
     install_docs(app)  # /openapi.json's additions for every route, /docs, /redoc
     return app

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from aiprod.core.errors import InvalidRequest
 from aiprod.db.models import ApiKey
 from aiprod.db.repositories import ApiKeyRepository
+from aiprod.jobs.admin import MAX_RATE_LIMIT, check_key_name, check_name_free
 from aiprod.service.security import display_prefix, generate_key, hash_key
 
 
@@ -21,13 +22,14 @@ def create_key(
     priority: int = 0,
 ) -> tuple[ApiKey, str]:
     """Returns (row, plaintext key). The plaintext is never stored: show it once."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise InvalidRequest("--name must be 1..200 characters", field="name")
+    name = check_key_name(name)
     if monthly_budget_usd is not None and monthly_budget_usd < 0:
         raise InvalidRequest("--budget must be >= 0 (US dollars per month)", field="budget")
-    if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
-        raise InvalidRequest("--rate-limit must be >= 1 request per minute", field="rate_limit")
+    if rate_limit_per_minute is not None and not 1 <= rate_limit_per_minute <= MAX_RATE_LIMIT:
+        raise InvalidRequest(
+            f"--rate-limit must be 1..{MAX_RATE_LIMIT} requests per minute", field="rate_limit"
+        )
+    check_name_free(session, name)  # 409 naming the active key that has it
     key = generate_key()
     row = ApiKeyRepository(session).create(
         key_hash=hash_key(key, secret),

@@ -41,10 +41,11 @@ class ErrorOut(_Out):
 
 ERROR_TEXT = {
     400: "The body is not valid JSON",
+    402: "The key's monthly budget is used up (`budget_exceeded`; the message says when it resets)",
     401: "Missing, invalid or revoked API key",
     403: "The route needs an admin key",
     404: "Not found (or owned by another key)",
-    409: "Conflict with the job's state or an earlier request",
+    409: "Conflict with the job's state, an earlier request or an existing key name",
     410: "The output was deleted (DELETE) or expired (retention); the job row stays",
     413: "Request body too large",
     416: "Range not satisfiable",
@@ -140,6 +141,13 @@ class EstimateOut(_Out):
     price_per_gpu_second: float
     estimated_cost_usd: float
     basis: Literal["measured", "heuristic"]
+    would_exceed_budget: bool = Field(
+        description="This month's spend plus this estimate would pass the key's monthly budget."
+    )
+    budget_exceeded: bool = Field(description="The budget is used up: /generate answers 402.")
+    monthly_budget_usd: float | None
+    month_spend_usd: float = Field(description="Billed cost of jobs completed this UTC month.")
+    budget_resets_at: datetime = Field(description="00:00 UTC on the first of next month.")
 
 
 class ModelOut(_Out):
@@ -213,6 +221,15 @@ class ClearCacheOut(_Out):
     workers_notified: int
 
 
+class GpuOut(_Out):
+    index: int
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: float
+    temperature_celsius: float
+
+
 class WorkerOut(_Out):
     id: str
     hostname: str
@@ -220,10 +237,12 @@ class WorkerOut(_Out):
     device: str | None
     status: Literal["starting", "idle", "busy", "stopped", "lost"]
     current_job_id: str | None
+    current_job_model: str | None
     cache_epoch: int
     jobs_done: int
     started_at: datetime | None
     last_seen_at: datetime | None
+    gpus: list[GpuOut] = Field(description="NVML readings from the last heartbeat; [] without.")
 
 
 class WorkersOut(_Out):

@@ -4,6 +4,7 @@ Each takes a ``Session``; the caller owns the transaction (one unit of work, com
 One module per concern; everything is importable from here.
 """
 
+from aiprod.db.repositories.admin import AdminRepository, DeliveryPage
 from aiprod.db.repositories.billing import CostRepository, TimingRepository
 from aiprod.db.repositories.jobs import JobRepository, Page
 from aiprod.db.repositories.keys import ApiKeyRepository
@@ -11,8 +12,10 @@ from aiprod.db.repositories.state import RateLimitRepository, StateRepository, W
 from aiprod.db.repositories.webhooks import WebhookRepository
 
 __all__ = [
+    "AdminRepository",
     "ApiKeyRepository",
     "CostRepository",
+    "DeliveryPage",
     "JobRepository",
     "Page",
     "RateLimitRepository",

@@ -1,4 +1,5 @@
-"""Admin routes (admin-scoped keys only): stats, clear-cache, workers."""
+"""Admin routes (admin-scoped keys only): stats, clear-cache, workers (jobs and webhooks:
+``admin_jobs.py``; keys: ``admin_keys.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from aiprod.db.repositories import (
     StateRepository,
     WorkerRepository,
 )
-from aiprod.service.deps import AdminDep, SessionDep, StateDep
+from aiprod.jobs.admin import list_workers
+from aiprod.jobs.admin_views import worker_dict
+from aiprod.service.deps import AdminDep, SessionDep, StateDep, read_session
 from aiprod.service.schemas import ClearCacheOut, StatsOut, WorkersOut, errors
 
 router = APIRouter(
@@ -40,8 +43,8 @@ def stats(
     session: SessionDep,
     days: Annotated[int, Query(ge=1, le=366, description="How many days back")] = 30,
 ) -> JSONResponse:
-    """Keys whose billed cost this calendar month (UTC) exceeds their monthly budget are
-    flagged `over_budget`."""
+    """Keys whose billed cost this calendar month (UTC) has reached their monthly budget are
+    flagged `over_budget` (their submits get 402 `budget_exceeded`)."""
     now = datetime.now(UTC)
     since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -66,7 +69,7 @@ def stats(
                 "cost_usd": round(float(r.get("cost_usd", 0.0) or 0.0), 6),
                 "month_cost_usd": spent,
                 "monthly_budget_usd": k.monthly_budget_usd,
-                "over_budget": k.monthly_budget_usd is not None and spent > k.monthly_budget_usd,
+                "over_budget": k.monthly_budget_usd is not None and spent >= k.monthly_budget_usd,
                 "last_used_at": _iso(k.last_used_at),
             }
         )
@@ -117,26 +120,11 @@ def clear_cache(admin: AdminDep, session: SessionDep, state: StateDep) -> JSONRe
 @router.get(
     "/workers", summary="Worker processes and what they are doing", response_model=WorkersOut
 )
-def workers(admin: AdminDep, session: SessionDep, state: StateDep) -> JSONResponse:
-    horizon = datetime.now(UTC) - timedelta(seconds=state.settings.lease_seconds * 2)
-    return JSONResponse(
-        {
-            "data": [
-                {
-                    "id": w.id,
-                    "hostname": w.hostname,
-                    "pid": w.pid,
-                    "device": w.device,
-                    "status": w.status
-                    if w.last_seen_at >= horizon or w.status == "stopped"
-                    else "lost",
-                    "current_job_id": w.current_job_id,
-                    "cache_epoch": w.cache_epoch,
-                    "jobs_done": w.jobs_done,
-                    "started_at": _iso(w.started_at),
-                    "last_seen_at": _iso(w.last_seen_at),
-                }
-                for w in WorkerRepository(session).all()
-            ]
-        }
-    )
+def workers(admin: AdminDep, state: StateDep) -> JSONResponse:
+    """Every registered worker: `lost` when its heartbeat stopped, the job and model it is
+    running, and its GPUs' memory, utilization and temperature where NVML reports them."""
+    opts = state.settings
+    live = opts.worker_live_seconds or opts.lease_seconds * 2
+    with read_session(state) as session:
+        data = [worker_dict(w) for w in list_workers(session, live_seconds=live)]
+    return JSONResponse({"data": data})

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from aiprod.core.errors import AiprodError, InvalidRequest, NotFound
+from aiprod.core.errors import InvalidRequest
 from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
-from aiprod.jobs.estimate import estimate
+from aiprod.jobs.budget import check_budget, estimate_for_key
 from aiprod.jobs.model_state import availability
 from aiprod.jobs.schema import GenerateBody, validate_generate
 from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, Submitter, submit_job
-from aiprod.jobs.views import render_job, require_output
+from aiprod.jobs.views import render_job
 from aiprod.service.deps import (
     ApiKeyDep,
     SessionDep,
@@ -28,6 +27,7 @@ from aiprod.service.deps import (
     write_slot,
 )
 from aiprod.service.schemas import EstimateOut, JobOut, JobPage, ModelsOut, errors
+from aiprod.service.streaming import stream_output
 from aiprod.service.waiting import (
     PREFER_DESCRIPTION,
     HeldJobResponse,
@@ -62,7 +62,7 @@ def base_url(request: Request, public_url: str | None) -> str:
     status_code=202,
     summary="Create a generation job",
     response_model=JobOut,
-    responses=errors(400, 409, 413, 422),
+    responses=errors(400, 402, 409, 413, 422),
     # Storage first: a submit refused with 503 (storage not writable) takes no write slot.
     dependencies=[Depends(storage_writable), Depends(write_slot, scope="function")],
 )
@@ -84,13 +84,15 @@ def generate(
 ) -> Response:
     """Queue a job; returns 202 with the job object. Repeating a request with the same
     `Idempotency-Key` returns the same job instead of creating another. 503 with
-    `Retry-After` while the output storage is not writable (full disk, permissions).
-    With `Prefer: wait=N` the answer (still 202) comes when the job has ended or after N s."""
+    `Retry-After` while the output storage is not writable (full disk, permissions). 402
+    `budget_exceeded` once the key's monthly budget is used up. With `Prefer: wait=N` the
+    answer (still 202) comes when the job has ended or after N s."""
     # The queue position comes from the shared snapshot, read (when due) before this request's
     # write transaction: on SQLite that transaction holds the one write lock, and the four
     # counting queries it ran there were most of a submit's time under load.
     with read_session(state) as rs:
         state.queue_view.get(rs, state.settings)
+    check_budget(session, key.id)
     sub = submit_job(
         session,
         submitter=Submitter(key.id, key.priority),
@@ -276,9 +278,6 @@ def cancel(
     return JSONResponse(render_job(session, job, base_url=base, settings=state.settings))
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
 @router.get(
     "/jobs/{job_id}/download",
     summary="Download the MP4",
@@ -301,53 +300,7 @@ def download(
     (206) and `ETag`."""
     with read_session(state) as session:  # a read: no SQLite write lock, ended before streaming
         job = JobRepository(session).get_owned(job_id, key.id)
-    storage, out_key = state.storage, require_output(job)
-    size = storage.size(out_key)  # local file or S3 object; streamed either way
-    if size is None:
-        raise NotFound(f"the output of job {job.id} is no longer in storage")
-    etag = f'"{job.output_sha256 or job.id}"'
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{job.id}.mp4"',
-        "Cache-Control": "private, max-age=3600",
-    }
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    if range_:
-        m = _RANGE.match(range_.strip())
-        if m is None or (not m.group(1) and not m.group(2)):
-            raise AiprodError(
-                "Range must look like 'bytes=START-END' (one range)",
-                status_code=416,
-                code="bad_range",
-            )
-        if m.group(1):
-            start = int(m.group(1))
-            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-        else:  # suffix range: the last N bytes
-            start = max(0, size - int(m.group(2)))
-            end = size - 1
-        if start >= size or end < start:
-            headers["Content-Range"] = f"bytes */{size}"
-            return JSONResponse(
-                {"error": {"code": "bad_range", "message": f"range outside the {size}-byte file"}},
-                status_code=416,
-                headers=headers,
-            )
-        length = end - start + 1
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(length)
-        return StreamingResponse(
-            storage.iter_range(out_key, start, length),
-            status_code=206,
-            media_type="video/mp4",
-            headers=headers,
-        )
-    headers["Content-Length"] = str(size)
-    return StreamingResponse(
-        storage.iter_range(out_key, 0, size), media_type="video/mp4", headers=headers
-    )
+    return stream_output(job, state.storage, range_header=range_, if_none_match=if_none_match)
 
 
 @router.get("/models", summary="Models this server can run", response_model=ModelsOut)
@@ -389,4 +342,4 @@ def estimate_cost(
     `params.seed` is there only if the request gave one."""
     allow = state.settings.webhook_allowed_networks
     v = validate_generate(body, state.registry, webhook_allow=allow)
-    return JSONResponse(estimate(session, v, seed_given=body.seed is not None))
+    return JSONResponse(estimate_for_key(session, v, key.id, seed_given=body.seed is not None))
