@@ -1,7 +1,7 @@
 """admin console: key webhook-secret salt, updated_at; jobs.retry_of; jobs time indexes
 
 Revision ID: 0004_admin
-Revises: 0002
+Revises: 0003_jobs_deleted_events
 Create Date: 2026-12-07 13:45:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_admin"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_jobs_deleted_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """job warnings (words the built-in model ignores, ...)
 
 Revision ID: 0005_job_warnings
-Revises: 0003_jobs_deleted_events
+Revises: 0004_admin
 Create Date: 2026-12-07 14:00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_job_warnings"
-down_revision: str | None = "0003_jobs_deleted_events"
+down_revision: str | None = "0004_admin"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
