@@ -389,6 +389,14 @@ class CheckpointConfig(_Strict):
     keep_best: bool = True
 
 
+class DistributedConfig(_Strict):
+    """How several processes train (``training.sharding``): ``ddp`` replicates the model on
+    every rank; ``fsdp`` shards the denoisers' weights, gradients and Adam states across them
+    (FSDP2); ``auto``: ``fsdp`` under ``accelerate launch --use_fsdp``, else ``ddp``."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+
+
 class TrainConfig(_Strict):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     output_dir: Path = Path("runs/run")
@@ -403,6 +411,7 @@ class TrainConfig(_Strict):
     flow: FlowConfig = Field(default_factory=FlowConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     phases: list[PhaseConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -434,6 +443,7 @@ class TrainConfig(_Strict):
                 "output_dir": True,
                 "monitor": True,
                 "checkpoint": True,
+                "distributed": True,  # ddp and fsdp train the same weights: resume across them
                 "model": {"scheduler_shift"},
             },
             exclude_defaults=True,
