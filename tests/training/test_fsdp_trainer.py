@@ -69,7 +69,9 @@ def _ckpt(run: Path, step: int) -> dict[str, torch.Tensor]:
     """The weights a checkpoint holds (every part, one dict)."""
     folder = run / "checkpoints" / f"step-{step:08d}"
     return {
-        f"{f.stem}.{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()
+        f"{f.stem}.{k}": v
+        for f in sorted(folder.glob("*.safetensors"))
+        for k, v in load_file(f).items()
     }
 
 
@@ -186,7 +188,10 @@ def test_fsdp_shards_the_denoiser_and_one_process_writes(runs: dict[str, Any]) -
 def test_fsdp_equals_one_process_with_the_same_global_batch(runs: dict[str, Any]) -> None:
     root = runs["root"]
     torch.testing.assert_close(
-        torch.tensor(runs["ranks"][0]["losses"]), torch.tensor(runs["one_losses"]), rtol=1e-4, atol=0
+        torch.tensor(runs["ranks"][0]["losses"]),
+        torch.tensor(runs["one_losses"]),
+        rtol=1e-4,
+        atol=0,
     )
     _assert_close(_ckpt(root / "full", 4), _ckpt(root / "one", 4))
     # the exported model is the gathered one, the same folder one process writes
@@ -198,13 +203,18 @@ def test_fsdp_equals_one_process_with_the_same_global_batch(runs: dict[str, Any]
     )
     _assert_close(two, one)
     trained = _ckpt(root / "full", 4)
-    assert not torch.equal(trained["transformer.proj_out.weight"], _ckpt(root / "full", 2)["transformer.proj_out.weight"])
+    assert not torch.equal(
+        trained["transformer.proj_out.weight"],
+        _ckpt(root / "full", 2)["transformer.proj_out.weight"],
+    )
 
 
 def test_fsdp_kill_and_resume_is_bit_exact(runs: dict[str, Any]) -> None:
     root = runs["root"]
     assert _digest(_ckpt(root / "cut", 4)) == _digest(_ckpt(root / "full", 4))
-    state = torch.load(root / "cut" / "checkpoints" / "step-00000002" / "state.pt", weights_only=False)
+    state = torch.load(
+        root / "cut" / "checkpoints" / "step-00000002" / "state.pt", weights_only=False
+    )
     # the optimizer state is whole (not sharded): what one process's optimizer holds
     shapes = {tuple(s["exp_avg"].shape) for s in state["optimizer"]["state"].values()}
     assert (32, 32) in shapes
@@ -222,7 +232,9 @@ def test_lora_under_fsdp_trains_the_adapters_like_one_process(runs: dict[str, An
     assert two and all("lora_" in k for k in two)
     _assert_close(two, one)
     base = load_file(root / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
-    merged = load_file(root / "lora" / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    merged = load_file(
+        root / "lora" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
+    )
     assert merged.keys() == base.keys()
     assert any(not torch.equal(merged[k], base[k]) for k in merged)  # the adapters merged in
 

@@ -139,8 +139,10 @@ class Trainer:
                     )
         for m in comp.modules().values():
             m.requires_grad_(False)
-        if cfg.mode == "lora":
-            add_lora(comp.transformer, cfg.lora)
+        if cfg.mode == "lora":  # the adapters' initial draw, the same on every rank and run
+            with torch.random.fork_rng(devices=[]):  # (FSDP shards it without a broadcast)
+                torch.manual_seed(cfg.seed)
+                add_lora(comp.transformer, cfg.lora)
         if cfg.gradient_checkpointing:
             comp.transformer.enable_gradient_checkpointing()
             comp.vae.enable_gradient_checkpointing()
