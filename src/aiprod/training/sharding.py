@@ -164,17 +164,27 @@ def shard_optimizer_state(sd: dict[str, Any], optimizer: torch.optim.Optimizer) 
 def plain_copy(
     module: torch.nn.Module, sd: dict[str, torch.Tensor], *, lora: Any | None
 ) -> torch.nn.Module:
-    """An unsharded copy of a sharded diffusers model, on CPU, holding the gathered ``sd``
-    (``lora``: the run's LoRA config, whose adapters the module carries)."""
+    """An unsharded copy of a sharded diffusers model holding the gathered ``sd`` (``lora``:
+    the run's LoRA config, whose adapters the module carries). Built on the meta device and
+    given ``sd``'s tensors themselves: no second copy of a large model in host memory."""
     from torch.distributed.fsdp import FSDPModule
 
     base = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
-    fresh: torch.nn.Module = base.from_config(module.config)  # type: ignore[attr-defined]
-    if lora is not None:
-        from aiprod.training.lora import add_lora
 
-        add_lora(fresh, lora)
-    fresh.load_state_dict(sd)
+    def build() -> torch.nn.Module:
+        fresh: torch.nn.Module = base.from_config(module.config)  # type: ignore[attr-defined]
+        if lora is not None:
+            from aiprod.training.lora import add_lora
+
+            add_lora(fresh, lora)
+        return fresh
+
+    with torch.device("meta"):
+        fresh = build()
+    fresh.load_state_dict(sd, assign=True)
+    if any(t.is_meta for t in [*fresh.parameters(), *fresh.buffers()]):
+        fresh = build()  # a buffer outside the state dict: build it for real
+        fresh.load_state_dict(sd)
     return fresh.requires_grad_(False)
 
 
