@@ -142,6 +142,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "clip": [args.size, args.size, args.frames],
         "steps": args.steps,
+        "load_average_at_end": os.getloadavg(),  # other work on the machine skews the figures
         "rows": rows,
     }
     if args.json:

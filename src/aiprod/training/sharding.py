@@ -73,7 +73,9 @@ def sharded_parts(cfg: TrainConfig, *, launcher_fsdp: bool, world: int) -> list[
 def shard(module: torch.nn.Module, *, device: torch.device, world: int, precision: str) -> None:
     """FSDP2 in place: one unit per transformer block, then the root; the shards move to
     ``device``. On GPUs ``bf16``/``fp16`` precision computes and gathers in that dtype while
-    the sharded weights, gradients reductions and Adam states stay fp32."""
+    the sharded weights, gradients reductions and Adam states stay fp32. FSDP2 does not
+    broadcast: each rank keeps its part of its own copy, so every rank must hold the same
+    weights before (seeded builds and LoRA draws, or the same files)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -88,12 +90,6 @@ def shard(module: torch.nn.Module, *, device: torch.device, world: int, precisio
     for block in getattr(module, "transformer_blocks", None) or []:
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(module, mesh=mesh, mp_policy=mp)
-
-
-def is_sharded(module: torch.nn.Module | None) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
 
 
 def full_state_dict(
