@@ -1,4 +1,5 @@
-"""Trainer throughput under 1, 2, ... processes (DDP through ``accelerate``; gloo on CPU).
+"""Trainer throughput under 1, 2, ... processes (DDP through ``accelerate``, or the
+denoiser sharded with FSDP2 under ``--strategy fsdp``; gloo on CPU).
 
 Each process count trains the same denoiser phase (the built-in transformer of
 configs/builtin-step1-scratch.yaml on synthetic phase-1 clips) with the same global batch B,
@@ -8,6 +9,9 @@ processes. Reported: samples/s of the global batch over the timed steps (rank 0'
 between barriers), and the speed-up over the first count.
 
     .venv/bin/python benchmarks/train_scaling.py --processes 1 2 --json out.json
+    .venv/bin/python benchmarks/train_scaling.py --processes 1 2 --strategy ddp fsdp
+
+(FSDP in one process shards nothing: that row would repeat DDP's and is left out.)
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(args: argparse.Namespace, out: Path, threads: int) -> Any:
-    from aiprod.training.config import load_config
+def _config(args: argparse.Namespace, out: Path, threads: int, strategy: str) -> Any:
+    from aiprod.training.config import DistributedConfig, load_config
 
     base = load_config(args.config)
     tp = next(p for p in base.phases if p.target == "transformer")
@@ -52,11 +56,14 @@ def _config(args: argparse.Namespace, out: Path, threads: int) -> Any:
             "num_threads": threads,
             "phases": [phase],
             "monitor": monitor,
+            "distributed": DistributedConfig(strategy=strategy),  # type: ignore[arg-type]
         }
     )
 
 
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+def _worker(
+    rank: int, world: int, port: int, args: argparse.Namespace, out: str, strategy: str
+) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -70,7 +77,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     from aiprod.training.trainer import Trainer
 
     threads = max(1, args.threads // world)
-    trainer = Trainer(_config(args, Path(out), threads))
+    trainer = Trainer(_config(args, Path(out), threads, strategy))
     run = trainer._setup_phase(0)
     run.module.train()
     for _ in range(args.warmup):
@@ -103,6 +110,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=32, help="clip width = height")
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--clips", type=int, default=32)
+    ap.add_argument("--strategy", nargs="+", choices=["ddp", "fsdp"], default=["ddp"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="in all")
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     args = ap.parse_args()
@@ -110,16 +118,21 @@ def main() -> int:
     import torch.multiprocessing as mp
 
     rows: list[dict[str, Any]] = []
-    for n in args.processes:
-        out = Path(tempfile.mkdtemp(prefix=f"aiprod-scaling-{n}-"))
-        mp.spawn(_worker, args=(n, _free_port(), args, str(out)), nprocs=n, join=True)
-        rows.append({"processes": n, **json.loads((out / "result.json").read_text())})
+    for strategy in args.strategy:
+        for n in args.processes:
+            if strategy == "fsdp" and n == 1:
+                continue
+            out = Path(tempfile.mkdtemp(prefix=f"aiprod-scaling-{strategy}-{n}-"))
+            spawn_args = (n, _free_port(), args, str(out), strategy)
+            mp.spawn(_worker, args=spawn_args, nprocs=n, join=True)
+            result = json.loads((out / "result.json").read_text())
+            rows.append({"strategy": strategy, "processes": n, **result})
     base = rows[0]["samples_per_s"]
-    print(f"{'processes':>10}{'threads/proc':>14}{'samples/s':>12}{'speed-up':>10}")
+    print(f"{'strategy':>9}{'processes':>10}{'threads/proc':>14}{'samples/s':>12}{'speed-up':>10}")
     for r in rows:
         r["speedup"] = r["samples_per_s"] / base
         print(
-            f"{r['processes']:>10}{r['threads_per_process']:>14}"
+            f"{r['strategy']:>9}{r['processes']:>10}{r['threads_per_process']:>14}"
             f"{r['samples_per_s']:>12.2f}{r['speedup']:>10.2f}"
         )
     result = {
@@ -129,6 +142,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "clip": [args.size, args.size, args.frames],
         "steps": args.steps,
+        "load_average_at_end": os.getloadavg(),  # other work on the machine skews the figures
         "rows": rows,
     }
     if args.json:

@@ -220,7 +220,7 @@ def test_accelerate_launch_cpu_starts_two_processes(tmp_path: Path) -> None:
     assert proc.stdout.count("step=2 ") == 1
 
 
-def test_a_sharded_accelerate_launch_is_refused_clearly(
+def test_a_deepspeed_accelerate_launch_is_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from accelerate.utils import DistributedType
@@ -229,10 +229,10 @@ def test_a_sharded_accelerate_launch_is_refused_clearly(
     from aiprod.training import trainer as trainer_mod
     from aiprod.training.config import TrainConfig
 
-    class Sharded:  # what `accelerate launch --use_fsdp` gives (accelerate ignores it on CPU)
-        distributed_type = DistributedType.FSDP
+    class DeepSpeed:  # what `accelerate launch --use_deepspeed` gives on GPUs
+        distributed_type = DistributedType.DEEPSPEED
         process_index, num_processes = 0, 2
 
-    monkeypatch.setattr(trainer_mod, "make_accelerator", lambda device, precision: Sharded())
-    with pytest.raises(ConfigError, match="does not shard yet"):
+    monkeypatch.setattr(trainer_mod, "make_accelerator", lambda device, precision: DeepSpeed())
+    with pytest.raises(ConfigError, match="--use_fsdp or distributed.strategy: fsdp"):
         trainer_mod.Trainer(TrainConfig.model_validate(_config(tmp_path)))

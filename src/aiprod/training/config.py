@@ -44,6 +44,14 @@ from pydantic import (
 )
 
 from aiprod.core.errors import ConfigError
+from aiprod.training.arch_config import (  # noqa: F401  (re-exported: config's public names)
+    BuiltinArch,
+    TextEncoderArch,
+    TransformerArch,
+    UpsamplerArch,
+    VaeArch,
+    VerifierArch,
+)
 from aiprod.training.yaml_doc import apply_overrides, pick_document
 
 
@@ -279,56 +287,6 @@ def trains_text_encoder(phase: _PhaseBase) -> bool:
     return isinstance(phase, TransformerPhase) and phase.text_encoder_lr is not None
 
 
-class TextEncoderArch(_Strict):
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    d_ff: int = 128
-    max_length: int = 32
-
-
-class TransformerArch(_Strict):
-    num_layers: int = 4
-    num_attention_heads: int = 4
-    attention_head_dim: int = 16
-
-
-class VaeArch(_Strict):
-    latent_channels: int = 16
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    spatio_temporal_scaling: tuple[bool, ...] = (True, True, False)
-    layers_per_block: tuple[int, ...] = (1, 1, 1, 1)
-    patch_size: int = 4
-
-
-class UpsamplerArch(_Strict):
-    mid_channels: int = 32
-    num_blocks_per_stage: int = 1
-
-
-class VerifierArch(_Strict):
-    """The prompt verifier a verifier phase trains (``aiprod.builtin.verifier``)."""
-
-    # 1: ranks stage-1 drafts (train it on half-size buckets); 2: ranks the drafts refined at
-    # full size (train it on full-size buckets). None: a loaded model's verifier as it is,
-    # else 1. A loaded verifier of the other stage is replaced by a new one.
-    stage: Literal[1, 2] | None = None
-    channels: int = Field(default=48, ge=8, multiple_of=8)
-    # what a draft is ranked by: the summed log likelihood of these stated attributes (all
-    # four heads are trained either way). None: a loaded verifier's own, else count only.
-    attributes: list[Literal["count", "shape", "color", "direction"]] | None = Field(
-        default=None, min_length=1
-    )
-
-
-class BuiltinArch(_Strict):
-    text_encoder: TextEncoderArch = Field(default_factory=TextEncoderArch)
-    transformer: TransformerArch = Field(default_factory=TransformerArch)
-    vae: VaeArch = Field(default_factory=VaeArch)
-    upsampler: UpsamplerArch = Field(default_factory=UpsamplerArch)
-    verifier: VerifierArch = Field(default_factory=VerifierArch)
-
-
 class ModelConfig(_Strict):
     """``builtin``: build the small LTX-Video architecture here (random init, or ``init_from``
     a built-in folder); ``registry``: fine-tune an ``ltxv``/``builtin`` entry of a models.toml."""
@@ -397,6 +355,14 @@ class CheckpointConfig(_Strict):
     keep_best: bool = True
 
 
+class DistributedConfig(_Strict):
+    """How several processes train (``training.sharding``): ``ddp`` replicates the model on
+    every rank; ``fsdp`` shards the denoisers' weights, gradients and Adam states across them
+    (FSDP2); ``auto``: ``fsdp`` under ``accelerate launch --use_fsdp``, else ``ddp``."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+
+
 class TrainConfig(_Strict):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     output_dir: Path = Path("runs/run")
@@ -411,6 +377,7 @@ class TrainConfig(_Strict):
     flow: FlowConfig = Field(default_factory=FlowConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     phases: list[PhaseConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -442,6 +409,7 @@ class TrainConfig(_Strict):
                 "output_dir": True,
                 "monitor": True,
                 "checkpoint": True,
+                "distributed": True,  # ddp and fsdp train the same weights: resume across them
                 "model": {"scheduler_shift"},
                 "lora": {"export"},
             },

@@ -63,9 +63,14 @@ class Monitor:
         out: Path,
         device: torch.device,
         on_event: Events,
+        writes: bool = True,
+        main_first: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.cfg, self.comp, self.cache, self.targets = cfg, comp, cache, targets
         self.out, self.device, self.on_event = out, device, on_event
+        # Under FSDP every rank evaluates (the sharded forward needs them all): only the one
+        # that ``writes`` keeps TensorBoard and videos, and it writes the cache first.
+        self.writes, self.main_first = writes, main_first
         self._writer: Any = None
         self._heldout: tuple[str, PhaseData] | None = None
         self._acc: dict[str, list[float]] = {}
@@ -73,7 +78,7 @@ class Monitor:
 
     @property
     def writer(self) -> Any:
-        if self._writer is None and self.cfg.monitor.tensorboard:
+        if self._writer is None and self.cfg.monitor.tensorboard and self.writes:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.out / "tb"))
@@ -150,7 +155,8 @@ class Monitor:
         phase = phases[-1]
         key = self.cache.key(phase, heldout=True)
         if self._heldout is None or self._heldout[0] != key:
-            data = self.cache.prepare(phase, heldout=True, limit=self.cfg.monitor.heldout_clips)
+            with self.main_first():
+                data = self.cache.prepare(phase, heldout=True, limit=self.cfg.monitor.heldout_clips)
             self._heldout = (key, data)
         return self._heldout[1]
 
@@ -214,5 +220,7 @@ class Monitor:
             )
         for name, m in self.comp.modules().items():
             m.train(modes[name])
+        if not self.writes:
+            return
         path = save_video_grid(video, self.out / "samples" / f"step-{step:08d}", fps=24)
         self.on_event("video", {"step": step, "path": str(path)})

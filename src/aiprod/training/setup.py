@@ -81,14 +81,14 @@ def make_accelerator(device: torch.device, precision: str) -> Any:
 
 
 def refuse_sharding(accelerator: Any) -> None:
-    """The trainer runs DDP only: under ``accelerate launch --use_fsdp`` / DeepSpeed rank 0
-    alone would run sharded forwards (held-out loss, videos) and save sharded state dicts."""
+    """The trainer shards with FSDP2 itself (``training.sharding``); ``accelerate``'s
+    DeepSpeed / Megatron-LM engines would take the model, its state dicts and its steps."""
     kind = str(getattr(accelerator, "distributed_type", ""))
-    if kind.endswith(("FSDP", "DEEPSPEED", "MEGATRON_LM")):
+    if kind.endswith(("DEEPSPEED", "MEGATRON_LM")):
         raise ConfigError(
-            f"accelerate is set up for {kind.rsplit('.', 1)[-1]}: the trainer does not shard "
-            "yet (DDP only; docs/training.md, 'Large models'): launch without --use_fsdp / "
-            "--use_deepspeed"
+            f"accelerate is set up for {kind.rsplit('.', 1)[-1]}, which the trainer does not "
+            "run: launch without --use_deepspeed / --use_megatron_lm; to shard a large model "
+            "use --use_fsdp or distributed.strategy: fsdp (docs/training.md, 'Large models')"
         )
 
 

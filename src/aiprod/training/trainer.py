@@ -13,7 +13,10 @@ validation videos are ``training.monitor``'s.
 Under several processes (``torchrun`` / ``accelerate launch``: DDP through ``accelerate``)
 each step's global batch is split across the ranks (``training.distributed``); only the
 main process writes (cache, logs, TensorBoard, held-out loss, videos, checkpoints, the
-final model), the others wait for it at a barrier where they need its files.
+final model), the others wait for it at a barrier where they need its files. With
+``distributed.strategy: fsdp`` the denoisers are sharded (``training.sharding``): every rank
+then takes part in their forwards (held-out loss, videos) and in gathering their state for
+checkpoints and the export, which rank 0 writes in the one-process format.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from aiprod.training.components import Components, build_components
 from aiprod.training.config import TrainConfig
 from aiprod.training.data import BucketBatcher
 from aiprod.training.distributed import barrier, gather, mean_over_ranks, ranks_of
-from aiprod.training.lora import add_lora, lora_state_dict
+from aiprod.training.lora import add_lora
 from aiprod.training.monitor import Monitor, memory_stats
 from aiprod.training.schedule import PhaseLR
 from aiprod.training.setup import (
@@ -45,6 +49,7 @@ from aiprod.training.setup import (
     resolve_device,
     vocab_from_config,
 )
+from aiprod.training.sharding import Weights, launched_with_fsdp, shard, sharded_parts
 from aiprod.training.targets.base import PhaseRun, TrainContext
 from aiprod.training.targets.factory import make_targets
 
@@ -74,11 +79,15 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.device = resolve_device(cfg.device)
+        launcher_fsdp = launched_with_fsdp()  # (read before accelerate sees it)
         self.accelerator = make_accelerator(self.device, cfg.precision)
         refuse_sharding(self.accelerator)
         if cfg.num_threads:  # (after accelerate, which sets its own under several CPU ranks)
             torch.set_num_threads(cfg.num_threads)
         self.ranks = ranks_of(self.accelerator)
+        # the parts FSDP shards; any -> every rank runs their forwards (held-out loss, videos)
+        self.sharded = sharded_parts(cfg, launcher_fsdp=launcher_fsdp, world=self.ranks.world)
+        self.evaluates = self.ranks.main or bool(self.sharded)
         if self.ranks.world > 1 and self.device.type == "cuda":
             self.device = self.accelerator.device  # this rank's GPU (cuda:LOCAL_RANK)
         # only the main process reports (the others' events would repeat its own)
@@ -99,6 +108,7 @@ class Trainer:
             TrainContext(cfg, self.comp, self.device, self.noise, self.ranks)
         )
         self._finish_model(self.comp)
+        self.weights = Weights(self.comp, cfg, self.sharded, main=self.ranks.main)
         self.cache = LatentCache(
             self.out / "cache",
             self.comp,
@@ -114,6 +124,8 @@ class Trainer:
             out=self.out,
             device=self.device,
             on_event=self.on_event,
+            writes=self.ranks.main,
+            main_first=self.accelerator.main_process_first if self.sharded else nullcontext,
         )
 
     def _finish_model(self, comp: Components) -> None:
@@ -131,11 +143,14 @@ class Trainer:
                     )
         for m in comp.modules().values():
             m.requires_grad_(False)
-        if cfg.mode == "lora":
+        if cfg.mode == "lora":  # seeded: the same adapters on every rank (FSDP broadcasts nothing)
             add_lora(comp.transformer, cfg.lora, seed=cfg.seed)
         if cfg.gradient_checkpointing:
             comp.transformer.enable_gradient_checkpointing()
             comp.vae.enable_gradient_checkpointing()
+        for name in self.sharded:  # before .to: only the shards reach the device
+            shard(comp.modules()[name], device=self.device, world=self.ranks.world,
+                  precision=cfg.precision)  # fmt: skip
         comp.to(self.device)
         comp.text_encoder.eval()
 
@@ -164,9 +179,12 @@ class Trainer:
         distributed = self.ranks.world > 1
         if distributed:
             ddp_options(self.accelerator, unused_parameters=target.unused_parameters)
-        module, optimizer = self.accelerator.prepare(
-            target.ddp_module() if distributed else target.module(), optimizer
-        )
+        if phase.target in self.sharded:  # FSDP2 syncs its gradients itself: no DDP
+            module, optimizer = target.module(), self.accelerator.prepare(optimizer)
+        else:
+            module, optimizer = self.accelerator.prepare(
+                target.ddp_module() if distributed else target.module(), optimizer
+            )
         text_encoder = self.accelerator.prepare_model(mods[1][0]) if len(mods) > 1 else None
         batcher = BucketBatcher(
             data.bucket_of, batch_size=phase.batch_size, seed=self.cfg.seed * 101 + index
@@ -238,7 +256,7 @@ class Trainer:
             )
             if pending is not None:
                 if pending["optimizer"] is not None:
-                    run.optimizer.load_state_dict(pending["optimizer"])
+                    self.weights.load_optimizer(run.cfg.target, run.optimizer, pending["optimizer"])
                     run.schedule.load_state_dict(pending["schedule"])
                     run.batcher.load_state_dict(pending["batcher"])
                     if run.ema is not None and pending.get("ema") is not None:
@@ -269,15 +287,15 @@ class Trainer:
                 self.accelerator.free_memory()  # drop this phase's DDP wrapper and optimizer
             if stop_after is not None and self.state.step >= stop_after:
                 return self._stopped(t0)
-        final = self.out / "final"
+        final = self.export(self.out / "final")  # every rank: sharded parts are gathered
         if self.ranks.main:
-            final = self.export(final)
             self.monitor.flush()
         barrier(self.ranks)
         return {
             "steps": self.state.step,
             "seconds": time.perf_counter() - t0,
             "processes": self.ranks.world,
+            "sharded": self.sharded,  # the parts FSDP sharded (none under DDP)
             "final": str(final),
             "checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
         }
@@ -320,7 +338,7 @@ class Trainer:
         }
 
     def _maybe_heldout(self) -> dict[str, float] | None:
-        if not self.ranks.main:
+        if not self.evaluates:
             return None
         done = self.cfg.phases[: self.state.phase_index]
         if not self.cfg.monitor.heldout or not any(self.targets[p.target].validates for p in done):
@@ -328,7 +346,7 @@ class Trainer:
         return self.monitor.heldout_loss()
 
     def _periodic(self, run: PhaseRun) -> None:
-        main = self.ranks.main
+        main = self.evaluates
         heldout = self.monitor.periodic(run, self.state.step) if main else None
         if self.state.step % self.cfg.checkpoint.every == 0 and (
             self.state.phase_step < run.total_steps
@@ -340,22 +358,26 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What a checkpoint holds of the model (collective under FSDP: every rank calls)."""
         if self.cfg.mode == "lora":
-            return {"transformer_lora": lora_state_dict(self.comp.transformer)}
-        if self.cfg.model.source == "builtin":
-            return {k: m.state_dict() for k, m in self.comp.modules().items()}
-        trained: set[str] = set()
-        for p in self.cfg.phases:
-            trained |= self.targets[p.target].trained_parts(p)
-        return {k: m.state_dict() for k, m in self.comp.modules().items() if k in trained}
+            return {"transformer_lora": self.weights.state_dict("transformer", lora=True)}
+        names = list(self.comp.modules())
+        if self.cfg.model.source != "builtin":
+            trained: set[str] = set()
+            for p in self.cfg.phases:
+                trained |= self.targets[p.target].trained_parts(p)
+            names = [k for k in names if k in trained]
+        return {k: self.weights.state_dict(k) for k in names}
 
     def save(self, run: PhaseRun | None, *, heldout: dict[str, float] | None = None) -> Path:
         """Checkpoint (every rank calls it; the main process writes, the others wait)."""
         rng = ckpt.capture_rng(self.noise)
         rng_ranks = gather(rng, self.ranks)
+        parts = self._parts()  # (gathers sharded parts: on every rank)
+        optimizer = self.weights.optimizer_state(run.cfg.target, run.optimizer) if run else None
         path = self.ckpt_dir / f"step-{self.state.step:08d}"
         if self.ranks.main:
-            path = self._write(run, rng, rng_ranks, heldout)
+            path = self._write(run, rng, rng_ranks, heldout, parts=parts, optimizer=optimizer)
         barrier(self.ranks)
         return path
 
@@ -365,11 +387,14 @@ class Trainer:
         rng: dict[str, Any],
         rng_ranks: list[dict[str, Any]],
         heldout: dict[str, float] | None,
+        *,
+        parts: dict[str, dict[str, torch.Tensor]],
+        optimizer: dict[str, Any] | None,
     ) -> Path:
         state = {
             "fingerprint": self.fingerprint,
             "train": self.state.__dict__.copy(),
-            "optimizer": run.optimizer.state_dict() if run else None,
+            "optimizer": optimizer,
             "schedule": run.schedule.state_dict() if run else None,
             "batcher": run.batcher.state_dict() if run else None,
             "ema": run.ema.state_dict() if run and run.ema else None,
@@ -391,7 +416,7 @@ class Trainer:
         path = ckpt.save_checkpoint(
             self.ckpt_dir,
             step=self.state.step,
-            parts=self._parts(),
+            parts=parts,
             tokenizer=self.comp.tokenizer,
             config=self.cfg.model_dump(mode="json"),
             state=state,
@@ -403,14 +428,13 @@ class Trainer:
         return path
 
     def _load_weights(self, path: Path) -> None:
-        parts = ckpt.load_parts(path)
-        for name, sd in parts.items():
+        for name, sd in ckpt.load_parts(path).items():
             if name == "transformer_lora":
-                missing = self.comp.transformer.load_state_dict(sd, strict=False)
+                missing = self.weights.load("transformer", sd, strict=False)
                 if missing.unexpected_keys:
                     raise ConfigError(f"{path}: LoRA weights do not fit this transformer")
                 continue
-            self.comp.modules()[name].load_state_dict(sd)
+            self.weights.load(name, sd)
 
     # ------------------------------------------------------------------ dry run / export
 
@@ -441,12 +465,16 @@ class Trainer:
         return report
 
     def export(self, dest: Path) -> Path:
-        """Write the current model as a diffusers-layout folder (LoRA merged in)."""
+        """Write the current model as a diffusers-layout folder (LoRA merged in); every rank
+        calls it, rank 0 writes."""
         from aiprod.training.deploy import export_components
         from aiprod.training.provenance import run_info
 
+        comp = self.weights.gathered()
+        if not self.ranks.main:
+            return dest
         return export_components(
-            self.comp,
+            comp,
             dest,
             mode=self.cfg.mode,
             lora_export=self.cfg.lora.export,
