@@ -23,6 +23,7 @@ from aiprod.jobs import transitions
 from aiprod.jobs.admin import month_start
 from aiprod.jobs.schema import GenerateBody
 from aiprod.jobs.storage import LocalStorage
+from aiprod.jobs.submit import Submitter, submit_job
 from tests.service.harness import write_models_toml
 
 runner = CliRunner()
@@ -63,15 +64,14 @@ class Jobs:
 
     def submit(self, key_id: str, prompt: str) -> str:
         with session_scope(self.sessions) as s:
-            job, _ = transitions.create_job(
+            job = submit_job(
                 s,
-                api_key_id=key_id,
-                priority=0,
+                submitter=Submitter(key_id, 0),
                 body=GenerateBody(prompt=prompt),
                 registry=self.registry,
                 storage=self.storage,
                 settings=self.settings,
-            )
+            ).job
             return job.id
 
     def run(self, job_id: str, *, gpu: float, ok: bool = True) -> None:

@@ -18,6 +18,7 @@ from aiprod.jobs import admin, budget, reports, transitions
 from aiprod.jobs.gpu import GpuStat, publish_gpu_stats
 from aiprod.jobs.schema import GenerateBody
 from aiprod.jobs.storage import LocalStorage
+from aiprod.jobs.submit import Submitter, submit_job
 from aiprod.jobs.webhooks import signed_headers, webhook_secret
 from tests.service.harness import write_models_toml
 
@@ -42,15 +43,14 @@ def _key(s, name: str, **kw) -> str:  # type: ignore[no-untyped-def]
 def _submit(env, key: str, prompt: str, **body) -> str:  # type: ignore[no-untyped-def]
     sessions, settings, registry, storage = env
     with session_scope(sessions) as s:
-        job, _ = transitions.create_job(
+        job = submit_job(
             s,
-            api_key_id=key,
-            priority=0,
+            submitter=Submitter(key, 0),
             body=GenerateBody(prompt=prompt, **body),
             registry=registry,
             storage=storage,
             settings=settings,
-        )
+        ).job
         return job.id
 
 
