@@ -32,7 +32,10 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the thread
+# while it is open, and a later test of another module in the same xdist worker that calls
+# asyncio.run() would fail ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

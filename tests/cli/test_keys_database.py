@@ -10,11 +10,14 @@ from pathlib import Path
 
 from tests.service.harness import aiprod_cmd, fresh_pg_database
 
+_made = [0]
+
 
 def _create(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AIPROD_")}
+    _made[0] += 1  # active key names are unique
     return subprocess.run(
-        aiprod_cmd("keys", "create", "--name", "acme"),
+        aiprod_cmd("keys", "create", "--name", f"acme-{_made[0]}"),
         cwd=cwd,
         env={**clean, **env},
         capture_output=True,

@@ -192,7 +192,7 @@ def test_admin_sees_and_acts_on_every_keys_jobs(api: Api) -> None:
     assert deleted["status"] == "expired" and deleted["cost_usd"] == pytest.approx(0.02)
     assert not out.exists()
     r = api.c.get(f"/api/v1/jobs/{a1}/download", headers=api.h("acme"))
-    _err(r, 409, "not_ready")
+    _err(r, 410, "expired")  # the output is gone; the row and its cost stay
 
 
 def test_keys_list_create_update_and_rotate(api: Api) -> None:

@@ -168,6 +168,8 @@ class Job:
     download_url: str | None = None
     metadata: dict[str, Any] | None = None
     webhook_events: list[str] | None = None
+    deleted_at: str | None = None
+    warnings: list[str] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod

@@ -130,7 +130,7 @@ async def job_events(
         return await run_in_threadpool(read)
 
     idle_since = time.monotonic()
-    previous: JobState | None = None
+    sent_status: object = None
     try:
         async for state in changes(read_async, interval=interval):
             now = time.monotonic()
@@ -139,10 +139,18 @@ async def job_events(
                     idle_since = now
                     yield ": heartbeat\n\n"
                 continue
-            status_changed = previous is None or state.status != previous.status
-            event = "status" if status_changed or state.terminal else "progress"
-            previous, idle_since = state, now
-            data = json.dumps(await run_in_threadpool(render), separators=(",", ":"))
+            idle_since = now
+            # The event is named from the object sent (read after ``state``: a worker may have
+            # moved the job on in between), so one status never goes out twice.
+            obj = await run_in_threadpool(render)
+            status = obj.get("status", state.status)
+            if status != sent_status:
+                event, sent_status = "status", status
+            elif state.terminal:
+                continue  # the terminal status already went out with the previous event
+            else:
+                event = "progress"
+            data = json.dumps(obj, separators=(",", ":"))
             yield f"event: {event}\ndata: {data}\n\n"
     except Exception:  # the database went away mid-stream: end it, the client reconnects
         log.exception("event stream ended by an error")

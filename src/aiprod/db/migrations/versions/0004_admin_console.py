@@ -36,6 +36,11 @@ def downgrade() -> None:
     op.drop_index("ix_jobs_created_at", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("retry_of")
-    with op.batch_alter_table("api_keys") as batch:
-        batch.drop_column("updated_at")
-        batch.drop_column("webhook_secret_salt")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite's own DROP COLUMN (3.35+): a batch copy would DROP TABLE api_keys, which the
+        # jobs' foreign keys refuse once any job exists
+        op.execute("ALTER TABLE api_keys DROP COLUMN updated_at")
+        op.execute("ALTER TABLE api_keys DROP COLUMN webhook_secret_salt")
+    else:
+        op.drop_column("api_keys", "updated_at")
+        op.drop_column("api_keys", "webhook_secret_salt")
