@@ -20,7 +20,7 @@ from aiprod.core.settings import Settings
 from aiprod.db.models import Job
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs import transitions
-from aiprod.jobs.admin import month_start
+from aiprod.jobs.budget import month_start
 from aiprod.jobs.schema import GenerateBody
 from aiprod.jobs.storage import LocalStorage
 from aiprod.jobs.submit import Submitter, submit_job

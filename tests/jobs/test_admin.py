@@ -316,7 +316,7 @@ def test_budget_check(env) -> None:  # type: ignore[no-untyped-def]
         with pytest.raises(AiprodError) as exc:
             budget.check_budget(s, a, 0.0)
         e = exc.value
-        reset = admin.next_month_start().strftime("%Y-%m-%d")
+        reset = budget.next_month_start().strftime("%Y-%m-%d")
         assert (e.status_code, e.code) == (402, "budget_exceeded")
         assert "$0.05" in e.message and "$0.06" in e.message and reset in e.message
         admin.update_key(s, a, {"monthly_budget_usd": 1.0})
@@ -324,12 +324,12 @@ def test_budget_check(env) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_month_bounds() -> None:
-    assert admin.month_start(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == datetime(
+    assert budget.month_start(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == datetime(
         2026, 12, 1, tzinfo=UTC
     )
-    assert admin.next_month_start(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == datetime(
+    assert budget.next_month_start(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == datetime(
         2027, 1, 1, tzinfo=UTC
     )
-    assert admin.next_month_start(datetime(2026, 1, 31, tzinfo=UTC)) == datetime(
+    assert budget.next_month_start(datetime(2026, 1, 31, tzinfo=UTC)) == datetime(
         2026, 2, 1, tzinfo=UTC
     )

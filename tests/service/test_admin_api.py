@@ -298,6 +298,9 @@ def test_budget_enforced_on_submit_and_shown_by_estimate(api: Api) -> None:
     r = api.c.post("/api/v1/generate", json={"prompt": "a"}, headers=api.h("acme"))
     msg = _err(r, 402, "budget_exceeded")
     assert "$0.05" in msg and "$0.06" in msg and "resets on" in msg and "00:00 UTC" in msg
+    # The OpenAI-compatible route submits through the same checks (it skipped this one).
+    r = api.c.post("/v1/videos", json={"prompt": "a"}, headers=api.h("acme"))
+    assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded", r.text
     est = _ok(
         EstimateOut,
         api.c.post("/api/v1/estimate-cost", json={"prompt": "a"}, headers=api.h("acme")),

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # default: generated into data_dir/secret_key on first use
     rate_limit_per_minute: int = Field(default=100, ge=1)
     # How long an API process trusts a key's row before reading it again: a revoked key is
-    # refused within this many seconds (0 = read it on every request).
+    # refused, and a new rate limit, priority or monthly budget applies, within this many
+    # seconds (0 = read it on every request).
     api_key_cache_seconds: float = Field(default=1.0, ge=0)
     device: str | None = None  # worker device; default cuda if available else cpu
 

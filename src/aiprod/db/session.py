@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import ConfigError
@@ -40,6 +41,9 @@ from aiprod.db import write_gate
 # so a worker still holds one or two.
 POOL_SIZE = 30
 POOL_OVERFLOW = 20
+# A pooled PostgreSQL connection unused this long is pinged before use (see ping_when_idle).
+PING_AFTER_IDLE_SECONDS = 5.0
+_CHECKED_IN = "aiprod_checked_in"
 # Execution option marking a read-only unit of work (see make_read_sessionmaker).
 READ_ONLY_OPTION = "aiprod_read_only"
 # How long a SQLite connection waits for a lock before "database is locked" (seconds).
@@ -168,15 +172,42 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         watch_outages(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         engine = create_engine(url, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            ping_when_idle(engine)
         watch_outages(engine)
         return engine
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: aiprod runs on SQLite or PostgreSQL"
     )
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Ping a pooled connection at checkout when it sat unused for ``idle_seconds`` or more;
+    a failed ping drops every pooled connection (the server restarted) and checks out a new
+    one. SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip more for every
+    unit of work, which under load waits for the server's process like any query. A
+    connection in steady use needs no ping: if the server went away meanwhile, its next
+    statement fails as a disconnect, which also drops the pool (the request gets the outage's
+    503)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_CHECKED_IN)
+        if last is None or time.monotonic() - last < idle_seconds:
+            return  # new (it just connected) or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            idle = time.monotonic() - last
+            raise InvalidatePoolError(f"ping after {idle:.0f} s idle: {exc}") from exc
 
 
 def _enable_wal(cur: Any) -> None:
@@ -233,6 +264,19 @@ def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
         # No BEGIN / COMMIT round trips around a read: each statement sees committed data.
         options["isolation_level"] = "AUTOCOMMIT"
     return sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+
+
+def make_insert_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for a unit of work that is one INSERT (a submit's job row). PostgreSQL:
+    autocommit, so the statement commits itself, one round trip instead of three (BEGIN, the
+    INSERT, COMMIT), durable as any commit. SQLite: an ordinary write session (``BEGIN
+    IMMEDIATE``; no round trips to save). Anything more than one statement needs
+    ``make_sessionmaker``'s sessions: here each statement would commit on its own."""
+    if engine.dialect.name == "postgresql":
+        return sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
+    return make_sessionmaker(engine)
 
 
 @contextmanager

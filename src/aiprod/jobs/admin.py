@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -40,6 +40,7 @@ from aiprod.db.repositories import (
     WorkerRepository,
 )
 from aiprod.jobs import submit, transitions
+from aiprod.jobs.budget import month_start
 from aiprod.jobs.gpu import GpuStat, load_gpu_stats
 from aiprod.jobs.storage import Storage
 from aiprod.jobs.webhooks import webhook_secret
@@ -51,18 +52,6 @@ DELIVERY_STATUSES = ("pending", "delivered", "failed")
 def _unmatchable(*values: str | None) -> bool:
     """A NUL character matches no stored id or text (and PostgreSQL refuses it in a query)."""
     return any(v is not None and "\x00" in v for v in values)
-
-
-def month_start(now: datetime | None = None) -> datetime:
-    """00:00 UTC on the first of ``now``'s month (budgets and statements use UTC months)."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_month_start(now: datetime | None = None) -> datetime:
-    """00:00 UTC on the first of the month after ``now``'s: when a monthly budget resets."""
-    start = month_start(now)
-    return (start + timedelta(days=32)).replace(day=1)
 
 
 # --- jobs -----------------------------------------------------------------------------------

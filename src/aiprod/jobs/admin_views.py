@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from aiprod.core.settings import Settings
 from aiprod.db.models import Job, WebhookDelivery
-from aiprod.jobs.admin import KeyUsage, WorkerView, next_month_start
+from aiprod.jobs.admin import KeyUsage, WorkerView
+from aiprod.jobs.budget import next_month_start
 from aiprod.jobs.views import QueueView, iso, render_job
 
 

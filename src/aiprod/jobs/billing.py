@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from aiprod.core.errors import InvalidRequest, NotFound
 from aiprod.db.models import JobStatus
 from aiprod.db.repositories import AdminRepository, ApiKeyRepository
-from aiprod.jobs.admin import next_month_start
+from aiprod.jobs.budget import next_month_start
 from aiprod.jobs.reports import MoneyRow, money_per_key, money_totals
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")

@@ -9,17 +9,29 @@ and is billed); ``/estimate-cost`` also says whether spend + the estimate would 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from aiprod.core.errors import AiprodError, NotFound
 from aiprod.db.repositories import AdminRepository, ApiKeyRepository
-from aiprod.jobs.admin import month_start, next_month_start
 from aiprod.jobs.estimate import estimate
 from aiprod.jobs.schema import Validated
 from aiprod.jobs.views import iso
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    """00:00 UTC on the first of ``now``'s month (budgets and statements use UTC months)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime | None = None) -> datetime:
+    """00:00 UTC on the first of the month after ``now``'s: when a monthly budget resets."""
+    start = month_start(now)
+    return (start + timedelta(days=32)).replace(day=1)
 
 
 class BudgetExceeded(AiprodError):
@@ -53,19 +65,37 @@ class BudgetState:
         return round(max(0.0, self.budget_usd - self.spent_usd), 6)
 
 
+class Unread(Enum):
+    """The key's budget was not read yet: ``budget_state`` reads the key's row."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
+
+
 def budget_state(
-    session: Session, key_id: str, estimated_cost: float = 0.0, *, now: datetime | None = None
+    session: Session,
+    key_id: str,
+    estimated_cost: float = 0.0,
+    *,
+    now: datetime | None = None,
+    budget_usd: float | None | Unread = UNREAD,
 ) -> BudgetState:
-    """The key's budget, this month's spend and whether ``estimated_cost`` would pass it."""
-    row = ApiKeyRepository(session).get(key_id)
-    if row is None:
-        raise NotFound(f"API key {key_id} not found")
+    """The key's budget, this month's spend and whether ``estimated_cost`` would pass it.
+    ``budget_usd``: the key's monthly budget when the caller has it (the API's key cache),
+    so a key without a budget costs no query."""
+    if budget_usd is UNREAD:
+        row = ApiKeyRepository(session).get(key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id} not found")
+        budget_usd = row.monthly_budget_usd
     now = now or datetime.now(UTC)
     spent = 0.0
-    if row.monthly_budget_usd is not None:
+    if budget_usd is not None:
         spent = AdminRepository(session).spend_since(key_id, month_start(now))
     return BudgetState(
-        budget_usd=row.monthly_budget_usd,
+        budget_usd=budget_usd,
         spent_usd=round(spent, 6),
         resets_at=next_month_start(now),
         estimated_cost_usd=round(float(estimated_cost), 6),
@@ -73,11 +103,16 @@ def budget_state(
 
 
 def check_budget(
-    session: Session, key_id: str, estimated_cost: float = 0.0, *, now: datetime | None = None
+    session: Session,
+    key_id: str,
+    estimated_cost: float = 0.0,
+    *,
+    now: datetime | None = None,
+    budget_usd: float | None | Unread = UNREAD,
 ) -> BudgetState:
     """Raise ``BudgetExceeded`` (402) when the key's spend this month has reached its monthly
     budget; the message states the budget, the spend and when it resets."""
-    state = budget_state(session, key_id, estimated_cost, now=now)
+    state = budget_state(session, key_id, estimated_cost, now=now, budget_usd=budget_usd)
     if state.exceeded:
         raise BudgetExceeded(
             f"monthly budget of ${state.budget_usd:.2f} reached: ${state.spent_usd:.2f} spent "

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import math
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import Conflict, Gone
+from aiprod.core.recent import Recent
 from aiprod.core.settings import Settings
 from aiprod.db import queue
 from aiprod.db.models import Job, JobStatus
 from aiprod.db.repositories import WorkerRepository
+from aiprod.db.session import session_scope
 
 
 def download_url(job: Job, base_url: str | None) -> str | None:
@@ -119,27 +118,40 @@ def require_output(job: Job) -> str:
     return job.output_path
 
 
+# How long past its ttl a shared read is still served while a background thread renews it.
+STALE_FOR_SECONDS = 4.0
+
+
 class QueueView:
     """The queue as status calls see it: one snapshot (and live-worker count) shared for
     ``ttl`` seconds instead of four queries per queued job's status (the profile's largest
-    database cost at 200 polling clients). A position is at most ``ttl`` seconds old."""
+    database cost at 200 polling clients). With ``sessions`` (the API), the snapshot is renewed
+    by a background thread while requests keep using the previous one (``core.recent``): a
+    position is then at most ``ttl`` + ``STALE_FOR_SECONDS`` old, and usually about ``ttl``.
+    Without, the request that finds it older than ``ttl`` reads it with its own session."""
 
-    def __init__(self, ttl: float = 1.0) -> None:
+    def __init__(self, ttl: float = 1.0, *, sessions: sessionmaker[Session] | None = None) -> None:
         self.ttl = ttl
-        self._lock = threading.Lock()
-        self._taken = -math.inf
-        self._snapshot: queue.QueueSnapshot | None = None
-        self._workers = 0
+        self.sessions = sessions
+        self._recent: Recent[str, tuple[queue.QueueSnapshot, int]] = Recent(
+            ttl, stale_for=STALE_FOR_SECONDS if sessions is not None else 0.0
+        )
+
+    @staticmethod
+    def _take(session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
+        snapshot = queue.QueueSnapshot.take(session)
+        return snapshot, len(WorkerRepository(session).alive(settings.lease_seconds * 2))
 
     def get(self, session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
-        with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._taken < self.ttl:
-                return self._snapshot, self._workers
-        snapshot = queue.QueueSnapshot.take(session)
-        workers = len(WorkerRepository(session).alive(settings.lease_seconds * 2))
-        with self._lock:
-            self._snapshot, self._workers, self._taken = snapshot, workers, time.monotonic()
-        return snapshot, workers
+        sessions = self.sessions
+        if sessions is None:
+            return self._recent.get("queue", lambda: self._take(session, settings))
+
+        def take_own() -> tuple[queue.QueueSnapshot, int]:
+            with session_scope(sessions) as own:
+                return self._take(own, settings)
+
+        return self._recent.get("queue", take_own)
 
 
 def render_job(

@@ -14,8 +14,15 @@ from fastapi import FastAPI
 import aiprod
 from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
-from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
+from aiprod.db.session import (
+    make_engine,
+    make_insert_sessionmaker,
+    make_read_sessionmaker,
+    make_sessionmaker,
+)
 from aiprod.jobs.storage import open_storage
+from aiprod.jobs.submit import SubmitReads
+from aiprod.jobs.views import QueueView
 from aiprod.service.dashboard import install_dashboard
 from aiprod.service.errors import install_error_handlers
 from aiprod.service.middleware import ServiceMiddleware
@@ -45,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter=RateLimiter(),
         secret=settings.resolved_secret_key(),
         read_sessions=make_read_sessionmaker(engine),
+        insert_sessions=make_insert_sessionmaker(engine),
     )
+    # Shared reads renewed in the background (no request waits for them; see core.recent).
+    state.queue_view = QueueView(sessions=state.read_sessions)
+    state.submit_reads = SubmitReads(sessions=state.read_sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aiprod.core.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from aiprod.db.repositories import ApiKeyRepository
 from aiprod.db.session import session_scope
+from aiprod.jobs.submit import Submitter
 from aiprod.service.security import KEY_PREFIX, hash_key
 from aiprod.service.state import AppState
 
@@ -117,6 +118,11 @@ class AuthedKey:
     name: str
     scope: str
     priority: int
+    monthly_budget_usd: float | None
+
+    @property
+    def submitter(self) -> Submitter:
+        return Submitter(self.id, self.priority, self.monthly_budget_usd)
 
 
 def _load_key(state: AppState, key_hash: str) -> tuple[AuthedKey, int]:
@@ -126,7 +132,14 @@ def _load_key(state: AppState, key_hash: str) -> tuple[AuthedKey, int]:
         if row is None or not row.active:
             raise Unauthorized("invalid or revoked API key")
         limit = row.rate_limit_per_minute or state.settings.rate_limit_per_minute
-        return AuthedKey(id=row.id, name=row.name, scope=row.scope, priority=row.priority), limit
+        authed = AuthedKey(
+            id=row.id,
+            name=row.name,
+            scope=row.scope,
+            priority=row.priority,
+            monthly_budget_usd=row.monthly_budget_usd,
+        )
+        return authed, limit
 
 
 def _touch(state: AppState, key_id: str) -> None:

@@ -12,10 +12,10 @@ from aiprod.core.errors import InvalidRequest
 from aiprod.core.logging import job_error_message
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import JobStatus, transitions
-from aiprod.jobs.budget import check_budget, estimate_for_key
+from aiprod.jobs.budget import estimate_for_key
 from aiprod.jobs.model_state import availability
 from aiprod.jobs.schema import GenerateBody, validate_generate
-from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, Submitter, submit_job
+from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, submit_in_two_transactions
 from aiprod.jobs.views import render_job
 from aiprod.service.deps import (
     ApiKeyDep,
@@ -70,13 +70,12 @@ def generate(
     body: GenerateBody,
     request: Request,
     key: ApiKeyDep,
-    session: SessionDep,
     state: StateDep,
     idempotency_key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            # checked by jobs.submit.submit_job (422 naming the header); stated here too
+            # checked by jobs.submit.prepare_submit (422 naming the header); stated here too
             json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
         ),
     ] = None,
@@ -87,27 +86,25 @@ def generate(
     `Retry-After` while the output storage is not writable (full disk, permissions). 402
     `budget_exceeded` once the key's monthly budget is used up. With `Prefer: wait=N` the
     answer (still 202) comes when the job has ended or after N s."""
-    # The queue position comes from the shared snapshot, read (when due) before this request's
-    # write transaction: on SQLite that transaction holds the one write lock, and the four
-    # counting queries it ran there were most of a submit's time under load.
-    with read_session(state) as rs:
-        state.queue_view.get(rs, state.settings)
-    check_budget(session, key.id)
-    sub = submit_job(
-        session,
-        submitter=Submitter(key.id, key.priority),
+    # The checks read in a read-only unit of work and the INSERT is one of its own (on SQLite
+    # the write lock is held for the INSERT alone): jobs.submit.submit_in_two_transactions.
+    sub = submit_in_two_transactions(
+        state.read_sessions or state.sessions,
+        state.insert_sessions or state.sessions,
+        submitter=key.submitter,
         body=body,
         registry=state.registry,
         storage=state.storage,
         settings=state.settings,
         idempotency_key=idempotency_key,
+        reads=state.submit_reads,
     )
     job, base = sub.job, base_url(request, state.settings.public_url)
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if not sub.created:
         headers["Idempotent-Replayed"] = "true"
     wait = prefer_wait(prefer, state.settings.max_wait_seconds)
-    if wait:  # answered after this session committed: the job is visible to workers by then
+    if wait:  # answered after the insert committed: the job is visible to workers by then
         return HeldJobResponse(
             wait=wait,
             read=job_reader(state, job.id),
@@ -115,9 +112,10 @@ def generate(
             status_code=202,
             headers=headers,
         )
-    out = render_job(
-        session, job, base_url=base, settings=state.settings, queue_view=state.queue_view
-    )
+    with read_session(state) as rs:  # the position: from the shared queue snapshot
+        out = render_job(
+            rs, job, base_url=base, settings=state.settings, queue_view=state.queue_view
+        )
     return JSONResponse(out, status_code=202, headers=headers)
 
 
