@@ -15,6 +15,11 @@ status calls and of the submits, and errors (any non-2xx answer or transport err
     .venv/bin/python benchmarks/load_test.py --worker-nice 19 \
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/aiprod_load
     .venv/bin/python benchmarks/load_test.py --url http://host:8000 --api-key aiprod_sk_...
+    .venv/bin/python benchmarks/load_test.py --clients 200 --worker-nice 19 --repeat 3
+
+``--repeat N`` runs it all N times, each on a fresh server and database (on PostgreSQL a new
+database beside the one named, dropped afterwards), and reports each run and all of them
+pooled: on a small shared machine one 20 s run's p99 moves by tens of ms from run to run.
 
 ``--worker-nice N`` runs the workers as separate processes at a lower CPU priority: on a
 CPU-only machine the built-in model's denoising would otherwise compete with the API for the
@@ -83,6 +88,42 @@ class PhaseResult:
     queue_depth_end: int | None = None
     load_avg_1m: tuple[float, float] = (0.0, 0.0)  # machine load at the phase's start and end
     client_cpu_s: float = 0.0  # CPU time the load generator itself used during the phase
+    # the raw latencies (ms), for pooling repeated runs; not written to the JSON
+    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def report(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["samples"]
+        return out
+
+
+def pooled(runs: list[PhaseResult]) -> PhaseResult:
+    """Several runs of one phase as one: counts added, percentiles over all their samples."""
+    status = [ms for r in runs for ms in r.samples["status"]]
+    submit = [ms for r in runs for ms in r.samples["submit"]]
+    errors: Counter[str] = Counter()
+    for r in runs:
+        errors.update(r.error_kinds)
+    seconds = sum(r.duration_s for r in runs)
+    requests = sum(r.requests for r in runs)
+    return PhaseResult(
+        clients=runs[0].clients,
+        duration_s=round(seconds, 2),
+        requests=requests,
+        status_calls=len(status),
+        submits=sum(r.submits for r in runs),
+        jobs_finished=sum(r.jobs_finished for r in runs),
+        jobs_succeeded=sum(r.jobs_succeeded for r in runs),
+        errors=sum(r.errors for r in runs),
+        error_kinds=dict(errors),
+        requests_per_s=round(requests / seconds, 1) if seconds else 0.0,
+        status_ms=_summary(status),
+        submit_ms=_summary(submit),
+        queue_depth_end=None,
+        load_avg_1m=(min(r.load_avg_1m[0] for r in runs), max(r.load_avg_1m[1] for r in runs)),
+        client_cpu_s=round(sum(r.client_cpu_s for r in runs), 2),
+        samples={"status": status, "submit": submit},
+    )
 
 
 def _summary(ms: list[float]) -> dict[str, float | None]:
@@ -307,6 +348,7 @@ async def run_phase(
         queue_depth_end=depth,
         load_avg_1m=(round(load_start, 2), round(os.getloadavg()[0], 2)),
         client_cpu_s=round(client_cpu, 2),
+        samples={"status": status_ms, "submit": submit_ms},
     )
 
 
@@ -347,6 +389,31 @@ def _lower_priority(nice: int) -> None:
             f.write(str(nice))
     except OSError:
         pass  # no autogroups here: the process nice value is what counts
+
+
+@contextmanager
+def fresh_database(url: str | None, run: int | None):  # type: ignore[no-untyped-def]
+    """``url`` itself (None: SQLite in the server's data dir), or, for run ``run`` of a
+    repeated benchmark on PostgreSQL, a new database beside it (``<name>_run<N>``), dropped
+    afterwards: every run starts from an empty queue."""
+    if url is None or run is None or not url.startswith("postgres"):
+        yield url
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_run{run + 1}"
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @contextmanager
@@ -497,12 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--api-key", default=os.environ.get("AIPROD_API_KEY"))
     ap.add_argument("--server-log", type=Path, help="own server: keep its log here")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="own server: run everything N times, each on a fresh server and database, and "
+        "report each run and the runs pooled (percentiles over all their samples)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = ap.parse_args(argv)
     # SIGTERM (e.g. `timeout`) unwinds normally, so the server and workers it started stop too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.url and not args.api_key:
         ap.error("--url needs --api-key (or AIPROD_API_KEY)")
+    if args.url and args.repeat != 1:
+        ap.error("--repeat needs the benchmark's own server (no --url)")
     if args.url and not args.url.startswith("http://"):
         ap.error("--url must be http://HOST:PORT (the load generator speaks plain HTTP/1.1)")
     try:  # a faster event loop keeps the generator's own CPU out of the figures
@@ -529,20 +605,31 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
         return results
 
+    runs: list[list[PhaseResult]] = []
     if args.url:
-        results = phases(args.url, args.api_key)
-    else:
+        runs.append(phases(args.url, args.api_key))
+    for i in range(args.repeat if not args.url else 0):
+        if args.repeat > 1:
+            print(f"run {i + 1} of {args.repeat}", flush=True)
         with tempfile.TemporaryDirectory(prefix="aiprod-load-") as tmp:
             log_path = args.server_log or Path(tmp) / "server.log"
-            with local_server(
-                workers=args.workers,
-                data_dir=Path(tmp),
-                log_path=log_path,
-                database_url=args.database_url,
-                worker_nice=args.worker_nice,
-                api_processes=args.api_processes,
-            ) as (url, key):
-                results = phases(url, key)
+            with (
+                fresh_database(args.database_url, i if args.repeat > 1 else None) as db_url,
+                local_server(
+                    workers=args.workers,
+                    data_dir=Path(tmp),
+                    log_path=log_path,
+                    database_url=db_url,
+                    worker_nice=args.worker_nice,
+                    api_processes=args.api_processes,
+                ) as (url, key),
+            ):
+                runs.append(phases(url, key))
+    results = [pooled([run[k] for run in runs]) for k in range(len(args.clients))]
+    if len(runs) > 1:
+        for i, run in enumerate(runs, 1):
+            print(f"run {i}:\n{_table(run)}")
+        print(f"{len(runs)} runs pooled:")
     print(_table(results))
     report = {
         "benchmark": "load_test",
@@ -554,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         "worker_nice": args.worker_nice,
         "poll_interval_s": args.poll_interval,
         "job": TINY_JOB,
-        "phases": [asdict(r) for r in results],
+        "repeat": len(runs),
+        # each phase over all runs (with one run: that run)
+        "phases": [r.report() for r in results],
+        "runs": [[r.report() for r in run] for run in runs],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")

@@ -60,3 +60,27 @@ def test_past_stale_for_the_request_reads_itself_and_sees_the_error() -> None:
     with pytest.raises(RuntimeError, match="database down"):
         r.get("k", broken)
     assert r.get("k", lambda: "v3") == "v3"
+
+
+def test_threads_that_miss_together_wait_for_one_read() -> None:
+    r: Recent[str, int] = Recent(ttl=60.0)
+    reads = []
+    go = threading.Barrier(8)
+
+    def read() -> int:
+        reads.append(1)
+        time.sleep(0.2)  # long enough for every thread to arrive meanwhile
+        return 7
+
+    out: list[int] = []
+
+    def one() -> None:
+        go.wait()
+        out.append(r.get("k", read))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert out == [7] * 8 and len(reads) == 1

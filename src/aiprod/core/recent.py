@@ -37,26 +37,42 @@ class Recent(Generic[K, V]):
         self._lock = threading.Lock()
         self._values: dict[K, tuple[float, V]] = {}
         self._refreshing: set[K] = set()
+        self._reading: dict[K, threading.Lock] = {}  # key -> held by the thread reading it
 
     def get(self, key: K, compute: Callable[[], V]) -> V:
         """The value for ``key``: the stored one while younger than ``ttl``; a stale one (see
-        the module) while a background thread runs ``compute``; else ``compute()`` here
-        (outside the lock: threads that miss at once each compute; the last one is kept)."""
-        now = time.monotonic()
+        the module) while a background thread runs ``compute``; else ``compute()`` here, by
+        one thread at a time: the threads that miss together (a burst of requests to a
+        process that just started) wait for the first one's read instead of each reading."""
+        hit = self._usable(key, compute)
+        if hit is not None:
+            return hit[1]
+        with self._lock:
+            one_at_a_time = self._reading.setdefault(key, threading.Lock())
+        with one_at_a_time:
+            hit = self._usable(key, compute)  # read meanwhile by the thread this one waited for
+            if hit is not None:
+                return hit[1]
+            value = compute()
+            self._store(key, value)
+            return value
+
+    def _usable(self, key: K, compute: Callable[[], V]) -> tuple[float, V] | None:
+        """The stored value if fresh, or stale within ``stale_for`` (then renewed in the
+        background); None if the caller must read it."""
         with self._lock:
             hit = self._values.get(key)
-            if hit is not None:
-                age = now - hit[0]
-                if age < self.ttl:
-                    return hit[1]
-                if age < self.ttl + self.stale_for:
-                    if key not in self._refreshing:
-                        self._refreshing.add(key)
-                        _REFRESH.submit(self._refresh, key, compute)
-                    return hit[1]
-        value = compute()
-        self._store(key, value)
-        return value
+            if hit is None:
+                return None
+            age = time.monotonic() - hit[0]
+            if age < self.ttl:
+                return hit
+            if age < self.ttl + self.stale_for:
+                if key not in self._refreshing:
+                    self._refreshing.add(key)
+                    _REFRESH.submit(self._refresh, key, compute)
+                return hit
+            return None
 
     def _refresh(self, key: K, compute: Callable[[], V]) -> None:
         try:
@@ -71,6 +87,7 @@ class Recent(Generic[K, V]):
         with self._lock:
             if len(self._values) >= self.max_keys:
                 self._values.clear()
+                self._reading.clear()
             self._values[key] = (time.monotonic(), value)
 
     def clear(self) -> None:
