@@ -21,9 +21,10 @@ status calls and of the submits, and errors (any non-2xx answer or transport err
 database beside the one named, dropped afterwards), and reports each run and all of them
 pooled: on a small shared machine one 20 s run's p99 moves by tens of ms from run to run.
 
-``--worker-nice N`` runs the workers as separate processes at a lower CPU priority: on a
-CPU-only machine the built-in model's denoising would otherwise compete with the API for the
-same cores, which on a GPU machine it does not. ``--database-url`` points the server it starts
+``--worker-nice N`` has the server's workers generate at a lower CPU priority
+(``AIPROD_WORKER_NICE``; their database writes keep the normal one): on a CPU-only machine the
+built-in model's denoising would otherwise compete with the API for the same cores, which on a
+GPU machine it does not. ``--database-url`` points the server it starts
 at another database (e.g. an empty PostgreSQL database) instead of a fresh SQLite file.
 The results go to ``--out`` (default benchmarks/results/load_test.json) as JSON, with the
 machine's 1-minute load average at the start and end of each phase.
@@ -54,8 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from aiprod.cli.serve import _die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -378,19 +377,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _lower_priority(nice: int) -> None:
-    """``nice`` for this process, also where the kernel groups processes by session
-    (CONFIG_SCHED_AUTOGROUP, on by default on many distributions): there each session's group
-    gets an equal CPU share whatever its processes' nice values, so a worker in its own session
-    would take as much CPU as the API. Writing the group's nice value fixes that."""
-    os.nice(nice)
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(nice))
-    except OSError:
-        pass  # no autogroups here: the process nice value is what counts
-
-
 @contextmanager
 def fresh_database(url: str | None, run: int | None):  # type: ignore[no-untyped-def]
     """``url`` itself (None: SQLite in the server's data dir), or, for run ``run`` of a
@@ -428,9 +414,9 @@ def local_server(  # type: ignore[no-untyped-def]
 ):
     """Start ``aiprod serve`` on a free loopback port; yield (base_url, api_key).
 
-    With ``worker_nice`` > 0 the workers are separate ``aiprod worker`` processes at that
-    lower CPU priority (``serve --workers 0``): on a CPU-only box the workers' denoising would
-    otherwise take the CPU that, on a GPU machine, runs on the GPU.
+    With ``worker_nice`` > 0 its workers generate at that lower CPU priority
+    (``AIPROD_WORKER_NICE``; their database writes keep the normal one): on a CPU-only box the
+    workers' denoising would otherwise take the CPU that, on a GPU machine, runs on the GPU.
     """
     env = dict(os.environ)
     env.update(
@@ -444,6 +430,8 @@ def local_server(  # type: ignore[no-untyped-def]
     env.pop("AIPROD_STORAGE_URL", None)
     if database_url:
         env["AIPROD_DATABASE_URL"] = database_url
+    if worker_nice > 0:
+        env["AIPROD_WORKER_NICE"] = str(worker_nice)
     subprocess.run([*_aiprod(), "db", "upgrade"], env=env, check=True, capture_output=True)
     out = subprocess.run(
         [*_aiprod(), "keys", "create", "--name", "load-test"],
@@ -456,30 +444,16 @@ def local_server(  # type: ignore[no-untyped-def]
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = log_path.open("w")
-    serve_workers = 0 if worker_nice > 0 else workers
     cmd = [*_aiprod(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--api-processes", str(api_processes)]
     proc = subprocess.Popen(
-        [*cmd, "--workers", str(serve_workers)],
+        [*cmd, "--workers", str(workers)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    own: list[subprocess.Popen[bytes]] = []
     try:
-        if worker_nice > 0:
-            for _ in range(workers):
-                own.append(
-                    subprocess.Popen(
-                        [*_aiprod(), "worker"],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        preexec_fn=lambda: (_lower_priority(worker_nice), _die_with_parent()),
-                    )
-                )
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
@@ -495,8 +469,6 @@ def local_server(  # type: ignore[no-untyped-def]
         _warm_up(base_url, api_key)
         yield base_url, api_key
     finally:
-        for w in own:
-            _stop(w)
         _stop(proc)
         log.close()
 
@@ -556,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         "--worker-nice",
         type=int,
         default=0,
-        help="own server: run the workers at this nice level (CPU-only box: keep the API's CPU)",
+        help="own server: the workers generate at this nice level (AIPROD_WORKER_NICE; "
+        "CPU-only box: keep the API's CPU)",
     )
     ap.add_argument("--url", help="use this running server instead of starting one")
     ap.add_argument(

@@ -144,7 +144,7 @@ def test_jobs_commands_and_keys_update(env: dict[str, str]) -> None:
         "acme",
     )
     assert "only failed or canceled" in run(env, "jobs", "retry", done, code=1).stderr
-    assert "expired" in run(env, "jobs", "delete", done).stdout
+    assert "succeeded, output deleted" in run(env, "jobs", "delete", done).stdout
 
     upd = run(
         env, "keys", "update", acme[:8], "--budget", "5", "--rate-limit", "10", "--priority", "2"

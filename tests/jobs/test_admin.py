@@ -135,9 +135,11 @@ def test_cancel_delete_and_retry_any_job(env) -> None:  # type: ignore[no-untype
     failed = _submit(env, a, "a cat", seed=7)
     _finish(env, failed, gpu=0.0, ok=False)
     queued = _submit(env, a, "a dog")
+    queued_too = _submit(env, a, "a hen")
     with session_scope(sessions) as s:
-        with pytest.raises(Conflict, match="cancel it first"):
-            admin.delete_job_output(s, queued, storage=storage)
+        # one rule with the client's DELETE: a queued job is canceled, then deleted
+        gone = admin.delete_job_output(s, queued_too, storage=storage, settings=settings)
+        assert gone.status == JobStatus.CANCELED and gone.deleted_at is not None
         assert admin.cancel_job(s, queued, settings=settings).status == JobStatus.CANCELED
         with pytest.raises(Conflict, match="only failed or canceled"):
             admin.retry_job(s, done, registry=registry, storage=storage, settings=settings)
@@ -150,12 +152,15 @@ def test_cancel_delete_and_retry_any_job(env) -> None:  # type: ignore[no-untype
         assert new.params == old.params and new.params["seed"] == 7
         out = Path(storage.root) / "outputs" / f"{done}.mp4"
         assert out.exists()
-        job = admin.delete_job_output(s, done, storage=storage)
-        assert (job.status, job.output_path) == (JobStatus.EXPIRED, None)
+        job = admin.delete_job_output(s, done, storage=storage, settings=settings)
+        assert (job.status, job.output_path) == (JobStatus.SUCCEEDED, None)
+        first_deleted_at = job.deleted_at
+        assert first_deleted_at is not None
     assert not out.exists()
     with session_scope(sessions) as s:  # the row stays, with its cost
         assert s.get(Job, done).cost_usd == pytest.approx(0.02)
-        assert admin.delete_job_output(s, done, storage=storage).status == JobStatus.EXPIRED
+        again = admin.delete_job_output(s, done, storage=storage, settings=settings)
+        assert (again.status, again.deleted_at) == (JobStatus.SUCCEEDED, first_deleted_at)
         deliveries = admin.job_deliveries(s, done)
         assert [d.event_type for d in deliveries] == ["job.succeeded"]
 

@@ -184,15 +184,18 @@ def test_admin_sees_and_acts_on_every_keys_jobs(api: Api) -> None:
     assert new["params"] == api.c.get(f"/api/v1/jobs/{a2}", headers=api.h("acme")).json()["params"]
     # the client sees its new job too
     _ok(JobOut, api.c.get(f"/api/v1/jobs/{new['id']}", headers=api.h("acme")))
-    _err(api.c.delete(f"/api/v1/admin/jobs/{new['id']}", headers=ops), 409, "job_active")
+    # as the client's own DELETE: a queued job is canceled, then its row marked deleted
+    gone = _ok(AdminJobOut, api.c.delete(f"/api/v1/admin/jobs/{new['id']}", headers=ops))
+    assert gone["status"] == "canceled" and gone["deleted_at"] is not None
 
     out = Path(api.settings.resolved_storage_url) / "outputs" / f"{a1}.mp4"
     assert out.exists()
     deleted = _ok(AdminJobOut, api.c.delete(f"/api/v1/admin/jobs/{a1}", headers=ops))
-    assert deleted["status"] == "expired" and deleted["cost_usd"] == pytest.approx(0.02)
+    assert deleted["status"] == "succeeded" and deleted["cost_usd"] == pytest.approx(0.02)
+    assert deleted["deleted_at"] is not None
     assert not out.exists()
     r = api.c.get(f"/api/v1/jobs/{a1}/download", headers=api.h("acme"))
-    _err(r, 410, "expired")  # the output is gone; the row and its cost stay
+    _err(r, 410, "deleted")  # the output is gone; the row and its cost stay
 
 
 def test_keys_list_create_update_and_rotate(api: Api) -> None:

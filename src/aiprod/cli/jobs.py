@@ -240,7 +240,8 @@ def jobs_retry(
 @app.command("delete")
 @cli_errors
 def jobs_delete(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
-    """Delete a succeeded job's video (the job becomes expired; its row and cost stay).
+    """Delete a job's video, as its client's DELETE would (the row and cost stay, with deleted_at;
+    a queued or running job is canceled first).
 
     Example: aiprod jobs delete 0b7e6a9e-3f0c-4a51-9a53-6c1a2f1e9d42
     """
@@ -250,5 +251,5 @@ def jobs_delete(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
 
     settings = load_settings()
     with session_scope(open_db(settings)) as s:
-        j = admin.delete_job_output(s, job_id, storage=open_storage(settings))
-        out.print(f"job {j.id}: {j.status}")
+        j = admin.delete_job_output(s, job_id, storage=open_storage(settings), settings=settings)
+        out.print(f"job {j.id}: {j.status}, output deleted")

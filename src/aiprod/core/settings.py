@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # Benchmarks/tests only: sleep this long after every denoising step so a tiny model's job
     # lasts long enough to cancel or kill it mid-run. The real pipeline still runs.
     worker_step_delay: float = Field(default=0.0, ge=0)
+    # CPU-only box shared with the API: run each generation (denoising and MP4 encoding) at
+    # this nice value (0-19), in a thread of its own, so the API's requests get the CPU first.
+    # The worker's database writes stay at its normal priority (see worker/runner.py).
+    worker_nice: int = Field(default=0, ge=0, le=19)
 
     # Operations (see docs/OPERATIONS.md): readiness, retention, logs.
     min_free_disk_mb: float = Field(default=1024.0, ge=0)  # /readyz fails below this

@@ -123,21 +123,15 @@ def cancel_job(session: Session, job_id: str, *, settings: Settings) -> Job:
     return transitions.cancel_job(session, get_job(session, job_id), settings=settings)
 
 
-def delete_job_output(session: Session, job_id: str, *, storage: Storage) -> Job:
-    """Remove a succeeded job's stored output (the job becomes ``expired``; the row stays)."""
-    job = get_job(session, job_id)
-    job = JobRepository(session).lock(job.id) or job
-    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        raise Conflict(
-            f"job {job.id} is {job.status}: cancel it first, then delete its output",
-            code="job_active",
-        )
-    if job.status == JobStatus.SUCCEEDED:
-        if job.output_path:
-            storage.delete(job.output_path)
-        transitions.expire(job)
-        session.flush()
-    return job
+def delete_job_output(
+    session: Session, job_id: str, *, storage: Storage, settings: Settings
+) -> Job:
+    """The client's own DELETE /jobs/{id}, on any key's job (``transitions.delete_output``):
+    the output and the conditioning image go, the row stays for billing with ``deleted_at``
+    set and its status; a queued or running job is canceled first."""
+    return transitions.delete_output(
+        session, get_job(session, job_id), storage=storage, settings=settings
+    )
 
 
 def retry_job(

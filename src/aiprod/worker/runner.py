@@ -46,8 +46,10 @@ from aiprod.jobs.schema import JobParams
 from aiprod.jobs.storage import Storage, open_storage, output_key
 from aiprod.jobs.webhooks import WebhookDispatcher
 from aiprod.worker.models import ModelSlots, ModelUnavailable, classify_crash
+from aiprod.worker.priorities import Priorities
 
 log = logging.getLogger("aiprod.worker")
+
 
 CACHE_EPOCH = "cache_epoch"
 
@@ -82,6 +84,7 @@ class Worker:
         self.registry: Registry = load_registry(settings.models_file)
         self.storage: Storage = open_storage(settings)
         self.secret = settings.resolved_secret_key()
+        self.priorities = Priorities(settings.worker_nice)
         self.models = ModelSlots(self._load)
         self.pipelines: dict[str, Any] = self.models.pipelines
         self.stop_event = threading.Event()
@@ -168,6 +171,7 @@ class Worker:
                     WorkerRepository(s).seen(self.id, status="stopped", current_job_id=None)
             except Exception:
                 log.exception("could not mark worker %s stopped", self.id)
+            self.priorities.shutdown()
             self.engine.dispose()
         log.info("worker %s stopped after %d jobs", self.id, self.jobs_done)
         return self.jobs_done
@@ -326,10 +330,12 @@ class Worker:
         log.info("job %s: attempt %d on %s", job.id, job.attempts, self.id)
         delay = self.settings.worker_step_delay
 
-        def on_progress(fraction: float) -> None:
+        def write_progress(fraction: float) -> queue.LeaseState:
             with session_scope(self.sessions) as s:
-                st = queue.set_progress(s, job_id=job.id, worker_id=self.id, progress=fraction)
-            self._apply(cur, st)
+                return queue.set_progress(s, job_id=job.id, worker_id=self.id, progress=fraction)
+
+        def on_progress(fraction: float) -> None:
+            self._apply(cur, self.priorities.write(lambda: write_progress(fraction)))
             if delay and fraction < 1.0 and not (cur.cancel.is_set() or cur.lost.is_set()):
                 self.stop_event.wait(delay)
 
@@ -341,21 +347,25 @@ class Worker:
             entry = self.registry.get(job.model)
             pipe = self.pipeline(entry)
             t0 = time.perf_counter()  # GPU time = generation + encode, not model loading
-            video = pipe(self._request(job), on_progress=on_progress, should_cancel=should_cancel)
-            from aiprod.core.media import write_mp4
-
             key = output_key(job.id)
-            # S3: written to a local temp file, then uploaded (the object appears whole).
-            with self.storage.staged_path(key) as staged:
-                path = write_mp4(
-                    staged,
-                    video.frames,
-                    video.fps,
-                    audio=video.audio,
-                    sample_rate=video.audio_sample_rate,
-                )
-                seconds = time.perf_counter() - t0
-                data = path.read_bytes()
+
+            def generate() -> tuple[bytes, float]:
+                from aiprod.core.media import write_mp4
+
+                request = self._request(job)
+                video = pipe(request, on_progress=on_progress, should_cancel=should_cancel)
+                # S3: written to a local temp file, then uploaded (the object appears whole).
+                with self.storage.staged_path(key) as staged:
+                    path = write_mp4(
+                        staged,
+                        video.frames,
+                        video.fps,
+                        audio=video.audio,
+                        sample_rate=video.audio_sample_rate,
+                    )
+                    return path.read_bytes(), time.perf_counter() - t0
+
+            data, seconds = self.priorities.generate(generate)
             self._succeed(job, entry, key, data, seconds)
         except GenerationCanceled:
             self._canceled(job, cur, time.perf_counter() - t0)

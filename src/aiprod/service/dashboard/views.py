@@ -10,6 +10,7 @@ from typing import Any
 from aiprod.core.logging import job_error_message
 from aiprod.db.models import Job, WebhookDelivery
 from aiprod.jobs.admin import KeyUsage, WorkerView
+from aiprod.jobs.admin_views import delivery_dict, worker_dict
 from aiprod.jobs.reports import MoneyRow, Overview
 
 
@@ -37,16 +38,8 @@ def job_row(job: Job, names: Mapping[str, str]) -> dict[str, Any]:
 
 
 def delivery(d: WebhookDelivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "event_type": d.event_type,
-        "status": d.status,
-        "attempts": d.attempts,
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "url": d.url,
-        "delivered_at": when(d.delivered_at),
-    }
+    """The admin API's delivery object, its time as the console shows times."""
+    return {**delivery_dict(d), "delivered_at": when(d.delivered_at)}
 
 
 def job_detail(
@@ -80,26 +73,8 @@ def job_detail(
 
 
 def worker(w: WorkerView) -> dict[str, Any]:
-    return {
-        "id": w.id,
-        "hostname": w.hostname,
-        "pid": w.pid,
-        "device": w.device,
-        "status": w.status,
-        "current_job_id": w.current_job_id,
-        "jobs_done": w.jobs_done,
-        "last_seen_at": when(w.last_seen_at),
-        "gpus": [
-            {
-                "name": g.name,
-                "memory_used_bytes": g.memory_used_bytes,
-                "memory_total_bytes": g.memory_total_bytes,
-                "utilization_percent": g.utilization_percent,
-                "temperature_celsius": g.temperature_celsius,
-            }
-            for g in w.gpus
-        ],
-    }
+    """The admin API's worker object, its time as the console shows times."""
+    return {**worker_dict(w), "last_seen_at": when(w.last_seen_at)}
 
 
 def overview(

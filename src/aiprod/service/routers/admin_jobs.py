@@ -135,16 +135,17 @@ def cancel_job(
     "/jobs/{job_id}",
     summary="Delete any key's output (the row stays for billing)",
     response_model=AdminJobOut,
-    responses=errors(404, 409),
+    responses=errors(404),
     dependencies=[Depends(write_slot, scope="function")],
 )
 def delete_job(
     job_id: str, request: Request, admin: AdminDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
-    """A succeeded job's video is removed from storage and the job becomes `expired`; its
-    cost stays. Failed, canceled or expired jobs are returned unchanged; queued or running
-    ones are refused with 409 `job_active` (cancel first)."""
-    job = ops.delete_job_output(session, job_id, storage=state.storage)
+    """As the client's own `DELETE /api/v1/jobs/{id}`, on any key's job: the video (and the
+    conditioning image) are removed from storage; the job keeps its status and cost and gets
+    `deleted_at`, and its download answers 410 `deleted`. A queued or running job is canceled
+    first. Deleting again changes nothing."""
+    job = ops.delete_job_output(session, job_id, storage=state.storage, settings=state.settings)
     return _job_out(request, session, state, job.id)
 
 
