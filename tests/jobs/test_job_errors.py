@@ -10,15 +10,10 @@ from sqlalchemy import select
 
 from aiprod.core.errors import AiprodError
 from aiprod.core.logging import JOB_ERROR_CHARS, job_error_message
-from aiprod.core.settings import Settings
-from aiprod.db.migrate import upgrade
 from aiprod.db.models import Job
 from aiprod.db.session import session_scope
 from aiprod.jobs.schema import GenerateBody
-from aiprod.jobs.submit import Submitter, submit_job
-from aiprod.service.keys import create_key
-from aiprod.worker.runner import Worker
-from tests.service.harness import write_models_toml
+from tests.service.harness import local_worker, queue_job
 
 SECRET_PATH = "/srv/aiprod-secret/models/ltx/transformer.safetensors"
 
@@ -65,27 +60,8 @@ class _Crashing:
 def test_worker_writes_no_server_path_into_the_job(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, exc: Exception
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        models_file=write_models_toml(tmp_path),
-        database_url=url,
-        secret_key="s" * 32,
-        max_attempts=1,
-    )
-    worker = Worker(settings, webhooks=False, preload=False)
-    try:
-        with session_scope(worker.sessions) as s:
-            key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
-            job = submit_job(
-                s,
-                submitter=Submitter(key.id),
-                body=GenerateBody(prompt="a fox"),
-                registry=worker.registry,
-                storage=worker.storage,
-                settings=settings,
-            ).job
+    with local_worker(tmp_path, max_attempts=1) as worker:
+        job = queue_job(worker, GenerateBody(prompt="a fox"))
         worker.pipelines[worker.registry.default] = _Crashing(exc)
         with caplog.at_level(logging.WARNING):
             assert worker.step()
@@ -96,8 +72,6 @@ def test_worker_writes_no_server_path_into_the_job(
             assert SECRET_PATH not in (row.error_message or "")
             assert "<path>" in row.error_message
         assert SECRET_PATH in caplog.text  # the operator still finds it in the log
-    finally:
-        worker.engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -121,27 +95,8 @@ def test_worker_writes_no_server_path_into_the_job(
 def test_backend_errors_are_classified(
     tmp_path: Path, exc: Exception, code: str, attempts_left: bool
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        models_file=write_models_toml(tmp_path),
-        database_url=url,
-        secret_key="s" * 32,
-        max_attempts=3,
-    )
-    worker = Worker(settings, webhooks=False, preload=False)
-    try:
-        with session_scope(worker.sessions) as s:
-            key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
-            job = submit_job(
-                s,
-                submitter=Submitter(key.id, 0),
-                body=GenerateBody(prompt="a fox"),
-                registry=worker.registry,
-                storage=worker.storage,
-                settings=settings,
-            ).job
+    with local_worker(tmp_path, max_attempts=3) as worker:
+        job = queue_job(worker, GenerateBody(prompt="a fox"))
         worker.pipelines[worker.registry.default] = _Crashing(exc)
         assert worker.step()
         with session_scope(worker.sessions) as s:
@@ -151,5 +106,3 @@ def test_backend_errors_are_classified(
             assert row.error_message.startswith("model 'builtin'")
             assert row.status == ("queued" if attempts_left else "failed"), row.status
             assert row.attempts == 1
-    finally:
-        worker.engine.dispose()

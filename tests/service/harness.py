@@ -95,6 +95,49 @@ def fresh_pg_database(tag: str = "t") -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def local_worker(tmp_path: Path, **settings: Any) -> Iterator[Any]:
+    """An in-process ``Worker`` (no webhooks, nothing preloaded) on a fresh, migrated SQLite
+    file with the tiny built-in model; ``settings``: Settings fields to set."""
+    from aiprod.core.settings import Settings
+    from aiprod.db.migrate import upgrade
+    from aiprod.worker.runner import Worker
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    upgrade(url)
+    config = Settings(
+        data_dir=tmp_path,
+        models_file=write_models_toml(tmp_path),
+        database_url=url,
+        secret_key="s" * 32,
+        **settings,
+    )
+    worker = Worker(config, webhooks=False, preload=False)
+    try:
+        yield worker
+    finally:
+        worker.priorities.shutdown()
+        worker.engine.dispose()
+
+
+def queue_job(worker: Any, body: Any) -> Any:
+    """Queue one job (``body``: a GenerateBody) for ``worker``'s database, under a new key."""
+    from aiprod.db.session import session_scope
+    from aiprod.jobs.submit import Submitter, submit_job
+    from aiprod.service.keys import create_key
+
+    with session_scope(worker.sessions) as s:
+        key, _ = create_key(s, secret=worker.settings.resolved_secret_key(), name="t")
+        return submit_job(
+            s,
+            submitter=Submitter(key.id),
+            body=body,
+            registry=worker.registry,
+            storage=worker.storage,
+            settings=worker.settings,
+        ).job
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,15 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from aiprod.core.settings import Settings
-from aiprod.db.migrate import upgrade
 from aiprod.db.models import Job
 from aiprod.db.session import session_scope
 from aiprod.jobs.schema import GenerateBody
-from aiprod.jobs.submit import Submitter, submit_job
-from aiprod.service.keys import create_key
-from aiprod.worker.runner import Worker
-from tests.service.harness import write_models_toml
+from tests.service.harness import local_worker, queue_job
 
 
 def _nice() -> int:
@@ -43,17 +38,7 @@ class Recording:
 
 @pytest.mark.parametrize("nice", [0, 7])
 def test_generation_runs_low_and_database_writes_do_not(tmp_path: Path, nice: int) -> None:
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        models_file=write_models_toml(tmp_path),
-        database_url=url,
-        secret_key="s" * 32,
-        worker_nice=nice,
-    )
     base = _nice()
-    worker = Worker(settings, webhooks=False, preload=False)
     writes: list[tuple[str, int]] = []
 
     def on_write(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -61,18 +46,9 @@ def test_generation_runs_low_and_database_writes_do_not(tmp_path: Path, nice: in
         if verb in ("INSERT", "UPDATE", "DELETE", "BEGIN"):
             writes.append((verb, _nice()))
 
-    event.listen(worker.engine, "before_cursor_execute", on_write)
-    try:
-        with session_scope(worker.sessions) as s:
-            key, _ = create_key(s, secret=settings.resolved_secret_key(), name="t")
-            job = submit_job(
-                s,
-                submitter=Submitter(key.id),
-                body=GenerateBody(prompt="a red fox", num_inference_steps=3),
-                registry=worker.registry,
-                storage=worker.storage,
-                settings=settings,
-            ).job
+    with local_worker(tmp_path, worker_nice=nice) as worker:
+        event.listen(worker.engine, "before_cursor_execute", on_write)
+        job = queue_job(worker, GenerateBody(prompt="a red fox", num_inference_steps=3))
         entry = worker.registry.get(worker.registry.default)
         ran_at: list[int] = []
         worker.pipelines[entry.id] = Recording(worker.pipeline(entry), ran_at)
@@ -85,6 +61,3 @@ def test_generation_runs_low_and_database_writes_do_not(tmp_path: Path, nice: in
         progress = [n for verb, n in writes if verb == "UPDATE"]
         assert len(progress) >= 3  # a progress write per step, and the result
         assert {n for _verb, n in writes} == {base}, writes
-    finally:
-        worker.priorities.shutdown()
-        worker.engine.dispose()

@@ -8,16 +8,14 @@ reads and the insert as two units of work (:func:`submit_in_two_transactions`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.errors import AiprodError, Conflict, InvalidRequest
 from aiprod.core.logging import log_job_transition
-from aiprod.core.recent import Recent
 from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
 from aiprod.db.models import Job, JobStatus, new_id, utcnow
@@ -28,10 +26,9 @@ from aiprod.jobs.estimate import estimate_seconds
 from aiprod.jobs.model_state import ModelState, availability, refuse_unavailable
 from aiprod.jobs.schema import GenerateBody, JobParams, request_hash, validate_generate
 from aiprod.jobs.storage import Storage, input_key
-from aiprod.jobs.views import STALE_FOR_SECONDS
+from aiprod.jobs.views import SessionReads
 
 MAX_IDEMPOTENCY_KEY = 255
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,28 +44,13 @@ class Submitter:
 class SubmitReads:
     """What an API process's submits share instead of reading it for each one: the models'
     availability and the measured timings behind the estimate, read again after ``ttl``
-    seconds (with ``sessions``, by a background thread: see ``core.recent``). A model that has
-    just become unavailable can still be accepted meanwhile (a few seconds at most); its job
-    then fails at once on the worker with ``model_unavailable``."""
+    seconds (with ``sessions``, by a background thread: see ``jobs.views.SessionReads``). A
+    model that has just become unavailable can still be accepted meanwhile (a few seconds at
+    most); its job then fails at once on the worker with ``model_unavailable``."""
 
     def __init__(self, ttl: float = 1.0, *, sessions: sessionmaker[Session] | None = None):
-        self.sessions = sessions
-        stale_for = STALE_FOR_SECONDS if sessions is not None else 0.0
-        self.availability: Recent[str, dict[str, ModelState]] = Recent(ttl, stale_for=stale_for)
-        self.estimates: Recent[tuple[Any, ...], float] = Recent(ttl, stale_for=stale_for)
-
-    def read(self, session: Session, what: Callable[[Session], T]) -> Callable[[], T]:
-        """``what`` as a Recent's compute: in its own session when this has ``sessions`` (it
-        may run after the request ended), else in the request's ``session``."""
-        sessions = self.sessions
-        if sessions is None:
-            return lambda: what(session)
-
-        def own() -> T:
-            with session_scope(sessions) as s:
-                return what(s)
-
-        return own
+        self.availability: SessionReads[str, dict[str, ModelState]] = SessionReads(ttl, sessions)
+        self.estimates: SessionReads[tuple[Any, ...], float] = SessionReads(ttl, sessions)
 
 
 @dataclass(frozen=True)
@@ -126,9 +108,9 @@ def prepare_submit(
     if reads is None:
         unavailable, seconds = read_availability(session), read_estimate(session)
     else:
-        unavailable = reads.availability.get("models", reads.read(session, read_availability))
+        unavailable = reads.availability.get("models", session, read_availability)
         shape = (v.entry.id, v.entry.version, *sorted(v.params.shape().items()))
-        seconds = reads.estimates.get(shape, reads.read(session, read_estimate))
+        seconds = reads.estimates.get(shape, session, read_estimate)
     refuse_unavailable(v.entry.id, unavailable.get(v.entry.id))
     now = utcnow()
     job = Job(

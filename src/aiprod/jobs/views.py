@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -120,38 +121,53 @@ def require_output(job: Job) -> str:
 
 # How long past its ttl a shared read is still served while a background thread renews it.
 STALE_FOR_SECONDS = 4.0
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SessionReads(Generic[K, V]):
+    """Values read from the database with a session, shared for ``ttl`` seconds
+    (``core.recent``). With ``sessions`` (the API), each read runs in a session of its own and
+    is renewed by a background thread while requests keep the previous value, for up to
+    ``STALE_FOR_SECONDS`` past ``ttl``; without, the caller that finds a value older than
+    ``ttl`` reads it with its own ``session``."""
+
+    def __init__(self, ttl: float, sessions: sessionmaker[Session] | None) -> None:
+        self.sessions = sessions
+        self._recent: Recent[K, V] = Recent(
+            ttl, stale_for=STALE_FOR_SECONDS if sessions is not None else 0.0
+        )
+
+    def get(self, key: K, session: Session, read: Callable[[Session], V]) -> V:
+        sessions = self.sessions
+        if sessions is None:
+            return self._recent.get(key, lambda: read(session))
+
+        def in_own_session() -> V:  # may run after the caller's request has ended
+            with session_scope(sessions) as own:
+                return read(own)
+
+        return self._recent.get(key, in_own_session)
 
 
 class QueueView:
     """The queue as status calls see it: one snapshot (and live-worker count) shared for
     ``ttl`` seconds instead of four queries per queued job's status (the profile's largest
-    database cost at 200 polling clients). With ``sessions`` (the API), the snapshot is renewed
-    by a background thread while requests keep using the previous one (``core.recent``): a
-    position is then at most ``ttl`` + ``STALE_FOR_SECONDS`` old, and usually about ``ttl``.
-    Without, the request that finds it older than ``ttl`` reads it with its own session."""
+    database cost at 200 polling clients). With ``sessions`` (the API), renewed in the
+    background (``SessionReads``): a position is then at most ``ttl`` + ``STALE_FOR_SECONDS``
+    old, and usually about ``ttl``."""
 
     def __init__(self, ttl: float = 1.0, *, sessions: sessionmaker[Session] | None = None) -> None:
-        self.ttl = ttl
-        self.sessions = sessions
-        self._recent: Recent[str, tuple[queue.QueueSnapshot, int]] = Recent(
-            ttl, stale_for=STALE_FOR_SECONDS if sessions is not None else 0.0
+        self._reads: SessionReads[str, tuple[queue.QueueSnapshot, int]] = SessionReads(
+            ttl, sessions
         )
 
-    @staticmethod
-    def _take(session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
-        snapshot = queue.QueueSnapshot.take(session)
-        return snapshot, len(WorkerRepository(session).alive(settings.lease_seconds * 2))
-
     def get(self, session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
-        sessions = self.sessions
-        if sessions is None:
-            return self._recent.get("queue", lambda: self._take(session, settings))
+        def take(s: Session) -> tuple[queue.QueueSnapshot, int]:
+            snapshot = queue.QueueSnapshot.take(s)
+            return snapshot, len(WorkerRepository(s).alive(settings.lease_seconds * 2))
 
-        def take_own() -> tuple[queue.QueueSnapshot, int]:
-            with session_scope(sessions) as own:
-                return self._take(own, settings)
-
-        return self._recent.get("queue", take_own)
+        return self._reads.get("queue", session, take)
 
 
 def render_job(

@@ -43,6 +43,7 @@ Every error has the shape `{"error": {"code": "...", "message": "...", "field": 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url)
+    reads = make_read_sessionmaker(engine)
     state = AppState(
         settings=settings,
         engine=engine,
@@ -51,12 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage=open_storage(settings),
         limiter=RateLimiter(),
         secret=settings.resolved_secret_key(),
-        read_sessions=make_read_sessionmaker(engine),
+        read_sessions=reads,
         insert_sessions=make_insert_sessionmaker(engine),
+        # shared reads renewed in the background: no request waits for them
+        queue_view=QueueView(sessions=reads),
+        submit_reads=SubmitReads(sessions=reads),
     )
-    # Shared reads renewed in the background (no request waits for them; see core.recent).
-    state.queue_view = QueueView(sessions=state.read_sessions)
-    state.submit_reads = SubmitReads(sessions=state.read_sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aiprod.core.registry import Registry
 from aiprod.core.settings import Settings
+from aiprod.jobs.schema import GenerateBody
 from aiprod.jobs.storage import LocalStorage, S3Storage
-from aiprod.jobs.submit import SubmitReads
+from aiprod.jobs.submit import SubmitReads, Submitted, Submitter, submit_in_two_transactions
 from aiprod.jobs.views import QueueView
 from aiprod.service.ratelimit import RateLimiter
 
@@ -35,3 +36,21 @@ class AppState:
     key_cache: dict[str, tuple[Any, int, float]] = field(default_factory=dict)
     queue_view: QueueView = field(default_factory=QueueView)  # status calls' queue positions
     submit_reads: SubmitReads = field(default_factory=SubmitReads)  # availability, timings
+
+    def submit(
+        self, submitter: Submitter, body: GenerateBody, idempotency_key: str | None
+    ) -> Submitted:
+        """A submit from a route (/api/v1/generate, /v1/videos): the checks in a read-only
+        unit of work, the INSERT in one of its own (``jobs.submit.submit_in_two_transactions``),
+        with this process's shared reads. Blocking: call it from a worker thread."""
+        return submit_in_two_transactions(
+            self.read_sessions or self.sessions,
+            self.insert_sessions or self.sessions,
+            submitter=submitter,
+            body=body,
+            registry=self.registry,
+            storage=self.storage,
+            settings=self.settings,
+            idempotency_key=idempotency_key,
+            reads=self.submit_reads,
+        )

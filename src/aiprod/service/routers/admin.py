@@ -18,6 +18,7 @@ from aiprod.db.repositories import (
 )
 from aiprod.jobs.admin import list_workers
 from aiprod.jobs.admin_views import worker_dict
+from aiprod.jobs.budget import month_start
 from aiprod.service.deps import AdminDep, SessionDep, StateDep, read_session
 from aiprod.service.schemas import ClearCacheOut, StatsOut, WorkersOut, errors
 
@@ -47,10 +48,9 @@ def stats(
     flagged `over_budget` (their submits get 402 `budget_exceeded`)."""
     now = datetime.now(UTC)
     since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     jobs = JobRepository(session)
     per_key = {r["api_key_id"]: r for r in jobs.stats_per_key(since, now + timedelta(seconds=1))}
-    month_cost = jobs.cost_since(month_start)
+    month_cost = jobs.cost_since(month_start(now))
     keys_out = []
     for k in ApiKeyRepository(session).list():
         r = per_key.get(k.id, {})

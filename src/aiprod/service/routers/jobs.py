@@ -15,7 +15,7 @@ from aiprod.jobs import JobStatus, transitions
 from aiprod.jobs.budget import estimate_for_key
 from aiprod.jobs.model_state import availability
 from aiprod.jobs.schema import GenerateBody, validate_generate
-from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, submit_in_two_transactions
+from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY
 from aiprod.jobs.views import render_job
 from aiprod.service.deps import (
     ApiKeyDep,
@@ -88,17 +88,7 @@ def generate(
     answer (still 202) comes when the job has ended or after N s."""
     # The checks read in a read-only unit of work and the INSERT is one of its own (on SQLite
     # the write lock is held for the INSERT alone): jobs.submit.submit_in_two_transactions.
-    sub = submit_in_two_transactions(
-        state.read_sessions or state.sessions,
-        state.insert_sessions or state.sessions,
-        submitter=key.submitter,
-        body=body,
-        registry=state.registry,
-        storage=state.storage,
-        settings=state.settings,
-        idempotency_key=idempotency_key,
-        reads=state.submit_reads,
-    )
+    sub = state.submit(key.submitter, body, idempotency_key)
     job, base = sub.job, base_url(request, state.settings.public_url)
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if not sub.created:

@@ -19,7 +19,7 @@ from aiprod.db.models import Job
 from aiprod.db.repositories import JobRepository
 from aiprod.jobs import transitions
 from aiprod.jobs.openai_videos import VideoRequest, refine_field, to_generate_body, video_object
-from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY, submit_in_two_transactions
+from aiprod.jobs.submit import MAX_IDEMPOTENCY_KEY
 from aiprod.jobs.views import require_output
 from aiprod.service.deps import (
     ApiKeyDep,
@@ -219,17 +219,7 @@ async def create_video(
     def submit() -> dict[str, Any]:
         try:
             body = to_generate_body(req, state.registry)
-            job = submit_in_two_transactions(
-                state.read_sessions or state.sessions,
-                state.insert_sessions or state.sessions,
-                submitter=key.submitter,
-                body=body,
-                registry=state.registry,
-                storage=state.storage,
-                settings=state.settings,
-                idempotency_key=idempotency_key,
-                reads=state.submit_reads,
-            ).job
+            job = state.submit(key.submitter, body, idempotency_key).job
         except InvalidRequest as exc:
             raise refine_field(exc) from None
         return video_object(job, state.settings)
