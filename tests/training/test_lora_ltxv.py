@@ -184,7 +184,9 @@ def test_register_refuses_a_folder_no_run_wrote(root: Path, tmp_path: Path) -> N
     assert not (tmp_path / "models.toml").exists()
 
 
-def test_upsampler_run_attaches_to_an_entry(root: Path, tmp_path: Path) -> None:
+def test_upsampler_run_attaches_to_an_entry(root: Path, run: Path, tmp_path: Path) -> None:
+    # ``run`` (the LoRA run, which trained no upsampler) is a fixture: under xdist this test
+    # can run in a worker where no other test has made root / "run"
     models = tmp_path / "models.toml"
     models.write_text(MODELS.replace('path = "my-ltxv"', f'path = "{root / "my-ltxv"}"'))
     up_phase = {
@@ -209,7 +211,7 @@ def test_upsampler_run_attaches_to_an_entry(root: Path, tmp_path: Path) -> None:
     )
     Trainer(cfg).train()
     with pytest.raises(ConfigError, match="trained no latent upsampler"):
-        register_upsampler(root / "run", entry_id="my-ltxv", models_file=models)
+        register_upsampler(run, entry_id="my-ltxv", models_file=models)
     out = register_upsampler(root / "up", entry_id="my-ltxv", models_file=models)
     entry = load_registry(models).get("my-ltxv")
     assert entry.components.upsampler == Path(out["upsampler"]).resolve()
