@@ -6,11 +6,12 @@ CPU kernels sum in another order with other thread counts, so the test pins one 
 change that moves code without changing behaviour keeps them; a change that means to change
 what the model draws re-records them and says so in its commit.
 
-The kernels also differ between CPUs (vendor and instruction set): the same code drew other
-bytes on an AMD EPYC than on the Intel machine it was recorded on, while the chosen draft and
-the verifier's scores stayed equal. So a digest is kept per CPU (``cpu_key``); on a CPU with
-none, the frames must match the recorded 8x8 block means to within 1.2 levels (forcing torch's
-AVX2 kernels instead of AVX-512 moves pixels by at most one level), which any change to what
+The kernels also differ between CPUs: the same code drew other bytes on an AMD EPYC than on
+the Intel machine it was recorded on, and other bytes again on a later Intel Xeon (family 6,
+model 207) with the same vendor and instruction set, while the chosen draft and the verifier's
+scores stayed equal. So a digest is kept per CPU model (``cpu_key``); on a CPU with none,
+the frames must match the recorded 8x8 block means to within 1.2 levels (forcing torch's AVX2
+kernels instead of AVX-512 moves pixels by at most one level), which any change to what
 the model draws breaks by far.
 """
 
@@ -31,18 +32,24 @@ BLOCKS = np.load(Path(__file__).with_name("served_frames_blocks.npz"))  # per se
 
 
 def cpu_key() -> str:
-    """The CPU's vendor and the instruction set torch's kernels use, e.g. 'AuthenticAMD AVX512'."""
+    """The CPU's vendor, family/model and the instruction set torch's kernels use, e.g.
+    'GenuineIntel 6/207 AVX512'."""
     import torch
 
-    vendor = "unknown"
+    info = {"vendor_id": "unknown", "cpu family": "?", "model": "?"}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                vendor = line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            if name.strip() in info and info[name.strip()] in ("unknown", "?"):
+                info[name.strip()] = value.strip()
+            if not line.strip():  # the first processor's block is enough
                 break
     except OSError:
         pass
-    return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
+    return (
+        f"{info['vendor_id']} {info['cpu family']}/{info['model']} "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 def block_means(frames: np.ndarray) -> np.ndarray:
