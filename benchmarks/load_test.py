@@ -9,6 +9,10 @@ workers are busy the whole time and the status latencies are measured under that
 
 Reported per phase: requests/s, jobs submitted and finished, p50/p95/p99/max latency of the
 status calls and of the submits, and errors (any non-2xx answer or transport error, by kind).
+These figures are the steady state: the phase's first ``--warmup`` seconds (5 by default), when
+every client connects and sends its first submit within one poll interval (200 submits in a
+second at 200 clients), are reported apart as its ramp (requests, errors, latencies), the way
+load-testing tools keep their ramp-up out of the steady-state figures.
 
     .venv/bin/python benchmarks/load_test.py                       # 5, 50, 200 clients
     .venv/bin/python benchmarks/load_test.py --clients 5 --duration 10
@@ -87,6 +91,10 @@ class PhaseResult:
     queue_depth_end: int | None = None
     load_avg_1m: tuple[float, float] = (0.0, 0.0)  # machine load at the phase's start and end
     client_cpu_s: float = 0.0  # CPU time the load generator itself used during the phase
+    # The phase's first ``warmup_s`` seconds (all clients connecting and submitting their
+    # first job), measured but kept apart from the figures above: requests, p50/p95/p99/max.
+    warmup_s: float = 0.0
+    ramp: dict[str, Any] = field(default_factory=dict)
     # the raw latencies (ms), for pooling repeated runs; not written to the JSON
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
@@ -96,10 +104,21 @@ class PhaseResult:
         return out
 
 
+def _ramp(status: list[float], submit: list[float], errors: int) -> dict[str, Any]:
+    return {
+        "requests": len(status) + len(submit),
+        "errors": errors,
+        "status_ms": _summary(status),
+        "submit_ms": _summary(submit),
+    }
+
+
 def pooled(runs: list[PhaseResult]) -> PhaseResult:
     """Several runs of one phase as one: counts added, percentiles over all their samples."""
     status = [ms for r in runs for ms in r.samples["status"]]
     submit = [ms for r in runs for ms in r.samples["submit"]]
+    ramp_status = [ms for r in runs for ms in r.samples["ramp_status"]]
+    ramp_submit = [ms for r in runs for ms in r.samples["ramp_submit"]]
     errors: Counter[str] = Counter()
     for r in runs:
         errors.update(r.error_kinds)
@@ -121,7 +140,14 @@ def pooled(runs: list[PhaseResult]) -> PhaseResult:
         queue_depth_end=None,
         load_avg_1m=(min(r.load_avg_1m[0] for r in runs), max(r.load_avg_1m[1] for r in runs)),
         client_cpu_s=round(sum(r.client_cpu_s for r in runs), 2),
-        samples={"status": status, "submit": submit},
+        warmup_s=runs[0].warmup_s,
+        ramp=_ramp(ramp_status, ramp_submit, sum(r.ramp.get("errors", 0) for r in runs)),
+        samples={
+            "status": status,
+            "submit": submit,
+            "ramp_status": ramp_status,
+            "ramp_submit": ramp_submit,
+        },
     )
 
 
@@ -226,16 +252,48 @@ class Conn:
         self.reader = self.writer = None
 
 
+@dataclass
+class Tally:
+    """What the clients of a phase record: from ``measure_from`` on, the figures; before it
+    (the warm-up), the ``ramp_*`` latencies and error count only."""
+
+    measure_from: float  # time.monotonic()
+    status_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    ramp_status_ms: list[float] = field(default_factory=list)
+    ramp_submit_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    ramp_errors: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def latency(self, kind: str, started: float, ms: float) -> None:
+        """A request sent at ``started`` (time.monotonic()) took ``ms``."""
+        measured = started >= self.measure_from
+        if kind == "submit":
+            (self.submit_ms if measured else self.ramp_submit_ms).append(ms)
+        else:
+            (self.status_ms if measured else self.ramp_status_ms).append(ms)
+        if measured:
+            self.counts["requests"] += 1
+
+    def error(self, kind: str, started: float) -> None:
+        if started >= self.measure_from:
+            self.errors[kind[:80]] += 1
+        else:
+            self.ramp_errors += 1
+
+    def count(self, what: str, started: float, n: int = 1) -> None:
+        if started >= self.measure_from:
+            self.counts[what] += n
+
+
 async def _client(
     conn: Conn,
     *,
     stop_at: float,
     poll_interval: float,
     job_params: dict[str, Any],
-    status_ms: list[float],
-    submit_ms: list[float],
-    errors: Counter[str],
-    counts: Counter[str],
+    tally: Tally,
     index: int,
 ) -> None:
     # Stagger the start so 200 clients do not all submit in the same millisecond.
@@ -243,7 +301,7 @@ async def _client(
     body = json.dumps({"prompt": f"load test client {index}", **job_params}).encode()
     try:
         while time.monotonic() < stop_at:
-            t0 = time.perf_counter()
+            started, t0 = time.monotonic(), time.perf_counter()
             try:
                 code, data = await conn.request(
                     "POST",
@@ -252,34 +310,32 @@ async def _client(
                     f"Idempotency-Key: {os.urandom(12).hex()}\r\n",
                 )
             except HttpError as exc:
-                errors[f"submit:{exc}"[:80]] += 1
+                tally.error(f"submit:{exc}", started)
                 await asyncio.sleep(poll_interval)
                 continue
-            submit_ms.append((time.perf_counter() - t0) * 1000)
-            counts["requests"] += 1
+            tally.latency("submit", started, (time.perf_counter() - t0) * 1000)
             if code != 202:
-                errors[f"submit:{code}"] += 1
+                tally.error(f"submit:{code}", started)
                 await asyncio.sleep(poll_interval)
                 continue
-            counts["submits"] += 1
+            tally.count("submits", started)
             job_path = f"/api/v1/jobs/{json.loads(data)['id']}"
             while time.monotonic() < stop_at:
                 await asyncio.sleep(poll_interval)
-                t0 = time.perf_counter()
+                started, t0 = time.monotonic(), time.perf_counter()
                 try:
                     code, data = await conn.request("GET", job_path)
                 except HttpError as exc:
-                    errors[f"status:{exc}"[:80]] += 1
+                    tally.error(f"status:{exc}", started)
                     continue
-                status_ms.append((time.perf_counter() - t0) * 1000)
-                counts["requests"] += 1
+                tally.latency("status", started, (time.perf_counter() - t0) * 1000)
                 if code != 200:
-                    errors[f"status:{code}"] += 1
+                    tally.error(f"status:{code}", started)
                     continue
                 status = json.loads(data)["status"]
                 if status in TERMINAL:
-                    counts["finished"] += 1
-                    counts["succeeded"] += status == "succeeded"
+                    tally.count("finished", started)
+                    tally.count("succeeded", started, status == "succeeded")
                     break
     finally:
         await conn.close()
@@ -293,35 +349,40 @@ async def run_phase(
     duration: float,
     poll_interval: float,
     job_params: dict[str, Any],
+    warmup: float = 0.0,
 ) -> PhaseResult:
-    status_ms: list[float] = []
-    submit_ms: list[float] = []
-    errors: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
+    """``clients`` clients for ``warmup`` + ``duration`` seconds; the figures are those of the
+    last ``duration`` seconds, the warm-up's go to ``ramp``."""
     url = httpx.URL(base_url)
     host, port = url.host, url.port or 80
-    load_start = os.getloadavg()[0]
-    cpu_start = time.process_time()
     start = time.monotonic()
-    stop_at = start + duration
+    tally = Tally(measure_from=start + warmup)
+    stop_at = tally.measure_from + duration
+    load_start = cpu_start = None
+
+    async def start_measuring() -> None:
+        nonlocal load_start, cpu_start
+        await asyncio.sleep(max(0.0, tally.measure_from - time.monotonic()))
+        load_start, cpu_start = os.getloadavg()[0], time.process_time()
+
     await asyncio.gather(
+        start_measuring(),
         *(
             _client(
                 Conn(host, port, api_key),
                 stop_at=stop_at,
                 poll_interval=poll_interval,
                 job_params=job_params,
-                status_ms=status_ms,
-                submit_ms=submit_ms,
-                errors=errors,
-                counts=counts,
+                tally=tally,
                 index=i,
             )
             for i in range(clients)
-        )
+        ),
     )
-    elapsed = time.monotonic() - start
+    elapsed = time.monotonic() - tally.measure_from
+    assert load_start is not None and cpu_start is not None
     client_cpu = time.process_time() - cpu_start
+    counts, errors = tally.counts, tally.errors
     depth = None
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -335,19 +396,26 @@ async def run_phase(
         clients=clients,
         duration_s=round(elapsed, 2),
         requests=counts["requests"],
-        status_calls=len(status_ms),
+        status_calls=len(tally.status_ms),
         submits=counts["submits"],
         jobs_finished=counts["finished"],
         jobs_succeeded=counts["succeeded"],
         errors=sum(errors.values()),
         error_kinds=dict(errors),
         requests_per_s=round(counts["requests"] / elapsed, 1) if elapsed else 0.0,
-        status_ms=_summary(status_ms),
-        submit_ms=_summary(submit_ms),
+        status_ms=_summary(tally.status_ms),
+        submit_ms=_summary(tally.submit_ms),
         queue_depth_end=depth,
         load_avg_1m=(round(load_start, 2), round(os.getloadavg()[0], 2)),
         client_cpu_s=round(client_cpu, 2),
-        samples={"status": status_ms, "submit": submit_ms},
+        warmup_s=warmup,
+        ramp=_ramp(tally.ramp_status_ms, tally.ramp_submit_ms, tally.ramp_errors),
+        samples={
+            "status": tally.status_ms,
+            "submit": tally.submit_ms,
+            "ramp_status": tally.ramp_status_ms,
+            "ramp_submit": tally.ramp_submit_ms,
+        },
     )
 
 
@@ -402,6 +470,20 @@ def fresh_database(url: str | None, run: int | None):  # type: ignore[no-untyped
         admin.dispose()
 
 
+def _cli(env: dict[str, str], *args: str) -> str:
+    """``aiprod ARGS`` for the server being set up -> its stdout; a failure names the command
+    and shows what it said (e.g. a --database-url that is not empty: it must be)."""
+    out = subprocess.run([*_aiprod(), *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        said = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        raise SystemExit(
+            f"load_test: `aiprod {' '.join(args)}` failed (exit {out.returncode}) while setting "
+            "up the server; --database-url must name an empty database (or use --repeat, "
+            "which makes fresh ones beside it):\n  " + "\n  ".join(said)
+        )
+    return out.stdout
+
+
 @contextmanager
 def local_server(  # type: ignore[no-untyped-def]
     *,
@@ -432,15 +514,8 @@ def local_server(  # type: ignore[no-untyped-def]
         env["AIPROD_DATABASE_URL"] = database_url
     if worker_nice > 0:
         env["AIPROD_WORKER_NICE"] = str(worker_nice)
-    subprocess.run([*_aiprod(), "db", "upgrade"], env=env, check=True, capture_output=True)
-    out = subprocess.run(
-        [*_aiprod(), "keys", "create", "--name", "load-test"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    api_key = out.stdout.strip().splitlines()[-1].strip()
+    _cli(env, "db", "upgrade")
+    api_key = _cli(env, "keys", "create", "--name", "load-test").strip().splitlines()[-1].strip()
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = log_path.open("w")
@@ -509,13 +584,31 @@ def _table(results: list[PhaseResult]) -> str:
             f" {f(r.submit_ms['p99']):>10}"
         )
     lines.append("(latencies in ms, measured by the client over loopback)")
+    for r in results:
+        if r.warmup_s and r.ramp:
+            ramp = r.ramp
+            lines.append(
+                f"ramp, {r.clients} clients, first {r.warmup_s:g} s (not above): "
+                f"{ramp['requests']} requests, {ramp['errors']} errors, "
+                f"status p99 {f(ramp['status_ms']['p99'])}, "
+                f"submit p50 {f(ramp['submit_ms']['p50'])} p99 {f(ramp['submit_ms']['p99'])}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[5, 50, 200])
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument(
+        "--duration", type=float, default=20.0, help="seconds per phase (after its warm-up)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds at the start of each phase whose requests are reported apart, as the "
+        "ramp (clients connecting and sending their first submits at once), not in the figures",
+    )
     ap.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (own server)")
     ap.add_argument(
@@ -570,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                     api_key,
                     clients=n,
                     duration=args.duration,
+                    warmup=args.warmup,
                     poll_interval=args.poll_interval,
                     job_params=TINY_JOB,
                 )

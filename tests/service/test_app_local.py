@@ -1,14 +1,16 @@
 """In-process checks of the app that need no server: an unreachable database is a 503, the
-rate limiter's window, and keys stored only as keyed hashes."""
+rate limiter's window, keys stored only as keyed hashes, a process warm before its first request."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from aiprod.core.settings import Settings
-from aiprod.db.models import RateLimitWindow
+from aiprod.db.models import Job, RateLimitWindow
+from aiprod.db.repositories import ApiKeyRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs.webhooks import webhook_secret
 from aiprod.service.app import create_app
@@ -104,3 +106,38 @@ def test_keys_are_random_and_only_hashed() -> None:
     assert len(h) == 64 and a not in h and h != hash_key(a, "t" * 32)
     assert webhook_secret("id1", "s" * 32).startswith("whsec_")
     assert webhook_secret("id1", "s" * 32) != webhook_secret("id2", "s" * 32)
+
+
+def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path: Path) -> None:
+    """AppState.warm_up at start: the first submit and the first status call of a new API
+    process find their queries compiled (SQLAlchemy's statement cache) and read nothing the
+    warm-up read for them (a cold process paid 40 ms instead of 6 for its first submit)."""
+    settings = Settings(
+        data_dir=tmp_path, models_file=write_models_toml(tmp_path), database_url=db_url
+    )
+    token = generate_key()
+    setup = make_engine(db_url)
+    with session_scope(make_sessionmaker(setup)) as s:
+        ApiKeyRepository(s).create(
+            key_hash=hash_key(token, settings.resolved_secret_key()), prefix="p", name="k"
+        )
+    setup.dispose()
+    app = create_app(settings)
+    engine = app.state.aiprod.engine
+    selects: list[tuple[str, bool]] = []
+
+    def record(_conn, _cursor, statement, _params, context, _many):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append((statement, context.cache_hit == context.dialect.CACHE_HIT))
+
+    with TestClient(app) as c:
+        event.listen(engine, "after_cursor_execute", record)  # after the start's warm-up
+        auth = {"Authorization": f"Bearer {token}"}
+        job = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth)
+        assert job.status_code == 202, job.text
+        assert c.get(f"/api/v1/jobs/{job.json()['id']}", headers=auth).status_code == 200
+    assert selects, "the first requests read nothing: this test no longer sees their queries"
+    cold = [statement.split("\n")[0] for statement, hit in selects if not hit]
+    assert not cold, f"compiled by the first requests instead of the warm-up: {cold}"
+    with session_scope(make_sessionmaker(engine)) as s:  # the warm-up only read
+        assert s.query(Job).count() == 1

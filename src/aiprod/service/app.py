@@ -5,7 +5,9 @@ Never imports torch (directly or indirectly): the API process only validates, qu
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +33,12 @@ from aiprod.service.openapi import install_docs, operation_id
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.routers import admin, admin_jobs, admin_keys, health, jobs, openai_videos
 from aiprod.service.state import AppState
+
+log = logging.getLogger("aiprod.api")
+
+# How long an API process's start waits for its warm-up (AppState.warm_up) before it takes
+# requests anyway (the warm-up then finishes beside them).
+WARM_UP_SECONDS = 10.0
 
 DESCRIPTION = """Text/image-to-video generation jobs.
 
@@ -61,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before the process accepts a connection (uvicorn runs this first); other processes
+        # of `serve --api-processes N` already up take the requests meanwhile.
+        try:
+            await asyncio.wait_for(asyncio.to_thread(state.warm_up), WARM_UP_SECONDS)
+        except TimeoutError:
+            log.info("warm-up not done after %.0f s; taking requests", WARM_UP_SECONDS)
         # Everything imported and built so far lives as long as the process: move it out of
         # the garbage collector's sight. Otherwise every full collection walks it all, and
         # under load those pauses (60-110 ms, measured with benchmarks/load_test.py) were
