@@ -94,6 +94,9 @@ class AppState:
                     replay_first=False,
                 )
         except Exception as exc:  # e.g. the database is down, the default model unavailable
+            first_line = (str(exc).splitlines() or [""])[0]
             log.info(
-                "warm-up incomplete (%s: %s); requests will do the rest", type(exc).__name__, exc
+                "warm-up incomplete (%s: %s); requests will do the rest",
+                type(exc).__name__,
+                first_line,
             )
