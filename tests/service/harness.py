@@ -95,24 +95,29 @@ def fresh_pg_database(tag: str = "t") -> Iterator[str]:
         admin.dispose()
 
 
-@contextlib.contextmanager
-def local_worker(tmp_path: Path, **settings: Any) -> Iterator[Any]:
-    """An in-process ``Worker`` (no webhooks, nothing preloaded) on a fresh, migrated SQLite
-    file with the tiny built-in model; ``settings``: Settings fields to set."""
+def sqlite_settings(tmp_path: Path, **settings: Any) -> Any:
+    """Settings for a fresh, migrated SQLite file in ``tmp_path`` with the tiny built-in model
+    and a fixed secret; ``settings``: other Settings fields to set."""
     from aiprod.core.settings import Settings
     from aiprod.db.migrate import upgrade
-    from aiprod.worker.runner import Worker
 
-    url = f"sqlite:///{tmp_path / 'w.db'}"
+    url = f"sqlite:///{tmp_path / 'aiprod.db'}"
     upgrade(url)
-    config = Settings(
+    return Settings(
         data_dir=tmp_path,
         models_file=write_models_toml(tmp_path),
         database_url=url,
         secret_key="s" * 32,
         **settings,
     )
-    worker = Worker(config, webhooks=False, preload=False)
+
+
+@contextlib.contextmanager
+def local_worker(tmp_path: Path, **settings: Any) -> Iterator[Any]:
+    """An in-process ``Worker`` (no webhooks, nothing preloaded) on ``sqlite_settings``."""
+    from aiprod.worker.runner import Worker
+
+    worker = Worker(sqlite_settings(tmp_path, **settings), webhooks=False, preload=False)
     try:
         yield worker
     finally:

@@ -10,10 +10,10 @@ from sqlalchemy import event
 
 from aiprod.core.settings import Settings
 from aiprod.db.models import Job, RateLimitWindow
-from aiprod.db.repositories import ApiKeyRepository
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.jobs.webhooks import webhook_secret
 from aiprod.service.app import create_app
+from aiprod.service.keys import create_key
 from aiprod.service.ratelimit import RateLimiter
 from aiprod.service.security import generate_key, hash_key
 from tests.service.harness import write_models_toml
@@ -115,12 +115,9 @@ def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path
     settings = Settings(
         data_dir=tmp_path, models_file=write_models_toml(tmp_path), database_url=db_url
     )
-    token = generate_key()
     setup = make_engine(db_url)
     with session_scope(make_sessionmaker(setup)) as s:
-        ApiKeyRepository(s).create(
-            key_hash=hash_key(token, settings.resolved_secret_key()), prefix="p", name="k"
-        )
+        _, token = create_key(s, secret=settings.resolved_secret_key(), name="k")
     setup.dispose()
     app = create_app(settings)
     engine = app.state.aiprod.engine

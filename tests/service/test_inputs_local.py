@@ -13,23 +13,17 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from aiprod.core.settings import Settings
-from aiprod.db.migrate import upgrade
 from aiprod.db.session import make_engine, make_sessionmaker, session_scope
 from aiprod.service.app import create_app
 from aiprod.service.keys import create_key
-from tests.service.harness import write_models_toml
+from tests.service.harness import sqlite_settings
 
 
 @pytest.fixture(scope="module")
 def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict]]:
     tmp = tmp_path_factory.mktemp("inputs")
-    url = f"sqlite:///{tmp / 'a.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=tmp, models_file=write_models_toml(tmp), database_url=url, secret_key="s" * 32
-    )
-    engine = make_engine(url)
+    settings = sqlite_settings(tmp)
+    engine = make_engine(settings.resolved_database_url)
     with session_scope(make_sessionmaker(engine)) as s:
         _, key = create_key(s, secret=settings.resolved_secret_key(), name="t")
     engine.dispose()

@@ -20,14 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from aiprod.core.settings import Settings
 from aiprod.db.migrate import upgrade
 from aiprod.db.session import make_engine, make_read_sessionmaker, make_sessionmaker, session_scope
 from aiprod.jobs.storage import LocalStorage, StorageError
 from aiprod.service.app import create_app
 from aiprod.service.health import check_readiness
 from aiprod.service.keys import create_key
-from tests.service.harness import write_models_toml
+from tests.service.harness import sqlite_settings
 
 
 def _png(side: int = 32) -> str:
@@ -41,15 +40,8 @@ def _png(side: int = 32) -> str:
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[TestClient, dict, Path]]:
     """A fresh app per test (its storage check remembers failures for a few seconds)."""
-    url = f"sqlite:///{tmp_path / 'a.db'}"
-    upgrade(url)
-    settings = Settings(
-        data_dir=tmp_path,
-        models_file=write_models_toml(tmp_path),
-        database_url=url,
-        secret_key="s" * 32,
-    )
-    engine = make_engine(url)
+    settings = sqlite_settings(tmp_path)
+    engine = make_engine(settings.resolved_database_url)
     with session_scope(make_sessionmaker(engine)) as s:
         _, key = create_key(s, secret=settings.resolved_secret_key(), name="t")
     engine.dispose()
