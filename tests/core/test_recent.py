@@ -84,3 +84,29 @@ def test_threads_that_miss_together_wait_for_one_read() -> None:
     for t in threads:
         t.join(10)
     assert out == [7] * 8 and len(reads) == 1
+
+
+def test_a_caller_that_may_not_wait_gets_would_block_instead_of_a_read() -> None:
+    """``wait=False`` (a route on the event loop): never reads nor waits for a read here; a
+    stale value is served while the background read renews it, as for anyone."""
+    from aiprod.core.recent import WouldBlock
+
+    calls: list[str] = []
+
+    def read(value: str) -> str:
+        calls.append(threading.current_thread().name)
+        return value
+
+    r: Recent[str, str] = Recent(ttl=0.05, stale_for=30.0)
+    with pytest.raises(WouldBlock):
+        r.get("k", lambda: read("v1"), wait=False)  # nothing stored: it would read here
+    assert calls == []
+    assert r.get("k", lambda: read("v1")) == "v1"
+    assert r.get("k", lambda: read("unused"), wait=False) == "v1"  # fresh
+    time.sleep(0.1)
+    assert r.get("k", lambda: read("v2"), wait=False) == "v1"  # stale: renewed behind it
+    deadline = time.monotonic() + 10
+    while r.get("k", lambda: read("unused"), wait=False) != "v2":
+        assert time.monotonic() < deadline, "the background read never landed"
+        time.sleep(0.01)
+    assert calls[0] == "MainThread" and calls[1].startswith("aiprod-refresh")

@@ -1,8 +1,10 @@
 """In-process checks of the app that need no server: an unreachable database is a 503, the
-rate limiter's window, keys stored only as keyed hashes, a process warm before its first request."""
+rate limiter's window, keys stored only as keyed hashes, a process warm before its first request,
+status reads on the event loop where they cannot wait (SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -128,7 +130,9 @@ def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path
             selects.append((statement, context.cache_hit == context.dialect.CACHE_HIT))
 
     with TestClient(app) as c:
-        event.listen(engine, "after_cursor_execute", record)  # after the start's warm-up
+        for e in (engine, app.state.aiprod.inline_engine):  # after the start's warm-up
+            if e is not None:
+                event.listen(e, "after_cursor_execute", record)
         auth = {"Authorization": f"Bearer {token}"}
         job = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth)
         assert job.status_code == 202, job.text
@@ -138,3 +142,95 @@ def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path
     assert not cold, f"compiled by the first requests instead of the warm-up: {cold}"
     with session_scope(make_sessionmaker(engine)) as s:  # the warm-up only read
         assert s.query(Job).count() == 1
+
+
+def _on_event_loop() -> bool:
+    """True in the thread of a running asyncio loop (a route's own code), False on a worker
+    thread (the thread pool)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _client_with_key(db_url: str, tmp_path: Path) -> tuple[TestClient, dict[str, str]]:
+    settings = Settings(
+        data_dir=tmp_path, models_file=write_models_toml(tmp_path), database_url=db_url
+    )
+    setup = make_engine(db_url)
+    with session_scope(make_sessionmaker(setup)) as s:
+        _, token = create_key(s, secret=settings.resolved_secret_key(), name="k")
+    setup.dispose()
+    return TestClient(create_app(settings)), {"Authorization": f"Bearer {token}"}
+
+
+def test_status_reads_run_on_the_event_loop_only_on_sqlite(db_url: str, tmp_path: Path) -> None:
+    """A status call (aiprod's and the OpenAI-compatible one) reads its job on the event loop
+    on SQLite, without the hop to a thread and back; on PostgreSQL (a round trip to a server)
+    on a thread, never on the loop."""
+    client, auth = _client_with_key(db_url, tmp_path)
+    reads: list[tuple[str, bool]] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
+        if "FROM jobs" in statement and "jobs.id =" in statement:
+            reads.append((statement.split("\n")[0], _on_event_loop()))
+
+    with client as c:
+        state = c.app.state.aiprod  # type: ignore[attr-defined]
+        sqlite = db_url.startswith("sqlite")
+        assert (state.inline_engine is not None) is sqlite
+        for e in (state.engine, state.inline_engine):
+            if e is not None:
+                event.listen(e, "before_cursor_execute", record)
+        job = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth).json()
+        reads.clear()
+        status = c.get(f"/api/v1/jobs/{job['id']}", headers=auth)
+        assert status.status_code == 200 and status.json()["status"] == "queued"
+        assert status.json()["queue_position"] == 0
+        video = c.get(f"/v1/videos/{job['id']}", headers=auth)
+        assert video.status_code == 200 and video.json()["id"] == job["id"]
+        missing = c.get("/api/v1/jobs/no-such-job", headers=auth)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert len(reads) == 3, reads
+    assert all(on_loop is sqlite for _, on_loop in reads), reads
+
+
+def test_an_inline_read_that_would_wait_is_answered_from_a_thread(tmp_path: Path) -> None:
+    """SQLite: a status read that would have to wait on the event loop runs again on a thread
+    and answers as usual: the queue snapshot that must be read again (``WouldBlock``), and a
+    database error on the loop's connection."""
+    from sqlalchemy.orm import sessionmaker
+
+    from aiprod.db.migrate import upgrade
+    from aiprod.db.session import make_inline_read_engine
+    from aiprod.jobs.views import QueueView
+
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    upgrade(url)
+    client, auth = _client_with_key(url, tmp_path)
+    snapshot_reads: list[bool] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
+        if "last_claimed_at" in statement:  # the queue snapshot's second query
+            snapshot_reads.append(_on_event_loop())
+
+    with client as c:
+        state = c.app.state.aiprod  # type: ignore[attr-defined]
+        first = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth).json()
+        second = c.post("/api/v1/generate", json={"prompt": "a cat"}, headers=auth).json()
+        event.listen(state.engine, "before_cursor_execute", record)
+        # A process whose snapshot is gone (as after an idle spell): the loop may not read it.
+        state.queue_view = QueueView(sessions=state.read_sessions)
+        status = c.get(f"/api/v1/jobs/{second['id']}", headers=auth)
+        assert status.status_code == 200 and status.json()["queue_position"] == 1
+        assert snapshot_reads and not any(snapshot_reads), snapshot_reads  # read on a thread
+        # The loop's connection fails (here: a database without aiprod's tables).
+        empty = make_inline_read_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+        assert empty is not None
+        state.inline_engine, state.inline_reads = empty, sessionmaker(empty)
+        status = c.get(f"/api/v1/jobs/{first['id']}", headers=auth)
+        assert status.status_code == 200 and status.json()["id"] == first["id"]
+        video = c.get(f"/v1/videos/{first['id']}", headers=auth)
+        assert video.status_code == 200 and video.json()["id"] == first["id"]
+        empty.dispose()

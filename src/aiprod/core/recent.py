@@ -25,6 +25,11 @@ V = TypeVar("V")
 
 log = logging.getLogger("aiprod.recent")
 
+
+class WouldBlock(Exception):
+    """``Recent.get(..., wait=False)``: the value would have to be read (or waited for) here."""
+
+
 # Background reads of every Recent in this process (a read is a few queries; two suffice).
 _REFRESH = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aiprod-refresh")
 
@@ -39,14 +44,18 @@ class Recent(Generic[K, V]):
         self._refreshing: set[K] = set()
         self._reading: dict[K, threading.Lock] = {}  # key -> held by the thread reading it
 
-    def get(self, key: K, compute: Callable[[], V]) -> V:
+    def get(self, key: K, compute: Callable[[], V], *, wait: bool = True) -> V:
         """The value for ``key``: the stored one while younger than ``ttl``; a stale one (see
         the module) while a background thread runs ``compute``; else ``compute()`` here, by
         one thread at a time: the threads that miss together (a burst of requests to a
-        process that just started) wait for the first one's read instead of each reading."""
+        process that just started) wait for the first one's read instead of each reading.
+        With ``wait=False`` (a caller on an event loop) raise ``WouldBlock`` instead of
+        reading or waiting."""
         hit = self._usable(key, compute)
         if hit is not None:
             return hit[1]
+        if not wait:
+            raise WouldBlock(key)
         with self._lock:
             one_at_a_time = self._reading.setdefault(key, threading.Lock())
         with one_at_a_time:

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from aiprod.core.errors import ConfigError
 from aiprod.core.logging import OUTAGE_MARK
@@ -264,6 +265,42 @@ def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
         # No BEGIN / COMMIT round trips around a read: each statement sees committed data.
         options["isolation_level"] = "AUTOCOMMIT"
     return sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+
+
+def make_inline_read_engine(url: str) -> Engine | None:
+    """An engine for reads an API process runs on its event loop, without a thread (SQLite
+    files only; None for anything else): one connection (``StaticPool``; only the loop's
+    thread uses it, one unit of work at a time) that never waits. Its busy timeout is 0, so
+    where a read would wait for a lock SQLite answers "database is locked" at once and the
+    caller retries on a thread (``service.deps.read_inline``). A read of a few rows from a
+    WAL database is a local read of cached pages, a fraction of a millisecond: less than the
+    hop to a thread and back, which under load (two threads per request taking turns on the
+    GIL) was most of a status call's latency.
+
+    PostgreSQL has none: its reads are round trips to a server, and a loop that waited for
+    one would stall every request of its process."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    engine = create_engine(
+        url,
+        poolclass=StaticPool,
+        connect_args={"timeout": 0, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The database is already in WAL mode (the main engine's connections set it; it is
+        # stored in the file); only the transaction handling is this connection's own.
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read takes no write lock
+
+    return engine
 
 
 def make_insert_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -138,16 +138,19 @@ class SessionReads(Generic[K, V]):
             ttl, stale_for=STALE_FOR_SECONDS if sessions is not None else 0.0
         )
 
-    def get(self, key: K, session: Session, read: Callable[[Session], V]) -> V:
+    def get(
+        self, key: K, session: Session, read: Callable[[Session], V], *, wait: bool = True
+    ) -> V:
+        """``wait=False``: ``WouldBlock`` where the value would be read here (see Recent)."""
         sessions = self.sessions
         if sessions is None:
-            return self._recent.get(key, lambda: read(session))
+            return self._recent.get(key, lambda: read(session), wait=wait)
 
         def in_own_session() -> V:  # may run after the caller's request has ended
             with session_scope(sessions) as own:
                 return read(own)
 
-        return self._recent.get(key, in_own_session)
+        return self._recent.get(key, in_own_session, wait=wait)
 
 
 class QueueView:
@@ -162,12 +165,14 @@ class QueueView:
             ttl, sessions
         )
 
-    def get(self, session: Session, settings: Settings) -> tuple[queue.QueueSnapshot, int]:
+    def get(
+        self, session: Session, settings: Settings, *, wait: bool = True
+    ) -> tuple[queue.QueueSnapshot, int]:
         def take(s: Session) -> tuple[queue.QueueSnapshot, int]:
             snapshot = queue.QueueSnapshot.take(s)
             return snapshot, len(WorkerRepository(s).alive(settings.lease_seconds * 2))
 
-        return self._reads.get("queue", session, take)
+        return self._reads.get("queue", session, take, wait=wait)
 
 
 def render_job(
@@ -177,15 +182,17 @@ def render_job(
     base_url: str | None,
     settings: Settings,
     queue_view: QueueView | None = None,
+    wait: bool = True,
 ) -> dict[str, Any]:
     """job_to_dict plus the queue position and ETA (live, or from ``queue_view``: as of its
-    snapshot, at most ``ttl`` old, with a job queued since placed behind what it holds)."""
+    snapshot, at most ``ttl`` old, with a job queued since placed behind what it holds).
+    ``wait=False``: ``WouldBlock`` where ``queue_view`` would have to read its snapshot here."""
     position = None
     eta = None
     per_job = job.estimated_seconds
     if job.status == JobStatus.QUEUED:
         if queue_view is not None:
-            snapshot, alive = queue_view.get(session, settings)
+            snapshot, alive = queue_view.get(session, settings, wait=wait)
             position = snapshot.position(job.id)
             if position is None:  # queued after the snapshot (e.g. just submitted)
                 position = snapshot.position_of(

@@ -18,6 +18,7 @@ from aiprod.core.registry import load_registry
 from aiprod.core.settings import Settings, get_settings
 from aiprod.db.session import (
     make_engine,
+    make_inline_read_engine,
     make_insert_sessionmaker,
     make_read_sessionmaker,
     make_sessionmaker,
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url)
     reads = make_read_sessionmaker(engine)
+    inline_engine = make_inline_read_engine(settings.resolved_database_url)
     state = AppState(
         settings=settings,
         engine=engine,
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secret=settings.resolved_secret_key(),
         read_sessions=reads,
         insert_sessions=make_insert_sessionmaker(engine),
+        inline_engine=inline_engine,
+        inline_reads=make_sessionmaker(inline_engine) if inline_engine is not None else None,
         # shared reads renewed in the background: no request waits for them
         queue_view=QueueView(sessions=reads),
         submit_reads=SubmitReads(sessions=reads),
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         yield
         engine.dispose()
+        if inline_engine is not None:
+            inline_engine.dispose()
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:
             metrics.process_exited()

@@ -42,6 +42,10 @@ class AppState:
     read_sessions: sessionmaker[Session] | None = None
     # One-INSERT units of work (PostgreSQL: autocommit); None: use ``sessions``.
     insert_sessions: sessionmaker[Session] | None = None
+    # Reads run on the event loop itself (SQLite files; see db.session.make_inline_read_engine
+    # and deps.read_inline); None: every read takes a thread.
+    inline_engine: Engine | None = None
+    inline_reads: sessionmaker[Session] | None = None
     # key id -> time.monotonic() of its last ``last_used_at`` write (written at most once a minute)
     key_touched: dict[str, float] = field(default_factory=dict)
     # key hash -> (key, its rate limit, time.monotonic() when read); see api_key_cache_seconds
@@ -84,6 +88,12 @@ class AppState:
                 except NotFound:
                     pass
                 self.queue_view.get(session, self.settings)
+                if self.inline_reads is not None:  # its own connection and compiled cache
+                    with session_scope(self.inline_reads) as inline:
+                        try:
+                            JobRepository(inline).get_owned("", "")
+                        except NotFound:
+                            pass
                 prepare_submit(
                     session,
                     submitter=Submitter("", 0, None),

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from aiprod.core.errors import InvalidRequest
 from aiprod.core.logging import job_error_message
@@ -22,6 +23,7 @@ from aiprod.service.deps import (
     SessionDep,
     StateDep,
     known_query_params,
+    read_inline,
     read_session,
     storage_writable,
     write_slot,
@@ -185,14 +187,15 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", summary="A job object", response_model=JobOut, responses=errors(404))
-def get_job(
+async def get_job(
     job_id: str, request: Request, key: ApiKeyDep, state: StateDep, prefer: PreferHeader = None
 ) -> Response:
     """With `Prefer: wait=N`: answered when the job has ended or after N seconds."""
     base = base_url(request, state.settings.public_url)
-    with read_session(state) as session:  # ends here, not after the response (see read_session)
+    wait = prefer_wait(prefer, state.settings.max_wait_seconds)
+
+    def read(session: Session, may_wait: bool) -> Response:
         job = JobRepository(session).get_owned(job_id, key.id)
-        wait = prefer_wait(prefer, state.settings.max_wait_seconds)
         if wait and not JobStatus(job.status).is_terminal:
             return HeldJobResponse(
                 wait=wait,
@@ -200,10 +203,19 @@ def get_job(
                 render=job_renderer(state, job.id, base),
             )
         out = render_job(
-            session, job, base_url=base, settings=state.settings, queue_view=state.queue_view
+            session,
+            job,
+            base_url=base,
+            settings=state.settings,
+            queue_view=state.queue_view,
+            wait=may_wait,
         )
-    headers = {"Preference-Applied": f"wait={wait}"} if wait else None
-    return JSONResponse(out, headers=headers)
+        headers = {"Preference-Applied": f"wait={wait}"} if wait else None
+        return JSONResponse(out, headers=headers)
+
+    # on the event loop where that cannot wait (SQLite), else on a thread; the session ends
+    # here, not after the response (see read_session)
+    return await read_inline(state, read)
 
 
 @router.get(

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from aiprod.core.errors import InvalidRequest, NotFound
@@ -26,6 +27,7 @@ from aiprod.service.deps import (
     SessionDep,
     StateDep,
     known_query_params,
+    read_inline,
     read_session,
     storage_writable,
     write_slot,
@@ -185,7 +187,11 @@ async def _parse(request: Request) -> VideoRequest:
 
 def _visible(state: AppState, video_id: str, key_id: str) -> Job:
     with read_session(state) as session:
-        job = JobRepository(session).get_owned(video_id, key_id)
+        return _visible_in(session, video_id, key_id)
+
+
+def _visible_in(session: Session, video_id: str, key_id: str) -> Job:
+    job = JobRepository(session).get_owned(video_id, key_id)
     if job.deleted_at is not None:
         raise NotFound(f"video {video_id} not found (it was deleted)")
     return job
@@ -261,8 +267,12 @@ def list_videos(
     response_model=Video,
     responses=_errors(404),
 )
-def retrieve_video(video_id: str, key: ApiKeyDep, state: StateDep) -> JSONResponse:
-    return JSONResponse(video_object(_visible(state, video_id, key.id), state.settings))
+async def retrieve_video(video_id: str, key: ApiKeyDep, state: StateDep) -> JSONResponse:
+    def read(session: Session, _may_wait: bool) -> JSONResponse:
+        job = _visible_in(session, video_id, key.id)
+        return JSONResponse(video_object(job, state.settings))
+
+    return await read_inline(state, read)  # on the event loop where it cannot wait (SQLite)
 
 
 @router.get(
