@@ -119,9 +119,10 @@ async def read_inline(state: AppState, read: Callable[[Session, bool], T]) -> T:
     make_inline_read_engine``). Where it would wait (``WouldBlock`` from a shared read that
     must be read again, or any database error: a lock, a full disk, a missing file) it runs
     again on a thread with ``wait=True``, as every read does on PostgreSQL, and errors come
-    from there as from any route. Measured with ``benchmarks/load_test.py`` at 200 clients on
-    SQLite, status p50 / p95 / p99 fell from 17-19 / 93-95 / 158-159 ms to 8 / 39 / 65-89
-    ms (docs/performance.md). Errors of the read itself (404) are raised as they are."""
+    from there as from any route. Errors of the read itself (404) are raised as they are.
+    The hop it saves is two threads taking turns on the GIL per request: at 200 clients on
+    SQLite (``benchmarks/load_test.py``) status p50 went from 11-14 to 6-9 ms and p95 from
+    56-73 to 31-54 ms (docs/performance.md)."""
     if state.inline_reads is not None:
         try:
             with session_scope(state.inline_reads) as session:
