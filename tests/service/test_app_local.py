@@ -110,40 +110,6 @@ def test_keys_are_random_and_only_hashed() -> None:
     assert webhook_secret("id1", "s" * 32) != webhook_secret("id2", "s" * 32)
 
 
-def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path: Path) -> None:
-    """AppState.warm_up at start: the first submit and the first status call of a new API
-    process find their queries compiled (SQLAlchemy's statement cache) and read nothing the
-    warm-up read for them (a cold process paid 40 ms instead of 6 for its first submit)."""
-    settings = Settings(
-        data_dir=tmp_path, models_file=write_models_toml(tmp_path), database_url=db_url
-    )
-    setup = make_engine(db_url)
-    with session_scope(make_sessionmaker(setup)) as s:
-        _, token = create_key(s, secret=settings.resolved_secret_key(), name="k")
-    setup.dispose()
-    app = create_app(settings)
-    engine = app.state.aiprod.engine
-    selects: list[tuple[str, bool]] = []
-
-    def record(_conn, _cursor, statement, _params, context, _many):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append((statement, context.cache_hit == context.dialect.CACHE_HIT))
-
-    with TestClient(app) as c:
-        for e in (engine, app.state.aiprod.inline_engine):  # after the start's warm-up
-            if e is not None:
-                event.listen(e, "after_cursor_execute", record)
-        auth = {"Authorization": f"Bearer {token}"}
-        job = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth)
-        assert job.status_code == 202, job.text
-        assert c.get(f"/api/v1/jobs/{job.json()['id']}", headers=auth).status_code == 200
-    assert selects, "the first requests read nothing: this test no longer sees their queries"
-    cold = [statement.split("\n")[0] for statement, hit in selects if not hit]
-    assert not cold, f"compiled by the first requests instead of the warm-up: {cold}"
-    with session_scope(make_sessionmaker(engine)) as s:  # the warm-up only read
-        assert s.query(Job).count() == 1
-
-
 def _on_event_loop() -> bool:
     """True in the thread of a running asyncio loop (a route's own code), False on a worker
     thread (the thread pool)."""
@@ -163,6 +129,33 @@ def _client_with_key(db_url: str, tmp_path: Path) -> tuple[TestClient, dict[str,
         _, token = create_key(s, secret=settings.resolved_secret_key(), name="k")
     setup.dispose()
     return TestClient(create_app(settings)), {"Authorization": f"Bearer {token}"}
+
+
+def test_a_started_process_answers_its_first_requests_warm(db_url: str, tmp_path: Path) -> None:
+    """AppState.warm_up at start: the first submit and the first status call of a new API
+    process find their queries compiled (SQLAlchemy's statement cache) and read nothing the
+    warm-up read for them (a cold process paid 40 ms instead of 6 for its first submit)."""
+    client, auth = _client_with_key(db_url, tmp_path)
+    app = client.app
+    engine = app.state.aiprod.engine  # type: ignore[attr-defined]
+    selects: list[tuple[str, bool]] = []
+
+    def record(_conn, _cursor, statement, _params, context, _many):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append((statement, context.cache_hit == context.dialect.CACHE_HIT))
+
+    with client as c:
+        for e in (engine, app.state.aiprod.inline_engine):  # type: ignore[attr-defined]
+            if e is not None:  # after the start's warm-up
+                event.listen(e, "after_cursor_execute", record)
+        job = c.post("/api/v1/generate", json={"prompt": "a fox"}, headers=auth)
+        assert job.status_code == 202, job.text
+        assert c.get(f"/api/v1/jobs/{job.json()['id']}", headers=auth).status_code == 200
+    assert selects, "the first requests read nothing: this test no longer sees their queries"
+    cold = [statement.split("\n")[0] for statement, hit in selects if not hit]
+    assert not cold, f"compiled by the first requests instead of the warm-up: {cold}"
+    with session_scope(make_sessionmaker(engine)) as s:  # the warm-up only read
+        assert s.query(Job).count() == 1
 
 
 def test_status_reads_run_on_the_event_loop_only_on_sqlite(db_url: str, tmp_path: Path) -> None:
