@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool
 
 from aiprod.core.errors import ConfigError
 from aiprod.core.logging import OUTAGE_MARK
@@ -269,8 +269,9 @@ def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def make_inline_read_engine(url: str) -> Engine | None:
     """An engine for reads an API process runs on its event loop, without a thread (SQLite
-    files only; None for anything else): one connection (``StaticPool``; only the loop's
-    thread uses it, one unit of work at a time) that never waits. Its busy timeout is 0, so
+    files only; None for anything else): a connection per thread (``SingletonThreadPool``: the
+    loop's own, used one unit of work at a time; the start's warm-up has another) that never
+    waits. Its busy timeout is 0, so
     where a read would wait for a lock SQLite answers "database is locked" at once and the
     caller retries on a thread (``service.deps.read_inline``). A read of a few rows from a
     WAL database is a local read of cached pages, a fraction of a millisecond: less than the
@@ -286,8 +287,8 @@ def make_inline_read_engine(url: str) -> Engine | None:
         return None
     engine = create_engine(
         url,
-        poolclass=StaticPool,
-        connect_args={"timeout": 0, "check_same_thread": False},
+        poolclass=SingletonThreadPool,
+        connect_args={"timeout": 0},
     )
 
     @event.listens_for(engine, "connect")
