@@ -193,10 +193,8 @@ def test_an_inline_read_that_would_wait_is_answered_from_a_thread(tmp_path: Path
     """SQLite: a status read that would have to wait on the event loop runs again on a thread
     and answers as usual: the queue snapshot that must be read again (``WouldBlock``), and a
     database error on the loop's connection."""
-    from sqlalchemy.orm import sessionmaker
-
     from aiprod.db.migrate import upgrade
-    from aiprod.db.session import make_inline_read_engine
+    from aiprod.db.session import make_inline_read_engine, make_read_sessionmaker
     from aiprod.jobs.views import QueueView
 
     url = f"sqlite:///{tmp_path / 'test.db'}"
@@ -221,7 +219,7 @@ def test_an_inline_read_that_would_wait_is_answered_from_a_thread(tmp_path: Path
         # The loop's connection fails (here: a database without aiprod's tables).
         empty = make_inline_read_engine(f"sqlite:///{tmp_path / 'empty.db'}")
         assert empty is not None
-        state.inline_engine, state.inline_reads = empty, sessionmaker(empty)
+        state.inline_engine, state.inline_reads = empty, make_read_sessionmaker(empty)
         status = c.get(f"/api/v1/jobs/{first['id']}", headers=auth)
         assert status.status_code == 200 and status.json()["id"] == first["id"]
         video = c.get(f"/v1/videos/{first['id']}", headers=auth)

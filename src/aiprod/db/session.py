@@ -231,11 +231,17 @@ def _enable_wal(cur: Any) -> None:
             time.sleep(0.01)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, pragmas: bool = True) -> None:
+    """BEGIN as aiprod wants it (deferred for read-only units of work, else IMMEDIATE) and,
+    with ``pragmas``, WAL mode and the connection settings. Without (the event loop's reads,
+    ``make_inline_read_engine``): the file is in WAL mode already, and switching it may wait."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
         dbapi_conn.isolation_level = None
+        if not pragmas:
+            return
         cur = dbapi_conn.cursor()
         # SQLite's busy timeout is already BUSY_TIMEOUT_S: pysqlite's connect timeout sets it.
         _enable_wal(cur)
@@ -271,12 +277,12 @@ def make_inline_read_engine(url: str) -> Engine | None:
     """An engine for reads an API process runs on its event loop, without a thread (SQLite
     files only; None for anything else): a connection per thread (``SingletonThreadPool``: the
     loop's own, used one unit of work at a time; the start's warm-up has another) that never
-    waits. Its busy timeout is 0, so
-    where a read would wait for a lock SQLite answers "database is locked" at once and the
-    caller retries on a thread (``service.deps.read_inline``). A read of a few rows from a
-    WAL database is a local read of cached pages, a fraction of a millisecond: less than the
-    hop to a thread and back, which under load (two threads per request taking turns on the
-    GIL) was most of a status call's latency.
+    waits: its busy timeout is 0, so where a read would wait for a lock SQLite answers
+    "database is locked" at once and the caller retries on a thread
+    (``service.deps.read_inline``). A read of a few rows from a WAL database is a local read
+    of cached pages, a fraction of a millisecond: less than the hop to a thread and back,
+    which under load (two threads per request taking turns on the GIL) was most of a status
+    call's latency.
 
     PostgreSQL has none: its reads are round trips to a server, and a loop that waited for
     one would stall every request of its process."""
@@ -285,22 +291,10 @@ def make_inline_read_engine(url: str) -> Engine | None:
         return None
     if parsed.database == ":memory:":
         return None
-    engine = create_engine(
-        url,
-        poolclass=SingletonThreadPool,
-        connect_args={"timeout": 0},
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # The database is already in WAL mode (the main engine's connections set it; it is
-        # stored in the file); only the transaction handling is this connection's own.
-        dbapi_conn.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")  # deferred: a read takes no write lock
-
+    engine = create_engine(url, poolclass=SingletonThreadPool, connect_args={"timeout": 0})
+    # WAL mode is stored in the file (the main engine's connections set it); the sessions
+    # are make_read_sessionmaker's: a deferred BEGIN, no write lock.
+    _sqlite_setup(engine, pragmas=False)
     return engine
 
 

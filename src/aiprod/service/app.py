@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         read_sessions=reads,
         insert_sessions=make_insert_sessionmaker(engine),
         inline_engine=inline_engine,
-        inline_reads=make_sessionmaker(inline_engine) if inline_engine is not None else None,
+        inline_reads=make_read_sessionmaker(inline_engine) if inline_engine is not None else None,
         # shared reads renewed in the background: no request waits for them
         queue_view=QueueView(sessions=reads),
         submit_reads=SubmitReads(sessions=reads),

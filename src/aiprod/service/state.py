@@ -81,19 +81,20 @@ class AppState:
         now is the requests' 503 later, not a failed start."""
         try:
             configure_mappers()
-            with session_scope(self.read_sessions or self.sessions) as session:
-                ApiKeyRepository(session).by_hash("")
+
+            def read_a_job(session: Session) -> None:
                 try:
                     JobRepository(session).get_owned("", "")
                 except NotFound:
                     pass
+
+            with session_scope(self.read_sessions or self.sessions) as session:
+                ApiKeyRepository(session).by_hash("")
+                read_a_job(session)
                 self.queue_view.get(session, self.settings)
                 if self.inline_reads is not None:  # its own connection and compiled cache
                     with session_scope(self.inline_reads) as inline:
-                        try:
-                            JobRepository(inline).get_owned("", "")
-                        except NotFound:
-                            pass
+                        read_a_job(inline)
                 prepare_submit(
                     session,
                     submitter=Submitter("", 0, None),
